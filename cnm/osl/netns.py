@@ -1,0 +1,212 @@
+"""Network namespaces without forking and without switching the whole process.
+
+``ip netns add`` and pyroute2's ``netns`` module fork a helper process per call (~10 ms
+here). Namespaces are per *thread* on Linux, so we do the same work in a short-lived
+thread instead: it unshares (or setns-es) into the namespace, does one small job (bind
+mount, open a netlink socket, write a sysctl) and exits. The rest of the process, and every
+other thread (the plugin server's workers), never changes namespace. A netlink socket opened
+inside keeps talking to that namespace after the thread leaves it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+from pyroute2 import IPRoute
+
+from cnm.errors import Conflict, KernelError, NotFound
+
+NETNS_RUN_DIR = "/run/netns"
+CLONE_NEWNET = 0x40000000
+_MS_BIND = 4096
+_MS_SHARED = 1 << 20
+_MS_REC = 16384
+_MNT_DETACH = 2
+_NETLINK_ROUTE = 0
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_run_dir_lock = threading.Lock()
+T = TypeVar("T")
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def named_netns_path(name: str) -> str:
+    """Where ``ip netns`` keeps the namespace called ``name``."""
+    return os.path.join(NETNS_RUN_DIR, name)
+
+
+def netns_exists(ns: str) -> bool:
+    """Whether ``ns`` (a path) is a live network namespace file."""
+    return _is_nsfs(ns)
+
+
+def _is_nsfs(path: str) -> bool:
+    # Every namespace file lives on the nsfs pseudo device; a stale file left by a crash,
+    # or any ordinary file, does not.
+    try:
+        return os.stat(path).st_dev == os.stat("/proc/self/ns/net").st_dev
+    except OSError:
+        return False
+
+
+def _ensure_run_dir() -> None:
+    """Make /run/netns a shared mount point as iproute2 does, so mounts propagate."""
+    with _run_dir_lock:
+        os.makedirs(NETNS_RUN_DIR, mode=0o755, exist_ok=True)
+        with open("/proc/self/mountinfo") as mounts:
+            if any(line.split()[4] == NETNS_RUN_DIR for line in mounts):
+                return
+        _check(
+            _libc.mount(NETNS_RUN_DIR.encode(), NETNS_RUN_DIR.encode(), b"none", _MS_BIND | _MS_REC, None),
+            "bind-mount /run/netns",
+        )
+        _libc.mount(b"none", NETNS_RUN_DIR.encode(), None, _MS_SHARED | _MS_REC, None)
+
+
+def _run_in_thread(job: Callable[[], T]) -> T:
+    """Run ``job`` in a fresh thread and return its result (or raise its exception)."""
+    box: dict[str, object] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = job()
+        except BaseException as exc:  # re-raised in the caller
+            box["error"] = exc
+
+    worker = threading.Thread(target=target, name="pycnm-netns", daemon=True)
+    worker.start()
+    worker.join()
+    if "error" in box:
+        raise box["error"]  # type: ignore[misc]
+    return box["value"]  # type: ignore[return-value]
+
+
+def in_netns(ns: str | None, job: Callable[[], T]) -> T:
+    """Run ``job`` with the calling thread inside ``ns`` (None: run it here, unchanged)."""
+    if ns is None:
+        return job()
+
+    def entered() -> T:
+        try:
+            target = os.open(ns, os.O_RDONLY)
+        except FileNotFoundError:
+            raise NotFound(f"network namespace {ns} does not exist") from None
+        try:
+            _check(_libc.setns(target, CLONE_NEWNET), f"enter {ns}")
+        finally:
+            os.close(target)
+        # The thread ends right after the job: it never goes back, so nothing can leak out.
+        return job()
+
+    return _run_in_thread(entered)
+
+
+def _netlink_socket() -> socket.socket:
+    return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_ROUTE)
+
+
+@contextlib.contextmanager
+def iproute(ns: str | None = None) -> Iterator[IPRoute]:
+    """An rtnetlink handle bound to ``ns`` for the length of one operation."""
+    ipr = IPRoute() if ns is None else IPRoute(use_socket=in_netns(ns, _netlink_socket))
+    try:
+        yield ipr
+    finally:
+        ipr.close()
+
+
+def create_named_netns(name: str, parent: str | None = None) -> str:
+    """Create the named namespace ``name`` (as ``ip netns add`` does) and return its path.
+
+    ``parent`` is irrelevant to the kernel (namespaces are flat) but lets a host namespace
+    emulate a machine: we unshare from inside it so /proc/sys defaults match. Raises
+    Conflict if the name is taken.
+    """
+    _ensure_run_dir()
+    path = named_netns_path(name)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o444)
+        os.close(fd)
+    except FileExistsError:
+        raise Conflict(f"network namespace {name!r} already exists") from None
+
+    def make() -> None:
+        _check(_libc.unshare(CLONE_NEWNET), f"create network namespace {name}")
+        _check(
+            _libc.mount(b"/proc/thread-self/ns/net", path.encode(), b"none", _MS_BIND, None),
+            f"bind-mount namespace {name}",
+        )
+
+    try:
+        if parent is None:
+            _run_in_thread(make)
+        else:
+            in_netns(parent, make)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise KernelError(str(exc)) from exc
+    return path
+
+
+def delete_named_netns(name: str) -> None:
+    """Remove the named namespace; a namespace already gone is success (as CNI's DEL)."""
+    path = named_netns_path(name)
+    result = _libc.umount2(path.encode(), _MNT_DETACH)
+    if result != 0 and ctypes.get_errno() not in (errno.EINVAL, errno.ENOENT):
+        err = ctypes.get_errno()
+        raise KernelError(f"cannot unmount namespace {name}: {os.strerror(err)}")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    _remove_etc_netns(name)
+
+
+def _remove_etc_netns(name: str) -> None:
+    folder = os.path.join("/etc/netns", name)
+    if os.path.isdir(folder):
+        for entry in os.listdir(folder):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(folder, entry))
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)
+
+
+def list_named_netns() -> list[str]:
+    """Names of the namespaces under /run/netns."""
+    try:
+        return sorted(os.listdir(NETNS_RUN_DIR))
+    except FileNotFoundError:
+        return []
+
+
+def write_sysctl(ns: str | None, key: str, value: str) -> None:
+    """Set a net sysctl (``net/ipv4/ip_forward``) as seen inside ``ns``."""
+
+    def write() -> None:
+        with open(os.path.join("/proc/sys", key), "w") as handle:
+            handle.write(value)
+
+    try:
+        in_netns(ns, write)
+    except FileNotFoundError as exc:
+        raise KernelError(f"sysctl {key} does not exist on this kernel") from exc
+
+
+def read_sysctl(ns: str | None, key: str) -> str:
+    def read() -> str:
+        with open(os.path.join("/proc/sys", key)) as handle:
+            return handle.read().strip()
+
+    return in_netns(ns, read)

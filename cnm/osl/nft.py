@@ -1,0 +1,90 @@
+"""nftables, in tables of pycnm's own only.
+
+We never touch another table: every ruleset we load names its table, and "replace" is a
+flush of that one table followed by its new contents, in one atomic ``nft -f`` transaction.
+The nft child process inherits the namespace of the thread that forks it, so running it
+from ``in_netns`` puts it in the right namespace without nsenter.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from cnm.errors import KernelError, KernelFeatureMissing
+from cnm.osl.netns import in_netns
+
+LOCK_DIR = "/run/pycnm"
+
+
+def _nft_binary() -> str:
+    path = shutil.which("nft") or ("/usr/sbin/nft" if os.path.exists("/usr/sbin/nft") else None)
+    if path is None:
+        raise KernelFeatureMissing("nftables is not installed: install the 'nftables' package")
+    return path
+
+
+def run(ns: str | None, script: str, *, what: str) -> None:
+    """Load ``script`` with ``nft -f -`` inside ``ns``; raise with nft's own words on error."""
+    nft = _nft_binary()
+
+    def call() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [nft, "-f", "-"], input=script, text=True, capture_output=True, timeout=30
+        )
+
+    result = in_netns(ns, call)
+    if result.returncode != 0:
+        detail = result.stderr.strip().splitlines()
+        raise KernelError(f"{what}: nft refused the rules: {detail[0] if detail else 'no reason'}")
+
+
+def list_tables(ns: str | None) -> list[tuple[str, str]]:
+    """(family, name) of every table in ``ns``."""
+    nft = _nft_binary()
+    result = in_netns(
+        ns, lambda: subprocess.run([nft, "list", "tables"], text=True, capture_output=True)
+    )
+    tables = []
+    for line in result.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == "table":
+            tables.append((parts[1], parts[2]))
+    return tables
+
+
+def replace_table(ns: str | None, family: str, name: str, body: str, *, what: str) -> None:
+    """Make table ``family name`` hold exactly ``body`` (chains and rules), atomically."""
+    script = (
+        f"table {family} {name}\n"
+        f"flush table {family} {name}\n"
+        f"table {family} {name} {{\n{body}\n}}\n"
+    )
+    run(ns, script, what=what)
+
+
+def delete_table(ns: str | None, family: str, name: str) -> None:
+    """Delete our table; a table already gone is success."""
+    if (family, name) in list_tables(ns):
+        run(ns, f"delete table {family} {name}\n", what=f"delete table {family} {name}")
+
+
+@contextmanager
+def ruleset_lock(ns: str | None) -> Iterator[None]:
+    """Serialise read-state-then-render across processes acting on one namespace.
+
+    Without it two pycnm processes could each render from a state that lacks the other's
+    change and the later load would drop it.
+    """
+    os.makedirs(LOCK_DIR, mode=0o700, exist_ok=True)
+    key = "root" if ns is None else str(os.stat(ns).st_ino)
+    with open(os.path.join(LOCK_DIR, f"nft-{key}.lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -1,0 +1,324 @@
+"""The bridge driver: one Linux bridge per network, a veth per endpoint.
+
+Who does what: the driver makes the bridge (with the gateway addresses), the veth pairs
+and the firewall; the core's Sandbox moves the container end into the namespace and
+configures it from the JoinInfo we return, exactly as dockerd does with a remote driver.
+State lives in the driver's store space so a new process can rebuild the kernel side.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import secrets
+from typing import Any
+
+from cnm import names
+from cnm.driverapi import (
+    OPT_MACADDRESS,
+    OPT_PORTMAP,
+    Capability,
+    Driver,
+    InterfaceInfo,
+    IpamData,
+    JoinInfo,
+)
+from cnm.errors import Conflict, InvalidOption, NotFound
+from cnm.osl import iproute
+from cnm.osl import links as osl_links
+from cnm.osl.netns import read_sysctl, write_sysctl
+from cnm.osl.nft import ruleset_lock
+from drivers.bridge import firewall, options, ports
+
+log = logging.getLogger(__name__)
+
+
+def mac_from_ip(address: ipaddress.IPv4Address | None) -> str:
+    """Docker's scheme (02:42 + the IPv4 bytes), stable across restarts; random without v4."""
+    tail = address.packed if address is not None else secrets.token_bytes(4)
+    return "02:42:" + ":".join(f"{b:02x}" for b in tail)
+
+
+class BridgeDriver(Driver):
+    name = "bridge"
+
+    # --- network -------------------------------------------------------------------
+
+    def capabilities(self) -> Capability:
+        return Capability("local", "local")
+
+    def validate_network_options(self, opts: dict[str, Any]) -> None:
+        options.parse(opts)
+
+    def _network(self, nid: str) -> dict[str, Any]:
+        entry = self.ctx.store.get(f"networks/{nid}")
+        if entry is None:
+            raise NotFound(f"bridge network {nid[:12]} not found")
+        return entry.value
+
+    def create_network(
+        self, nid: str, opts: dict[str, Any], ipv4: list[IpamData], ipv6: list[IpamData]
+    ) -> None:
+        if self.ctx.store.get(f"networks/{nid}") is not None:
+            return  # a retried call: the first one finished
+        parsed = options.parse(opts)
+        if not ipv4:
+            raise InvalidOption("a bridge network needs an IPv4 subnet")
+        bridge = parsed.bridge_name or names.bridge_name(nid)
+        for entry in self.ctx.store.list("networks/"):
+            if entry.value["bridge"] == bridge:
+                raise Conflict(f"bridge {bridge} is already used by network {entry.key[9:21]}")
+        record = {
+            "id": nid,
+            "bridge": bridge,
+            "options": parsed.to_dict(),
+            "ipv4": [_ipam_record(d) for d in ipv4],
+            "ipv6": [_ipam_record(d) for d in ipv6],
+            "created_bridge": False,
+        }
+        with contextlib.ExitStack() as undo, iproute(self.ctx.host_ns) as ipr:
+            existed = osl_links.link_index(ipr, bridge) is not None
+            record["created_bridge"] = not existed
+            osl_links.ensure_bridge(ipr, bridge, parsed.mtu)
+            if not existed:
+                undo.callback(osl_links.delete_link, ipr, bridge)
+            self._configure_bridge(ipr, record)
+            self._enable_forwarding(bool(ipv6))
+            self.ctx.store.put(f"networks/{nid}", record)
+            undo.callback(self.ctx.store.delete, f"networks/{nid}")
+            self._apply_firewall()
+            undo.pop_all()
+        log.info("network %s: bridge %s up", nid[:12], bridge)
+
+    def _configure_bridge(self, ipr: Any, record: dict[str, Any]) -> None:
+        index = osl_links.require_index(ipr, record["bridge"])
+        mtu = record["options"].get("mtu")
+        gateways = [
+            ipaddress.ip_interface(d["gateway"]) for d in record["ipv4"] + record["ipv6"]
+            if d.get("gateway")
+        ]
+        osl_links.configure(ipr, index, addresses=gateways, mtu=mtu)
+
+    def _enable_forwarding(self, ipv6: bool) -> None:
+        ns = self.ctx.host_ns
+        if read_sysctl(ns, "net/ipv4/ip_forward") != "1":
+            write_sysctl(ns, "net/ipv4/ip_forward", "1")
+        if ipv6 and read_sysctl(ns, "net/ipv6/conf/all/forwarding") != "1":
+            write_sysctl(ns, "net/ipv6/conf/all/forwarding", "1")
+
+    def delete_network(self, nid: str) -> None:
+        entry = self.ctx.store.get(f"networks/{nid}")
+        if entry is None:
+            return
+        record = entry.value
+        for ep in self.ctx.store.list(f"endpoints/{nid}/"):
+            self.delete_endpoint(nid, ep.value["id"])
+        with iproute(self.ctx.host_ns) as ipr:
+            if record["created_bridge"]:
+                osl_links.delete_link(ipr, record["bridge"])
+            else:  # a bridge the user made: give it back as we found it
+                index = osl_links.link_index(ipr, record["bridge"])
+                for d in record["ipv4"] + record["ipv6"]:
+                    if index is not None and d.get("gateway"):
+                        iface = ipaddress.ip_interface(d["gateway"])
+                        with contextlib.suppress(Exception):
+                            ipr.addr("del", index=index, address=str(iface.ip),
+                                     prefixlen=iface.network.prefixlen)
+        self.ctx.store.delete(f"networks/{nid}")
+        self._apply_firewall()
+        log.info("network %s: removed", nid[:12])
+
+    # --- endpoints -----------------------------------------------------------------
+
+    def create_endpoint(
+        self, nid: str, eid: str, iface: InterfaceInfo, opts: dict[str, Any]
+    ) -> InterfaceInfo:
+        key = f"endpoints/{nid}/{eid}"
+        existing = self.ctx.store.get(key)
+        if existing is not None:
+            return InterfaceInfo(mac=existing.value["mac"])
+        network = self._network(nid)
+        mac = iface.mac or opts.get(OPT_MACADDRESS) or mac_from_ip(
+            iface.address.ip if iface.address else None
+        )
+        host_name, peer_name = names.host_veth_name(eid), names.peer_veth_name(eid)
+        record = {
+            "id": eid,
+            "network": nid,
+            "host_veth": host_name,
+            "peer": peer_name,
+            "mac": mac,
+            "address": str(iface.address) if iface.address else None,
+            "address_v6": str(iface.address_v6) if iface.address_v6 else None,
+            "ports": [],
+        }
+        with contextlib.ExitStack() as undo, iproute(self.ctx.host_ns) as ipr:
+            bridge_index = osl_links.require_index(ipr, network["bridge"])
+            osl_links.create_veth(
+                ipr, host_name, peer_name, mtu=network["options"].get("mtu"),
+                master=bridge_index, peer_mac=mac,
+            )
+            undo.callback(osl_links.delete_link, ipr, host_name)
+            self.ctx.store.put(key, record)
+            undo.pop_all()
+        return InterfaceInfo(mac=None if iface.mac else mac)
+
+    def _endpoint(self, nid: str, eid: str) -> dict[str, Any]:
+        entry = self.ctx.store.get(f"endpoints/{nid}/{eid}")
+        if entry is None:
+            raise NotFound(f"endpoint {eid[:12]} not found on bridge network {nid[:12]}")
+        return entry.value
+
+    def delete_endpoint(self, nid: str, eid: str) -> None:
+        key = f"endpoints/{nid}/{eid}"
+        entry = self.ctx.store.get(key)
+        if entry is None:
+            return
+        if entry.value["ports"]:
+            self.revoke_external_connectivity(nid, eid)
+        with iproute(self.ctx.host_ns) as ipr:
+            osl_links.delete_link(ipr, entry.value["host_veth"])
+        self.ctx.store.delete(key)
+
+    def endpoint_info(self, nid: str, eid: str) -> dict[str, Any]:
+        ep = self._endpoint(nid, eid)
+        info: dict[str, Any] = {"HostInterface": ep["host_veth"], "MacAddress": ep["mac"]}
+        if ep["ports"]:
+            info[OPT_PORTMAP] = ep["ports"]
+        return info
+
+    def join(self, nid: str, eid: str, sandbox_key: str, opts: dict[str, Any]) -> JoinInfo:
+        network = self._network(nid)
+        ep = self._endpoint(nid, eid)
+        internal = network["options"]["internal"]
+        gw4 = next((d["gateway"] for d in network["ipv4"] if d.get("gateway")), None)
+        gw6 = next((d["gateway"] for d in network["ipv6"] if d.get("gateway")), None)
+        return JoinInfo(
+            src_name=ep["peer"],
+            gateway=None if internal or gw4 is None else ipaddress.ip_interface(gw4).ip,
+            gateway_v6=None if internal or gw6 is None else ipaddress.ip_interface(gw6).ip,
+            disable_gateway_service=internal,
+        )
+
+    def leave(self, nid: str, eid: str) -> None:
+        self._endpoint(nid, eid)  # nothing to undo on the host side: the veth stays
+
+    # --- published ports -----------------------------------------------------------
+
+    def program_external_connectivity(self, nid: str, eid: str, opts: dict[str, Any]) -> None:
+        wanted = ports.parse_portmap(opts.get(OPT_PORTMAP))
+        network = self._network(nid)
+        if network["options"]["internal"]:
+            if wanted:
+                raise InvalidOption("ports cannot be published on an internal network")
+            return
+        key = f"endpoints/{nid}/{eid}"
+        with ruleset_lock(self.ctx.host_ns):
+            ep = self._endpoint(nid, eid)
+            if not wanted or ep["ports"]:
+                return  # nothing to publish, or a retried call
+            if not ep["address"]:
+                raise InvalidOption("ports can only be published for an endpoint with IPv4")
+            host_ip_default = network["options"].get("host_ip") or ""
+            wanted = [
+                b if b.host_ip else ports.PortBinding(b.proto, b.port, b.host_port,
+                                                       b.host_port_end, host_ip_default)
+                for b in wanted
+            ]
+            chosen = ports.choose_host_ports(wanted, self._taken_ports())
+            ep["ports"] = ports.to_docker(chosen)
+            self.ctx.store.put(key, ep)
+            try:
+                self._apply_firewall(locked=True)
+            except Exception:
+                ep["ports"] = []
+                self.ctx.store.put(key, ep)
+                raise
+
+    def revoke_external_connectivity(self, nid: str, eid: str) -> None:
+        key = f"endpoints/{nid}/{eid}"
+        with ruleset_lock(self.ctx.host_ns):
+            entry = self.ctx.store.get(key)
+            if entry is None or not entry.value["ports"]:
+                return
+            record = entry.value
+            record["ports"] = []
+            self.ctx.store.put(key, record)
+            self._apply_firewall(locked=True)
+
+    def _taken_ports(self) -> set[tuple[str, str, int]]:
+        taken = set()
+        for entry in self.ctx.store.list("endpoints/"):
+            for b in entry.value["ports"]:
+                proto = {6: "tcp", 17: "udp", 132: "sctp"}[b["Proto"]]
+                host_ip = "" if b["HostIP"] in ("", "0.0.0.0") else b["HostIP"]
+                taken.add((proto, host_ip, b["HostPort"]))
+        return taken
+
+    # --- firewall and restart ------------------------------------------------------
+
+    def _ruleset(self) -> firewall.Ruleset:
+        rules = firewall.Ruleset()
+        for entry in self.ctx.store.list("networks/"):
+            net = entry.value
+            o = net["options"]
+            rules.networks.append(
+                firewall.NetworkRules(
+                    bridge=net["bridge"],
+                    subnets_v4=[d["pool"] for d in net["ipv4"]],
+                    subnets_v6=[d["pool"] for d in net["ipv6"]],
+                    icc=o["icc"], masquerade=o["masquerade"], internal=o["internal"],
+                )
+            )
+        for entry in self.ctx.store.list("endpoints/"):
+            ep = entry.value
+            for b in ep["ports"]:
+                rules.ports.append(
+                    firewall.PortRule(
+                        proto={6: "tcp", 17: "udp", 132: "sctp"}[b["Proto"]],
+                        host_ip=None if b["HostIP"] in ("", "0.0.0.0") else b["HostIP"],
+                        host_port=b["HostPort"],
+                        address=str(ipaddress.ip_interface(ep["address"]).ip),
+                        port=b["Port"],
+                    )
+                )
+        return rules
+
+    def _apply_firewall(self, locked: bool = False) -> None:
+        if locked:
+            firewall.apply(self.ctx.host_ns, self._ruleset())
+            return
+        with ruleset_lock(self.ctx.host_ns):
+            firewall.apply(self.ctx.host_ns, self._ruleset())
+
+    def restore(self) -> list[str]:
+        problems: list[str] = []
+        with iproute(self.ctx.host_ns) as ipr:
+            for entry in self.ctx.store.list("networks/"):
+                net = entry.value
+                try:
+                    osl_links.ensure_bridge(ipr, net["bridge"], net["options"].get("mtu"))
+                    self._configure_bridge(ipr, net)
+                    self._enable_forwarding(bool(net["ipv6"]))
+                except Exception as exc:  # report and go on with the others
+                    problems.append(f"network {net['id'][:12]}: cannot rebuild bridge: {exc}")
+        try:
+            self._apply_firewall()
+        except Exception as exc:
+            problems.append(f"bridge firewall: {exc}")
+        return problems
+
+    def endpoint_missing(self, nid: str, eid: str) -> bool:
+        """Whether the endpoint's host-side interface is gone (used by reconcile)."""
+        ep = self._endpoint(nid, eid)
+        with iproute(self.ctx.host_ns) as ipr:
+            return osl_links.link_index(ipr, ep["host_veth"]) is None
+
+
+def _ipam_record(data: IpamData) -> dict[str, Any]:
+    return {
+        "pool": str(data.pool),
+        "gateway": str(data.gateway) if data.gateway else None,
+        "aux": {k: str(v) for k, v in data.aux_addresses.items()},
+    }

@@ -1,0 +1,62 @@
+"""Parsing of driver options: Docker's key names, short aliases, one clear sentence per
+bad value."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from cnm.errors import InvalidOption
+from cnm.names import is_valid_ifname
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def canonical(options: Mapping[str, Any], aliases: Mapping[str, str], known: set[str]) -> dict[str, Any]:
+    """Map aliases to canonical keys and refuse unknown keys, naming the accepted ones."""
+    result: dict[str, Any] = {}
+    for key, value in options.items():
+        name = aliases.get(key, key)
+        if name not in known:
+            accepted = ", ".join(sorted(set(aliases) | known))
+            raise InvalidOption(f"unknown option {key!r}; this driver accepts: {accepted}")
+        if name in result and result[name] != value:
+            raise InvalidOption(f"option {key!r} is given twice with different values")
+        result[name] = value
+    return result
+
+
+def parse_bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise InvalidOption(f"option {key} must be true or false, not {value!r}")
+
+
+def parse_int(key: str, value: Any, low: int, high: int) -> int:
+    try:
+        number = int(str(value).strip(), 10)
+    except ValueError:
+        raise InvalidOption(f"option {key} must be a whole number, not {value!r}") from None
+    if not low <= number <= high:
+        raise InvalidOption(f"option {key} must be between {low} and {high}, not {number}")
+    return number
+
+
+def parse_mtu(key: str, value: Any) -> int:
+    return parse_int(key, value, 68, 65535)
+
+
+def parse_ifname(key: str, value: Any) -> str:
+    name = str(value)
+    if not is_valid_ifname(name):
+        raise InvalidOption(
+            f"option {key}: {name!r} is not a valid interface name "
+            "(1-15 letters, digits, '_', '-', '.', ':')"
+        )
+    return name
