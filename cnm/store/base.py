@@ -9,7 +9,7 @@ key. Compare-and-swap and transactions compare revisions; revision 0 means "abse
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 

@@ -1,0 +1,44 @@
+"""Remove every kernel object pycnm made, by its name prefix only (never a guess)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+from cnm import names
+from cnm.osl import iproute, nft
+from cnm.osl.links import delete_link
+from cnm.osl.netns import delete_named_netns, list_named_netns
+
+
+def remove_kernel_objects(host_ns: str | None = None) -> list[str]:
+    """Delete pycnm's links, namespaces and nft tables; return what was removed."""
+    removed: list[str] = []
+    if host_ns is None:
+        for ns_name in list_named_netns():
+            if names.is_pycnm_kernel_name(ns_name):
+                delete_named_netns(ns_name)
+                removed.append(f"namespace {ns_name}")
+    with iproute(host_ns) as ipr:
+        for link in ipr.get_links():
+            name = link.get_attr("IFLA_IFNAME")
+            if name and names.is_pycnm_kernel_name(name):
+                delete_link(ipr, name)
+                removed.append(f"link {name}")
+    for family in ("inet", "bridge"):
+        with contextlib.suppress(Exception):
+            if (family, names.NFT_TABLE) in nft.list_tables(host_ns):
+                nft.delete_table(host_ns, family, names.NFT_TABLE)
+                removed.append(f"nft table {family} {names.NFT_TABLE}")
+    if host_ns is None and os.path.isdir("/etc/netns"):
+        for entry in os.listdir("/etc/netns"):
+            if names.is_pycnm_kernel_name(entry):
+                delete_named_netns(entry)
+    return removed
+
+
+def forget_host(controller: object) -> None:
+    """Delete this host's records from the store (after which nothing is rebuilt)."""
+    ctl = controller  # a cnm.controller.Controller
+    for entry in ctl.local.list(""):  # type: ignore[attr-defined]
+        ctl.local.delete(entry.key)  # type: ignore[attr-defined]

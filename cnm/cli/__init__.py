@@ -1,0 +1,89 @@
+"""``pycnm``: the command line, shaped like ``docker network`` so Docker users feel at home.
+
+Each sub-command lives in its own module with a ``register(subparsers)`` function; this
+module only builds the parser, opens the Controller and turns errors into one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from cnm.errors import CNMError
+
+COMMAND_MODULES = [
+    "cnm.cli.network",
+    "cnm.cli.sandbox",
+    "cnm.cli.endpoint",
+    "cnm.cli.maintenance",
+    "plugin_server.cli",
+    "netns_fixtures.lab.cli",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pycnm",
+        description="Container networking (Docker's CNM) in Python: networks, sandboxes, "
+        "endpoints, a Docker network plugin and labs.",
+    )
+    parser.add_argument("--store", default=os.environ.get("PYCNM_STORE"),
+                        help="state store URL (default: $PYCNM_STORE or "
+                        "sqlite:///var/lib/pycnm/state.db); etcd://HOST:PORT for clusters")
+    parser.add_argument("--host-ns", default=os.environ.get("PYCNM_HOST_NS"),
+                        help="act on this network namespace (name or path) as the host")
+    parser.add_argument("--host-id", default=os.environ.get("PYCNM_HOST_ID"),
+                        help="this host's name in a shared store")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    import importlib
+
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name and name.startswith(exc.name):
+                continue  # that front end is not part of this build
+            raise
+        module.register(sub)
+    return parser
+
+
+def open_controller(args: argparse.Namespace, reconcile: bool = False) -> Any:
+    from cnm.controller import Controller
+
+    host_ns = args.host_ns
+    if host_ns and "/" not in host_ns:
+        host_ns = f"/run/netns/{host_ns}"
+    return Controller(args.store, host_ns=host_ns, host_id=args.host_id, reconcile=reconcile)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    handler: Callable[[argparse.Namespace], int | None] = args.handler
+    try:
+        return handler(args) or 0
+    except CNMError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except PermissionError as exc:
+        print(f"Error: permission denied ({exc.filename or exc}): pycnm needs root",
+              file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

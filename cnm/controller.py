@@ -1,0 +1,375 @@
+"""The Controller (libnetwork's NetworkController): the entry point of the Python API.
+
+It owns the store, IPAM and the drivers, creates and finds networks and sandboxes, and on
+start reconciles the kernel with the store. Every object it hands out (Network, Endpoint,
+Sandbox) is a thin handle on a stored record, so several processes sharing a store see the
+same world.
+
+    ctl = Controller("sqlite:///tmp/state.db")
+    net = ctl.new_network("web", subnet="10.1.0.0/24")
+    sb = ctl.new_sandbox("c1")
+    ep = net.create_endpoint("c1-web")
+    ep.join(sb)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import drivers as driver_registry
+from cnm import addressing, etcfiles, names, osl
+from cnm.driverapi import OPT_ENABLE_IPV6, OPT_INTERNAL, Driver, DriverContext
+from cnm.endpoint import Endpoint
+from cnm.errors import Busy, CNMError, Conflict, InvalidOption, NotFound
+from cnm.ipam import Ipam
+from cnm.network import Network
+from cnm.osl import plumbing
+from cnm.osl.netns import create_named_netns, delete_named_netns, netns_exists
+from cnm.records import EndpointRecord, NetworkRecord, PoolRecord, SandboxRecord
+from cnm.sandbox import Sandbox
+from cnm.store import Store, open_store
+from cnm.store.prefixed import PrefixedStore
+
+log = logging.getLogger(__name__)
+
+
+def _as_list(value: str | Iterable[str] | None) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    return list(value)
+
+
+class Controller:
+    """Creates and finds networks and sandboxes on one host.
+
+    ``store``: a Store or a store URL (None: ``PYCNM_STORE`` or the embedded default).
+    ``host_ns``: path of the namespace that acts as this host's root namespace (None: the
+    one this process runs in); tests and labs emulate several hosts this way.
+    ``host_id``: this host's name in a shared store (default: the host namespace's name or
+    the machine's hostname).
+    """
+
+    def __init__(
+        self,
+        store: Store | str | None = None,
+        *,
+        host_ns: str | None = None,
+        host_id: str | None = None,
+        reconcile: bool = True,
+    ) -> None:
+        self._owns_store = not isinstance(store, Store)
+        self.store: Store = store if isinstance(store, Store) else open_store(store)
+        self.host_ns = host_ns
+        if host_ns is not None and not netns_exists(host_ns):
+            raise NotFound(f"host namespace {host_ns} does not exist")
+        self.host_id = host_id or (
+            host_ns.rsplit("/", 1)[-1] if host_ns else socket.gethostname()
+        )
+        if not names.is_valid_object_name(self.host_id):
+            raise InvalidOption(f"host id {self.host_id!r} is not a valid name")
+        self.local = PrefixedStore(self.store, f"local/{self.host_id}/")
+        self.ipam = Ipam(PrefixedStore(self.store, f"local/{self.host_id}/"), self._host_prefixes)
+        self.global_ipam = Ipam(PrefixedStore(self.store, "global/"), self._host_prefixes)
+        self._drivers: dict[str, Driver] = {}
+        self._drivers_lock = threading.Lock()
+        self.last_reconcile: list[str] = []
+        if reconcile:
+            self.last_reconcile = self.reconcile()
+
+    # --- plumbing shared with the object handles ----------------------------------
+
+    def _host_prefixes(self) -> list[Any]:
+        with osl.iproute(self.host_ns) as ipr:
+            from cnm.osl.links import routed_prefixes
+
+            return routed_prefixes(ipr)
+
+    def driver(self, name: str) -> Driver:
+        """The driver called ``name``, loaded once per controller."""
+        with self._drivers_lock:
+            if name not in self._drivers:
+                ctx = DriverContext(
+                    host_ns=self.host_ns,
+                    store=PrefixedStore(self.store, f"local/{self.host_id}/drivers/{name}/"),
+                    host_id=self.host_id,
+                    global_store=PrefixedStore(self.store, f"global/drivers/{name}/"),
+                )
+                self._drivers[name] = driver_registry.load(name, ctx)
+            return self._drivers[name]
+
+    def ipam_for(self, scope: str) -> Ipam:
+        return self.global_ipam if scope == "global" else self.ipam
+
+    # --- networks -------------------------------------------------------------------
+
+    def new_network(
+        self,
+        name: str,
+        driver: str = "bridge",
+        *,
+        subnet: str | Iterable[str] | None = None,
+        gateway: str | Iterable[str] | None = None,
+        ip_range: str | Iterable[str] | None = None,
+        aux_addresses: Mapping[str, str] | None = None,
+        ipv6: bool = False,
+        internal: bool = False,
+        options: Mapping[str, Any] | None = None,
+        labels: Mapping[str, str] | None = None,
+        network_id: str | None = None,
+        preallocated: Iterable[PoolRecord] | None = None,
+    ) -> Network:
+        """Create a network (``docker network create``). Everything is validated before
+        anything is made; on failure nothing remains.
+
+        ``network_id`` and ``preallocated`` serve callers that own addressing (Docker's
+        IPAM): the pools are recorded as given and pycnm's IPAM is not asked.
+        """
+        if not names.is_valid_object_name(name):
+            raise InvalidOption(
+                f"network name {name!r} is invalid: use letters, digits, '_', '.', '-' "
+                "(at most 63, starting with a letter or digit)"
+            )
+        nid = network_id or names.new_id()
+        existing = self.local.get(f"networks/{nid}")
+        if existing is not None:
+            return Network(self, nid)  # a retried create
+        drv = self.driver(driver)
+        opts: dict[str, Any] = {str(k): v for k, v in (options or {}).items()}
+        opts[OPT_INTERNAL] = bool(internal)
+        opts[OPT_ENABLE_IPV6] = bool(ipv6)
+        drv.validate_network_options(opts)
+        scope = drv.capabilities().scope
+        record = NetworkRecord(
+            id=nid, name=name, driver=driver, scope=scope, options=opts,
+            internal=bool(internal), ipv6=bool(ipv6), labels=dict(labels or {}),
+        )
+        with contextlib.ExitStack() as undo:
+            if not self.local.create(f"names/networks/{name}", {"id": nid}):
+                raise Conflict(f"a network named {name!r} already exists")
+            undo.callback(self.local.delete, f"names/networks/{name}")
+            if preallocated is not None:
+                record.ipam = "external"
+                for pool in preallocated:
+                    version = 6 if ":" in pool.subnet else 4
+                    (record.ipv6_pools if version == 6 else record.ipv4_pools).append(
+                        pool.to_dict()
+                    )
+            else:
+                requests = addressing.plan_pools(
+                    _as_list(subnet), _as_list(gateway), _as_list(ip_range),
+                    aux_addresses, ipv6,
+                )
+                for request in requests:
+                    pool = self._allocate_pool(scope, request, undo)
+                    target = record.ipv6_pools if request.version == 6 else record.ipv4_pools
+                    target.append(pool.to_dict())
+            self.local.put(f"networks/{nid}", record.to_dict())
+            undo.callback(self.local.delete, f"networks/{nid}")
+            drv.create_network(
+                nid, opts, Network.ipam_data(record.pools(4)), Network.ipam_data(record.pools(6))
+            )
+            undo.pop_all()
+        log.info("network %s (%s): created with driver %s", name, nid[:12], driver)
+        return Network(self, nid)
+
+    def _allocate_pool(
+        self, scope: str, request: addressing.PoolRequest, undo: contextlib.ExitStack
+    ) -> PoolRecord:
+        ipam = self.ipam_for(scope)
+        pool = ipam.request_pool(
+            subnet=str(request.subnet) if request.subnet else None,
+            ip_range=str(request.ip_range) if request.ip_range else None,
+            v6=request.version == 6,
+        )
+        undo.callback(ipam.release_pool, pool.id)
+        gw = ipam.request_address(
+            pool.id, str(request.gateway) if request.gateway else None, whole_subnet=True
+        )
+        undo.callback(ipam.release_address, pool.id, gw)
+        for aux_name, aux_ip in request.aux.items():
+            try:
+                ipam.request_address(pool.id, str(aux_ip), whole_subnet=True)
+            except Conflict:
+                raise Conflict(f"aux-address {aux_name}={aux_ip} is already in use") from None
+            undo.callback(ipam.release_address, pool.id, aux_ip)
+        prefix = pool.subnet.prefixlen
+        return PoolRecord(
+            subnet=str(pool.subnet),
+            gateway=f"{gw}/{prefix}",
+            ip_range=str(pool.ip_range) if pool.ip_range else None,
+            aux_addresses={k: str(v) for k, v in request.aux.items()},
+            pool_id=pool.id,
+        )
+
+    def network(self, name_or_id: str) -> Network:
+        """Find a network by name, full id or unique id prefix."""
+        return Network(self, self._resolve("networks", name_or_id, "network"))
+
+    def networks(self) -> list[Network]:
+        return [Network(self, e.value["id"]) for e in self.local.list("networks/")]
+
+    def _resolve(self, kind: str, name_or_id: str, what: str) -> str:
+        by_name = self.local.get(f"names/{kind}/{name_or_id}")
+        if by_name is not None:
+            return by_name.value["id"]
+        if self.local.get(f"{kind}/{name_or_id}") is not None:
+            return name_or_id
+        if len(name_or_id) >= 3:
+            matches = [
+                e.value["id"] for e in self.local.list(f"{kind}/")
+                if e.value["id"].startswith(name_or_id)
+            ]
+            if len(matches) == 1:
+                return matches[0]
+            if len(matches) > 1:
+                raise Conflict(f"{what} id prefix {name_or_id!r} is ambiguous")
+        raise NotFound(f"no {what} named or with id {name_or_id!r}")
+
+    # --- sandboxes ------------------------------------------------------------------
+
+    def new_sandbox(
+        self,
+        name: str,
+        *,
+        netns_path: str | None = None,
+        hostname: str | None = None,
+        dns: Iterable[str] = (),
+        dns_search: Iterable[str] = (),
+        dns_options: Iterable[str] = (),
+        extra_hosts: Mapping[str, str] | None = None,
+        sandbox_id: str | None = None,
+    ) -> Sandbox:
+        """Create a sandbox: a new named namespace ``pcsb-NAME`` (``ip netns exec pcsb-NAME``
+        works in it), or adopt the existing namespace at ``netns_path``."""
+        if not names.is_valid_object_name(name) or len(name) > 40:
+            raise InvalidOption(
+                f"sandbox name {name!r} is invalid: use letters, digits, '_', '.', '-' "
+                "(at most 40, starting with a letter or digit)"
+            )
+        if netns_path is not None and not netns_exists(netns_path):
+            raise NotFound(f"{netns_path} is not a network namespace")
+        sid = sandbox_id or names.new_id()
+        record = SandboxRecord(
+            id=sid, name=name, netns_path=netns_path or osl.named_netns_path(
+                names.sandbox_netns(name)),
+            owned=netns_path is None, hostname=hostname or name,
+            dns_servers=list(dns), dns_search=list(dns_search), dns_options=list(dns_options),
+            extra_hosts=dict(extra_hosts or {}),
+        )
+        with contextlib.ExitStack() as undo:
+            if not self.local.create(f"names/sandboxes/{name}", {"id": sid}):
+                raise Conflict(f"a sandbox named {name!r} already exists")
+            undo.callback(self.local.delete, f"names/sandboxes/{name}")
+            if record.owned:
+                create_named_netns(names.sandbox_netns(name))
+                undo.callback(delete_named_netns, names.sandbox_netns(name))
+                plumbing.loopback_up(record.netns_path)
+            etcfiles.write(record, [], self._netns_name(record))
+            undo.callback(etcfiles.remove, record, self._netns_name(record))
+            self.local.put(f"sandboxes/{sid}", record.to_dict())
+            undo.pop_all()
+        log.info("sandbox %s (%s): created at %s", name, sid[:12], record.netns_path)
+        return Sandbox(self, sid)
+
+    @staticmethod
+    def _netns_name(record: SandboxRecord) -> str | None:
+        return names.sandbox_netns(record.name) if record.owned else None
+
+    def sandbox(self, name_or_id: str) -> Sandbox:
+        return Sandbox(self, self._resolve("sandboxes", name_or_id, "sandbox"))
+
+    def sandboxes(self) -> list[Sandbox]:
+        return [Sandbox(self, e.value["id"]) for e in self.local.list("sandboxes/")]
+
+    def endpoints(self) -> list[Endpoint]:
+        return [
+            Endpoint(self, e.value["network_id"], e.value["id"])
+            for e in self.local.list("endpoints/")
+        ]
+
+    def endpoint(self, name_or_id: str) -> Endpoint:
+        """Find an endpoint by id, id prefix, or ``NETWORK/NAME``."""
+        if "/" in name_or_id:
+            net_name, _, ep_name = name_or_id.partition("/")
+            return self.network(net_name).endpoint(ep_name)
+        matches = [
+            e for e in self.endpoints()
+            if e.id.startswith(name_or_id) or e.record.name == name_or_id
+        ]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise Conflict(f"endpoint {name_or_id!r} is ambiguous: name it as NETWORK/NAME")
+        raise NotFound(f"no endpoint named or with id {name_or_id!r}")
+
+    # --- life cycle -----------------------------------------------------------------
+
+    def reconcile(self) -> list[str]:
+        """Bring the kernel back in line with the store after a restart or a crash.
+
+        Recreates bridges, firewall rules, sandbox namespaces and endpoint interfaces that
+        are missing; returns one sentence per thing it could not repair.
+        """
+        problems: list[str] = []
+        used = {e.value["driver"] for e in self.local.list("networks/")}
+        for name in sorted(used):
+            try:
+                problems += self.driver(name).restore()
+            except CNMError as exc:
+                problems.append(f"driver {name}: {exc}")
+        for sb in self.sandboxes():
+            problems += sb.reconcile()
+        for problem in problems:
+            log.warning("reconcile: %s", problem)
+        return problems
+
+    def cleanup_all(self) -> None:
+        """Remove every object this host has in the store, and its kernel state."""
+        for sb in self.sandboxes():
+            sb.delete()
+        for ep in self.endpoints():
+            ep.delete(force=True)
+        for net in self.networks():
+            net.delete()
+
+    def close(self) -> None:
+        for drv in self._drivers.values():
+            drv.close()
+        if self._owns_store:
+            self.store.close()
+
+    def __enter__(self) -> Controller:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # Helpers used by the handles.
+
+    def _network_record(self, nid: str) -> NetworkRecord:
+        entry = self.local.get(f"networks/{nid}")
+        if entry is None:
+            raise NotFound(f"network {nid[:12]} not found")
+        return NetworkRecord.from_dict(entry.value)
+
+    def _endpoint_record(self, nid: str, eid: str) -> EndpointRecord:
+        entry = self.local.get(f"endpoints/{nid}/{eid}")
+        if entry is None:
+            raise NotFound(f"endpoint {eid[:12]} not found")
+        return EndpointRecord.from_dict(entry.value)
+
+    def _sandbox_record(self, sid: str) -> SandboxRecord:
+        entry = self.local.get(f"sandboxes/{sid}")
+        if entry is None:
+            raise NotFound(f"sandbox {sid[:12]} not found")
+        return SandboxRecord.from_dict(entry.value)
+
+    def _busy(self, what: str) -> Busy:
+        return Busy(what)

@@ -1,0 +1,230 @@
+"""An Endpoint: a virtual interface that joins a sandbox to a network.
+
+Join follows what dockerd does with a driver's answer: the driver prepares the interface
+and says how to plug it (JoinInfo); the core moves it into the sandbox, names it eth<N>,
+gives it its addresses and, if it is the sandbox's first way out, the default route and
+the published ports (program external connectivity).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+from typing import TYPE_CHECKING, Any
+
+from cnm.driverapi import JoinInfo
+from cnm.errors import Busy, Conflict, NotFound
+from cnm.osl import plumbing
+from cnm.records import EndpointRecord, SandboxRecord
+
+if TYPE_CHECKING:
+    from cnm.controller import Controller
+    from cnm.sandbox import Sandbox
+
+log = logging.getLogger(__name__)
+
+
+class Endpoint:
+    def __init__(self, controller: Controller, network_id: str, endpoint_id: str) -> None:
+        self.controller = controller
+        self.network_id = network_id
+        self.id = endpoint_id
+
+    def __repr__(self) -> str:
+        return f"<Endpoint {self.id[:12]} on {self.network_id[:12]}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Endpoint) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    @property
+    def record(self) -> EndpointRecord:
+        return self.controller._endpoint_record(self.network_id, self.id)
+
+    @property
+    def network(self) -> Any:
+        from cnm.network import Network
+
+        return Network(self.controller, self.network_id)
+
+    def _key(self) -> str:
+        return f"endpoints/{self.network_id}/{self.id}"
+
+    def _save(self, record: EndpointRecord) -> None:
+        self.controller.local.put(self._key(), record.to_dict())
+
+    # --- join / leave ---------------------------------------------------------------
+
+    def join(self, sandbox: Sandbox, options: dict[str, Any] | None = None) -> str:
+        """Plug this endpoint into ``sandbox``; return its interface name there."""
+        ctl = self.controller
+        ep = self.record
+        sb = sandbox.record
+        if ep.sandbox_id == sb.id:
+            return ep.ifname or ""
+        if ep.sandbox_id:
+            raise Conflict(f"endpoint {ep.name} is already attached to another sandbox")
+        for joined in sb.interfaces.values():
+            if joined.partition("/")[0] == self.network_id:
+                raise Conflict(
+                    f"sandbox {sb.name} is already attached to network {self.network.name}"
+                )
+        net = ctl._network_record(self.network_id)
+        drv = ctl.driver(net.driver)
+        opts = {**ep.options, **(options or {})}
+        with contextlib.ExitStack() as undo:
+            info = drv.join(self.network_id, self.id, sb.netns_path, opts)
+            undo.callback(drv.leave, self.network_id, self.id)
+            slot = f"{self.network_id}/{self.id}"
+            ifname = sandbox._reserve_ifname(info.dst_prefix, slot)
+            undo.callback(sandbox._release_ifname, ifname, slot)
+            self._plug(sb, info, ifname, ep)
+            undo.callback(plumbing.unplug, sb.netns_path, ifname, ctl.host_ns, info.src_name)
+            ep.sandbox_id, ep.sandbox_key, ep.ifname, ep.src_name = (
+                sb.id, sb.netns_path, ifname, info.src_name
+            )
+            ep.gateway = str(info.gateway) if info.gateway else None
+            ep.gateway_v6 = str(info.gateway_v6) if info.gateway_v6 else None
+            ep.static_routes = [
+                {"destination": str(r.destination), "type": r.route_type,
+                 "next_hop": str(r.next_hop) if r.next_hop else None}
+                for r in info.static_routes
+            ]
+            self._save(ep)
+            undo.callback(self._clear_join)
+            if (ep.gateway or ep.gateway_v6) and sandbox._claim_gateway(self.id):
+                undo.callback(sandbox._drop_gateway, self.id)
+                self._become_gateway(ep, sb, opts)
+            sandbox._write_files()
+            undo.pop_all()
+        log.info("endpoint %s: joined sandbox %s as %s", self.id[:12], sb.name, ifname)
+        return ifname
+
+    def _plug(self, sb: SandboxRecord, info: JoinInfo, ifname: str, ep: EndpointRecord) -> None:
+        addresses = [
+            ipaddress.ip_interface(a) for a in (ep.address, ep.address_v6) if a
+        ]
+        plumbing.plug(
+            self.controller.host_ns, sb.netns_path, info.src_name, ifname,
+            addresses=addresses, mac=ep.mac,
+        )
+        if info.static_routes:
+            plumbing.add_static_routes(
+                sb.netns_path, ifname,
+                [(str(r.destination), r.route_type, str(r.next_hop) if r.next_hop else None)
+                 for r in info.static_routes],
+            )
+
+    def _become_gateway(self, ep: EndpointRecord, sb: SandboxRecord, opts: dict[str, Any]) -> None:
+        """Route the sandbox's way out through this endpoint and publish its ports."""
+        plumbing.set_default_routes(
+            sb.netns_path, ep.ifname or "",
+            ipaddress.IPv4Address(ep.gateway) if ep.gateway else None,
+            ipaddress.IPv6Address(ep.gateway_v6) if ep.gateway_v6 else None,
+        )
+        drv = self.controller.driver(self.controller._network_record(self.network_id).driver)
+        drv.program_external_connectivity(self.network_id, self.id, opts)
+
+    def _clear_join(self) -> None:
+        ep = self.record
+        ep.sandbox_id = ep.sandbox_key = ep.ifname = ep.src_name = None
+        ep.gateway = ep.gateway_v6 = None
+        ep.static_routes = []
+        self._save(ep)
+
+    def leave(self) -> None:
+        """Unplug this endpoint from its sandbox; an endpoint in no sandbox is success."""
+        from cnm.sandbox import Sandbox
+
+        ctl = self.controller
+        ep = self.record
+        if not ep.sandbox_id:
+            return
+        sandbox = Sandbox(ctl, ep.sandbox_id)
+        try:
+            sb: SandboxRecord | None = sandbox.record
+        except NotFound:
+            sb = None
+        drv = ctl.driver(ctl._network_record(self.network_id).driver)
+        was_gateway = sb is not None and sb.gateway_endpoint == self.id
+        if was_gateway:
+            drv.revoke_external_connectivity(self.network_id, self.id)
+        if ep.sandbox_key and ep.ifname and ep.src_name:
+            plumbing.unplug(ep.sandbox_key, ep.ifname, ctl.host_ns, ep.src_name)
+        drv.leave(self.network_id, self.id)
+        if sb is not None and ep.ifname:
+            sandbox._release_ifname(ep.ifname, f"{self.network_id}/{self.id}")
+        self._clear_join()
+        if sb is not None:
+            if was_gateway:
+                sandbox._drop_gateway(self.id)
+                sandbox._elect_gateway()
+            sandbox._write_files()
+        log.info("endpoint %s: left sandbox %s", self.id[:12], sb.name if sb else ep.sandbox_id)
+
+    def delete(self, force: bool = False) -> None:
+        """Delete the endpoint and release its addresses; it must be detached first
+        unless ``force``."""
+        ctl = self.controller
+        try:
+            ep = self.record
+        except NotFound:
+            return
+        if ep.sandbox_id:
+            if not force:
+                raise Busy(f"endpoint {ep.name} is attached to a sandbox: detach it first")
+            self.leave()
+        net = ctl._network_record(self.network_id)
+        ctl.driver(net.driver).delete_endpoint(self.network_id, self.id)
+        if net.ipam == "pycnm":
+            ipam = ctl.ipam_for(net.scope)
+            for cidr, pools in ((ep.address, net.pools(4)), (ep.address_v6, net.pools(6))):
+                if not cidr:
+                    continue
+                ip = ipaddress.ip_interface(cidr).ip
+                for pool in pools:
+                    if ip in ipaddress.ip_network(pool.subnet):
+                        ipam.release_address(pool.pool_id, ip)
+        ctl.local.delete(self._key())
+        ctl.local.delete(f"names/endpoints/{self.network_id}/{ep.name}")
+
+    def inspect(self) -> dict[str, Any]:
+        ep = self.record
+        return {
+            "Name": ep.name,
+            "EndpointID": ep.id,
+            "NetworkID": ep.network_id,
+            "MacAddress": ep.mac or "",
+            "IPv4Address": ep.address or "",
+            "IPv6Address": ep.address_v6 or "",
+            "SandboxID": ep.sandbox_id or "",
+            "Interface": ep.ifname or "",
+        }
+
+    def repair(self, sandbox: Sandbox) -> None:
+        """Rebuild a joined endpoint whose interface vanished (reconcile after a crash):
+        the driver recreates it with the same addresses and MAC and it is plugged again."""
+        from cnm.driverapi import InterfaceInfo
+
+        ctl = self.controller
+        ep = self.record
+        sb = sandbox.record
+        net = ctl._network_record(self.network_id)
+        drv = ctl.driver(net.driver)
+        drv.delete_endpoint(self.network_id, self.id)
+        drv.create_endpoint(
+            self.network_id, self.id,
+            InterfaceInfo(
+                ipaddress.IPv4Interface(ep.address) if ep.address else None,
+                ipaddress.IPv6Interface(ep.address_v6) if ep.address_v6 else None,
+                ep.mac,
+            ),
+            ep.options,
+        )
+        info = drv.join(self.network_id, self.id, sb.netns_path, ep.options)
+        self._plug(sb, info, ep.ifname or "", ep)
+        if sb.gateway_endpoint == self.id:
+            self._become_gateway(ep, sb, ep.options)

@@ -1,0 +1,110 @@
+"""A sandbox's /etc/resolv.conf and /etc/hosts, as Docker writes them.
+
+For a named namespace the files go to /etc/netns/NAME/, which ``ip netns exec`` bind-mounts
+over /etc. Entries come from the sandbox record; service discovery will add its names here.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+
+from cnm.records import EndpointRecord, SandboxRecord
+
+HOST_RESOLV_CONF = "/etc/resolv.conf"
+
+
+def host_nameservers(path: str = HOST_RESOLV_CONF) -> tuple[list[str], list[str], list[str]]:
+    """Nameservers, search domains and options of the host, minus loopback servers (they
+    would point into the sandbox's own loopback), as Docker filters them."""
+    servers: list[str] = []
+    search: list[str] = []
+    options: list[str] = []
+    try:
+        with open(path) as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return servers, search, options
+    for line in lines:
+        parts = re.split(r"\s+", line.split("#", 1)[0].strip())
+        if len(parts) < 2:
+            continue
+        if parts[0] == "nameserver":
+            try:
+                if not ipaddress.ip_address(parts[1].split("%")[0]).is_loopback:
+                    servers.append(parts[1])
+            except ValueError:
+                continue
+        elif parts[0] in ("search", "domain"):
+            search = parts[1:]
+        elif parts[0] == "options":
+            options.extend(parts[1:])
+    return servers, search, options
+
+
+def render_resolv_conf(sandbox: SandboxRecord) -> str:
+    servers, search, options = host_nameservers()
+    servers = sandbox.dns_servers or servers
+    search = sandbox.dns_search or search
+    options = sandbox.dns_options or options
+    lines = ["# written by pycnm for sandbox " + sandbox.name]
+    lines += [f"nameserver {s}" for s in servers]
+    if search:
+        lines.append("search " + " ".join(search))
+    if options:
+        lines.append("options " + " ".join(options))
+    return "\n".join(lines) + "\n"
+
+
+def render_hosts(sandbox: SandboxRecord, endpoints: list[EndpointRecord]) -> str:
+    lines = [
+        "127.0.0.1\tlocalhost",
+        "::1\tlocalhost ip6-localhost ip6-loopback",
+        "fe00::0\tip6-localnet",
+        "ff00::0\tip6-mcastprefix",
+        "ff02::1\tip6-allnodes",
+        "ff02::2\tip6-allrouters",
+    ]
+    hostname = sandbox.hostname or sandbox.name
+    for ep in endpoints:
+        for cidr in (ep.address, ep.address_v6):
+            if cidr:
+                lines.append(f"{ipaddress.ip_interface(cidr).ip}\t{hostname}")
+    lines += [f"{ip}\t{name}" for name, ip in sorted(sandbox.extra_hosts.items())]
+    return "\n".join(lines) + "\n"
+
+
+def files_dir(sandbox: SandboxRecord, netns_name: str | None) -> str:
+    if netns_name is not None:
+        return os.path.join("/etc/netns", netns_name)
+    return os.path.join("/run/pycnm/sandboxes", sandbox.id)
+
+
+def write(sandbox: SandboxRecord, endpoints: list[EndpointRecord], netns_name: str | None) -> str:
+    """Write both files atomically; return their folder."""
+    folder = files_dir(sandbox, netns_name)
+    os.makedirs(folder, mode=0o755, exist_ok=True)
+    for name, text in (
+        ("resolv.conf", render_resolv_conf(sandbox)),
+        ("hosts", render_hosts(sandbox, endpoints)),
+        ("hostname", (sandbox.hostname or sandbox.name) + "\n"),
+    ):
+        tmp = os.path.join(folder, f".{name}.tmp")
+        with open(tmp, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, os.path.join(folder, name))
+    return folder
+
+
+def remove(sandbox: SandboxRecord, netns_name: str | None) -> None:
+    folder = files_dir(sandbox, netns_name)
+    for name in ("resolv.conf", "hosts", "hostname"):
+        try:
+            os.unlink(os.path.join(folder, name))
+        except FileNotFoundError:
+            pass
+    try:
+        os.rmdir(folder)
+    except OSError:
+        pass

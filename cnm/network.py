@@ -1,0 +1,238 @@
+"""A Network: a group of endpoints that can talk directly, like a switch."""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from cnm import names
+from cnm.driverapi import OPT_MACADDRESS, InterfaceInfo, IpamData
+from cnm.endpoint import Endpoint
+from cnm.errors import Busy, Conflict, InvalidOption, NotFound, PoolExhausted
+from cnm.records import EndpointRecord, NetworkRecord, PoolRecord
+
+if TYPE_CHECKING:
+    from cnm.controller import Controller
+
+
+class Network:
+    """Handle on a stored network; every property reads the store afresh."""
+
+    def __init__(self, controller: Controller, network_id: str) -> None:
+        self.controller = controller
+        self.id = network_id
+
+    def __repr__(self) -> str:
+        return f"<Network {self.id[:12]}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Network) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    @property
+    def record(self) -> NetworkRecord:
+        return self.controller._network_record(self.id)
+
+    @property
+    def name(self) -> str:
+        return self.record.name
+
+    @staticmethod
+    def ipam_data(pools: list[PoolRecord]) -> list[IpamData]:
+        return [
+            IpamData(
+                pool=ipaddress.ip_network(p.subnet),
+                gateway=ipaddress.ip_interface(p.gateway) if p.gateway else None,
+                aux_addresses={k: ipaddress.ip_address(v.split("/")[0])
+                               for k, v in p.aux_addresses.items()},
+            )
+            for p in pools
+        ]
+
+    # --- endpoints --------------------------------------------------------------------
+
+    def create_endpoint(
+        self,
+        name: str | None = None,
+        *,
+        ip: str | None = None,
+        ipv6_address: str | None = None,
+        mac: str | None = None,
+        options: Mapping[str, Any] | None = None,
+        endpoint_id: str | None = None,
+    ) -> Endpoint:
+        """Create an endpoint (an interface not yet in any sandbox) with its addresses.
+
+        ``ip``/``ipv6_address`` ask for static addresses; networks whose addressing is
+        owned by the caller (Docker) must be given them.
+        """
+        ctl = self.controller
+        net = self.record
+        eid = endpoint_id or names.new_id()
+        if ctl.local.get(f"endpoints/{self.id}/{eid}") is not None:
+            return Endpoint(ctl, self.id, eid)  # a retried create
+        name = name or eid[:12]
+        if not names.is_valid_object_name(name):
+            raise InvalidOption(f"endpoint name {name!r} is invalid")
+        mac = _normalise_mac(mac) if mac else None
+        opts = dict(options or {})
+        drv = ctl.driver(net.driver)
+        with contextlib.ExitStack() as undo:
+            if not ctl.local.create(f"names/endpoints/{self.id}/{name}", {"id": eid}):
+                raise Conflict(f"network {net.name} already has an endpoint named {name!r}")
+            undo.callback(ctl.local.delete, f"names/endpoints/{self.id}/{name}")
+            address = self._address(net, 4, ip, undo)
+            address_v6 = self._address(net, 6, ipv6_address, undo) if net.ipv6 else None
+            if ipv6_address and not net.ipv6:
+                raise InvalidOption(f"network {net.name} has no IPv6: cannot use {ipv6_address}")
+            record = EndpointRecord(
+                id=eid, name=name, network_id=self.id,
+                address=str(address) if address else None,
+                address_v6=str(address_v6) if address_v6 else None,
+                mac=mac, options=opts,
+            )
+            iface = InterfaceInfo(
+                ipaddress.IPv4Interface(record.address) if record.address else None,
+                ipaddress.IPv6Interface(record.address_v6) if record.address_v6 else None,
+                mac,
+            )
+            if mac:
+                opts.setdefault(OPT_MACADDRESS, mac)
+            filled = drv.create_endpoint(self.id, eid, iface, opts)
+            undo.callback(drv.delete_endpoint, self.id, eid)
+            record.mac = mac or filled.mac
+            ctl.local.put(f"endpoints/{self.id}/{eid}", record.to_dict())
+            undo.pop_all()
+        return Endpoint(ctl, self.id, eid)
+
+    def _address(
+        self, net: NetworkRecord, version: int, wanted: str | None, undo: contextlib.ExitStack
+    ) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface | None:
+        pools = net.pools(version)
+        if not pools:
+            if wanted:
+                raise InvalidOption(f"network {net.name} has no IPv{version} subnet for {wanted}")
+            return None
+        if net.ipam == "external":
+            if not wanted:
+                return None
+            iface = _interface(wanted, pools)
+            return iface
+        ipam = self.controller.ipam_for(net.scope)
+        if wanted:
+            iface = _interface(wanted, pools)
+            pool = next(p for p in pools if iface.ip in ipaddress.ip_network(p.subnet))
+            got = ipam.request_address(pool.pool_id, str(iface.ip))
+            undo.callback(ipam.release_address, pool.pool_id, got)
+            return ipaddress.ip_interface(f"{got}/{iface.network.prefixlen}")
+        for pool in pools:
+            try:
+                got = ipam.request_address(pool.pool_id)
+            except PoolExhausted:
+                continue
+            undo.callback(ipam.release_address, pool.pool_id, got)
+            return ipaddress.ip_interface(f"{got}/{ipaddress.ip_network(pool.subnet).prefixlen}")
+        raise PoolExhausted(
+            f"network {net.name} has no free IPv{version} address left "
+            f"({', '.join(p.subnet for p in pools)})"
+        )
+
+    def endpoints(self) -> list[Endpoint]:
+        return [
+            Endpoint(self.controller, self.id, e.value["id"])
+            for e in self.controller.local.list(f"endpoints/{self.id}/")
+        ]
+
+    def endpoint(self, name_or_id: str) -> Endpoint:
+        ctl = self.controller
+        by_name = ctl.local.get(f"names/endpoints/{self.id}/{name_or_id}")
+        if by_name is not None:
+            return Endpoint(ctl, self.id, by_name.value["id"])
+        for ep in self.endpoints():
+            if ep.id == name_or_id or (len(name_or_id) >= 3 and ep.id.startswith(name_or_id)):
+                return ep
+        raise NotFound(f"network {self.name} has no endpoint {name_or_id!r}")
+
+    # --- life cycle ---------------------------------------------------------------------
+
+    def delete(self, force: bool = False) -> None:
+        """Delete the network; it must have no endpoints unless ``force``."""
+        ctl = self.controller
+        net = self.record
+        eps = self.endpoints()
+        if eps and not force:
+            raise Busy(
+                f"network {net.name} still has {len(eps)} endpoint(s) "
+                f"({', '.join(e.record.name for e in eps[:5])}): detach them first"
+            )
+        for ep in eps:
+            ep.delete(force=True)
+        ctl.driver(net.driver).delete_network(self.id)
+        if net.ipam == "pycnm":
+            ipam = ctl.ipam_for(net.scope)
+            for pool in net.pools(4) + net.pools(6):
+                ipam.release_pool(pool.pool_id)
+        ctl.local.delete(f"networks/{self.id}")
+        ctl.local.delete(f"names/networks/{net.name}")
+
+    def inspect(self) -> dict[str, Any]:
+        """A description shaped like ``docker network inspect``."""
+        net = self.record
+        config = []
+        for pool in net.pools(4) + net.pools(6):
+            item: dict[str, Any] = {"Subnet": pool.subnet}
+            if pool.gateway:
+                item["Gateway"] = str(ipaddress.ip_interface(pool.gateway).ip)
+            if pool.ip_range:
+                item["IPRange"] = pool.ip_range
+            if pool.aux_addresses:
+                item["AuxiliaryAddresses"] = pool.aux_addresses
+            config.append(item)
+        return {
+            "Name": net.name,
+            "Id": net.id,
+            "Created": net.created,
+            "Scope": net.scope,
+            "Driver": net.driver,
+            "EnableIPv6": net.ipv6,
+            "Internal": net.internal,
+            "IPAM": {"Driver": net.ipam, "Config": config},
+            "Options": {k: v for k, v in net.options.items()},
+            "Labels": net.labels,
+            "Endpoints": {ep.id: ep.inspect() for ep in self.endpoints()},
+        }
+
+
+def _interface(
+    wanted: str, pools: list[PoolRecord]
+) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
+    """A user's address (with or without /len) placed in the pool that holds it."""
+    try:
+        ip = ipaddress.ip_address(wanted.split("/")[0])
+    except ValueError:
+        raise InvalidOption(f"{wanted!r} is not a valid IP address") from None
+    for pool in pools:
+        subnet = ipaddress.ip_network(pool.subnet)
+        if ip in subnet:
+            return ipaddress.ip_interface(f"{ip}/{subnet.prefixlen}")
+    raise InvalidOption(
+        f"address {ip} is not in the network's subnet(s) {', '.join(p.subnet for p in pools)}"
+    )
+
+
+def _normalise_mac(mac: str) -> str:
+    parts = mac.replace("-", ":").lower().split(":")
+    if len(parts) != 6 or not all(len(p) == 2 for p in parts):
+        raise InvalidOption(f"{mac!r} is not a MAC address (e.g. 02:42:ac:11:00:02)")
+    try:
+        first = int(parts[0], 16)
+        [int(p, 16) for p in parts]
+    except ValueError:
+        raise InvalidOption(f"{mac!r} is not a MAC address (e.g. 02:42:ac:11:00:02)") from None
+    if first & 1:
+        raise InvalidOption(f"{mac} is a multicast address; an interface needs a unicast MAC")
+    return ":".join(parts)

@@ -1,0 +1,98 @@
+"""What dockerd does with a driver's JoinInfo: move the interface into the sandbox, name
+it, address it, route through it; and the reverse on leave."""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+from collections.abc import Iterable, Iterator
+
+from cnm.osl import links
+from cnm.osl.netns import iproute
+
+IPInterface = links.IPInterface
+
+
+@contextlib.contextmanager
+def _ns_fd(ns: str | None) -> Iterator[int]:
+    fd = os.open(ns or "/proc/self/ns/net", os.O_RDONLY)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def plug(
+    host_ns: str | None,
+    sandbox_ns: str,
+    src_name: str,
+    ifname: str,
+    *,
+    addresses: Iterable[IPInterface] = (),
+    mac: str | None = None,
+) -> None:
+    """Move ``src_name`` from the host into the sandbox as ``ifname``, addressed and up."""
+    with iproute(host_ns) as host, _ns_fd(sandbox_ns) as target:
+        links.move_link(host, src_name, target, ifname)
+    with iproute(sandbox_ns) as sandbox:
+        index = links.require_index(sandbox, ifname)
+        links.configure(sandbox, index, addresses=addresses, mac=mac)
+
+
+def unplug(sandbox_ns: str, ifname: str, host_ns: str | None, back_name: str) -> None:
+    """Move ``ifname`` back to the host under ``back_name``, down and without addresses.
+
+    A sandbox that is gone, or an interface already gone, is success.
+    """
+    if not os.path.exists(sandbox_ns):
+        return
+    with iproute(sandbox_ns) as sandbox:
+        index = links.link_index(sandbox, ifname)
+        if index is None:
+            return
+        sandbox.link("set", index=index, state="down")
+        sandbox.flush_addr(index=index)
+        with _ns_fd(host_ns) as target:
+            links.move_link(sandbox, ifname, target, back_name)
+
+
+def set_default_routes(
+    sandbox_ns: str,
+    ifname: str,
+    gateway: ipaddress.IPv4Address | None,
+    gateway_v6: ipaddress.IPv6Address | None,
+) -> None:
+    """Point the sandbox's default routes at this interface's gateways."""
+    with iproute(sandbox_ns) as sandbox:
+        index = links.require_index(sandbox, ifname)
+        if gateway is not None:
+            links.delete_route(sandbox, ipaddress.IPv4Network("0.0.0.0/0"))
+            links.add_route(sandbox, ipaddress.IPv4Network("0.0.0.0/0"), gateway=gateway,
+                            oif=index)
+        if gateway_v6 is not None:
+            links.delete_route(sandbox, ipaddress.IPv6Network("::/0"))
+            links.add_route(sandbox, ipaddress.IPv6Network("::/0"), gateway=gateway_v6,
+                            oif=index)
+
+
+def add_static_routes(
+    sandbox_ns: str, ifname: str, routes: Iterable[tuple[str, int, str | None]]
+) -> None:
+    """Routes from JoinInfo: (destination, type 0 via next hop | 1 connected, next hop)."""
+    with iproute(sandbox_ns) as sandbox:
+        index = links.require_index(sandbox, ifname)
+        for destination, route_type, next_hop in routes:
+            net = ipaddress.ip_network(destination, strict=False)
+            gateway = ipaddress.ip_address(next_hop) if route_type == 0 and next_hop else None
+            links.add_route(sandbox, net, gateway=gateway, oif=index)
+
+
+def loopback_up(ns: str) -> None:
+    with iproute(ns) as ipr:
+        ipr.link("set", index=1, state="up")
+
+
+def interface_exists(ns: str, ifname: str) -> bool:
+    with iproute(ns) as ipr:
+        return links.link_index(ipr, ifname) is not None

@@ -1,0 +1,99 @@
+"""Stored records of the core objects: plain dataclasses, JSON in the store.
+
+Each record carries ``version`` (its schema) so later releases can migrate old records.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+SCHEMA = 1
+R = TypeVar("R", bound="Record")
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+@dataclass
+class Record:
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls: type[R], data: dict[str, Any]) -> R:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class PoolRecord(Record):
+    """One address pool of a network. ``pool_id`` is empty when the caller (Docker) owns
+    the allocation and pycnm's IPAM is not involved."""
+
+    subnet: str
+    gateway: str | None = None  # CIDR form, e.g. 10.0.0.1/24
+    ip_range: str | None = None
+    aux_addresses: dict[str, str] = field(default_factory=dict)
+    pool_id: str = ""
+
+
+@dataclass
+class NetworkRecord(Record):
+    id: str
+    name: str
+    driver: str
+    scope: str = "local"
+    options: dict[str, Any] = field(default_factory=dict)
+    internal: bool = False
+    ipv6: bool = False
+    ipv4_pools: list[dict[str, Any]] = field(default_factory=list)
+    ipv6_pools: list[dict[str, Any]] = field(default_factory=list)
+    ipam: str = "pycnm"  # "pycnm": our IPAM allocates; "external": the caller does
+    labels: dict[str, str] = field(default_factory=dict)
+    created: str = field(default_factory=now)
+    version: int = SCHEMA
+
+    def pools(self, version: int) -> list[PoolRecord]:
+        raw = self.ipv4_pools if version == 4 else self.ipv6_pools
+        return [PoolRecord.from_dict(p) for p in raw]
+
+
+@dataclass
+class EndpointRecord(Record):
+    id: str
+    name: str
+    network_id: str
+    address: str | None = None  # CIDR
+    address_v6: str | None = None
+    mac: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    sandbox_id: str | None = None
+    sandbox_key: str | None = None
+    ifname: str | None = None  # name inside the sandbox, once joined
+    src_name: str | None = None  # host-side name the driver handed over at join
+    gateway: str | None = None
+    gateway_v6: str | None = None
+    static_routes: list[dict[str, Any]] = field(default_factory=list)
+    created: str = field(default_factory=now)
+    version: int = SCHEMA
+
+
+@dataclass
+class SandboxRecord(Record):
+    id: str
+    name: str
+    netns_path: str
+    owned: bool = True  # we created the namespace, so we delete it
+    hostname: str = ""
+    dns_servers: list[str] = field(default_factory=list)
+    dns_search: list[str] = field(default_factory=list)
+    dns_options: list[str] = field(default_factory=list)
+    extra_hosts: dict[str, str] = field(default_factory=dict)
+    interfaces: dict[str, str] = field(default_factory=dict)  # ifname -> endpoint id
+    gateway_endpoint: str | None = None
+    created: str = field(default_factory=now)
+    version: int = SCHEMA

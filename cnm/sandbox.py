@@ -1,0 +1,221 @@
+"""A Sandbox: an isolated network stack (a network namespace with its interfaces, routes
+and DNS files)."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from cnm import etcfiles, names
+from cnm.endpoint import Endpoint
+from cnm.errors import CNMError, Conflict, NotFound
+from cnm.osl import plumbing
+from cnm.osl.netns import create_named_netns, delete_named_netns, in_netns, netns_exists
+from cnm.records import EndpointRecord, SandboxRecord
+
+if TYPE_CHECKING:
+    from cnm.controller import Controller
+
+log = logging.getLogger(__name__)
+
+
+class Sandbox:
+    def __init__(self, controller: Controller, sandbox_id: str) -> None:
+        self.controller = controller
+        self.id = sandbox_id
+
+    def __repr__(self) -> str:
+        return f"<Sandbox {self.id[:12]}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sandbox) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    @property
+    def record(self) -> SandboxRecord:
+        return self.controller._sandbox_record(self.id)
+
+    @property
+    def name(self) -> str:
+        return self.record.name
+
+    @property
+    def netns_path(self) -> str:
+        return self.record.netns_path
+
+    @property
+    def netns_name(self) -> str | None:
+        """The ``ip netns`` name, for sandboxes whose namespace pycnm made."""
+        sb = self.record
+        return names.sandbox_netns(sb.name) if sb.owned else None
+
+    def endpoints(self) -> list[Endpoint]:
+        """Joined endpoints in interface order (eth0 first)."""
+        return [ep for _, ep in self._joined()]
+
+    def _joined(self) -> list[tuple[str, Endpoint]]:
+        """(ifname, endpoint) pairs in interface order; ``interfaces`` maps ifname to
+        "network-id/endpoint-id" so each lookup is one store read."""
+        result = []
+        for ifname, key in sorted(self.record.interfaces.items(), key=lambda i: _order(i[0])):
+            nid, _, eid = key.partition("/")
+            if self.controller.local.get(f"endpoints/{nid}/{eid}") is not None:
+                result.append((ifname, Endpoint(self.controller, nid, eid)))
+        return result
+
+    def _find_endpoint(self, key: str) -> EndpointRecord | None:
+        nid, _, eid = key.partition("/")
+        entry = self.controller.local.get(f"endpoints/{nid}/{eid}")
+        return None if entry is None else EndpointRecord.from_dict(entry.value)
+
+    def run(self, argv: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[Any]:
+        """Run a command inside the sandbox (never through a shell)."""
+        kwargs.setdefault("capture_output", True)
+        kwargs.setdefault("text", True)
+        kwargs.setdefault("timeout", 60)
+        return in_netns(self.netns_path, lambda: subprocess.run(list(argv), **kwargs))
+
+    # --- bookkeeping used by Endpoint.join/leave (atomic updates of the record) -------
+
+    def _update(self, mutate: Any) -> SandboxRecord:
+        def change(value: dict[str, Any] | None) -> dict[str, Any]:
+            if value is None:
+                raise NotFound(f"sandbox {self.id[:12]} not found")
+            record = SandboxRecord.from_dict(value)
+            mutate(record)
+            return record.to_dict()
+
+        return SandboxRecord.from_dict(
+            self.controller.local.update(f"sandboxes/{self.id}", change) or {}
+        )
+
+    def _reserve_ifname(self, prefix: str, eid: str) -> str:
+        chosen: list[str] = []
+
+        def reserve(record: SandboxRecord) -> None:
+            index = 0
+            while f"{prefix}{index}" in record.interfaces:
+                index += 1
+            name = f"{prefix}{index}"
+            if len(name) > names.IFNAMSIZ:
+                raise Conflict(f"sandbox {record.name} has no free interface name")
+            record.interfaces[name] = eid
+            chosen[:] = [name]
+
+        self._update(reserve)
+        return chosen[0]
+
+    def _release_ifname(self, ifname: str, eid: str) -> None:
+        def release(record: SandboxRecord) -> None:
+            if record.interfaces.get(ifname) == eid:
+                del record.interfaces[ifname]
+
+        try:
+            self._update(release)
+        except NotFound:
+            pass
+
+    def _claim_gateway(self, eid: str) -> bool:
+        claimed: list[bool] = []
+
+        def claim(record: SandboxRecord) -> None:
+            claimed[:] = [record.gateway_endpoint in (None, eid)]
+            if claimed[0]:
+                record.gateway_endpoint = eid
+
+        self._update(claim)
+        return claimed[0]
+
+    def _drop_gateway(self, eid: str) -> None:
+        def drop(record: SandboxRecord) -> None:
+            if record.gateway_endpoint == eid:
+                record.gateway_endpoint = None
+
+        self._update(drop)
+
+    def _elect_gateway(self) -> None:
+        """After the gateway endpoint left, route through the next one that has a gateway."""
+        for ep in self.endpoints():
+            rec = ep.record
+            if (rec.gateway or rec.gateway_v6) and self._claim_gateway(ep.id):
+                ep._become_gateway(rec, self.record, rec.options)
+                return
+
+    def _write_files(self) -> None:
+        sb = self.record
+        records = [ep.record for ep in self.endpoints()]
+        etcfiles.write(sb, records, self.netns_name)
+
+    # --- life cycle -------------------------------------------------------------------
+
+    def delete(self) -> None:
+        """Detach and delete every endpoint in the sandbox (as libnetwork does), then remove
+        the namespace if pycnm made it."""
+        ctl = self.controller
+        try:
+            sb = self.record
+        except NotFound:
+            return
+        for ep in reversed(self.endpoints()):
+            ep.leave()
+            ep.delete()
+        if sb.owned:
+            delete_named_netns(names.sandbox_netns(sb.name))
+        etcfiles.remove(sb, self.netns_name)
+        ctl.local.delete(f"sandboxes/{self.id}")
+        ctl.local.delete(f"names/sandboxes/{sb.name}")
+        log.info("sandbox %s (%s): deleted", sb.name, self.id[:12])
+
+    def reconcile(self) -> list[str]:
+        """Recreate a lost namespace and lost interfaces; report what cannot be fixed."""
+        sb = self.record
+        problems: list[str] = []
+        if not netns_exists(sb.netns_path):
+            if not sb.owned:
+                return [f"sandbox {sb.name}: its namespace {sb.netns_path} is gone "
+                        f"(did the process exit?); remove it with 'pycnm sandbox rm {sb.name}'"]
+            delete_named_netns(names.sandbox_netns(sb.name))  # a stale file, if any
+            create_named_netns(names.sandbox_netns(sb.name))
+            plumbing.loopback_up(sb.netns_path)
+            log.info("sandbox %s: namespace recreated", sb.name)
+        for ifname, key in sorted(sb.interfaces.items()):
+            rec = self._find_endpoint(key)
+            if rec is None:
+                self._release_ifname(ifname, key)
+                continue
+            if plumbing.interface_exists(sb.netns_path, ifname):
+                continue
+            try:
+                Endpoint(self.controller, rec.network_id, rec.id).repair(self)
+                log.info("sandbox %s: %s rebuilt", sb.name, ifname)
+            except CNMError as exc:
+                problems.append(f"sandbox {sb.name}: cannot rebuild {ifname}: {exc}")
+        self._write_files()
+        return problems
+
+    def inspect(self) -> dict[str, Any]:
+        sb = self.record
+        return {
+            "Name": sb.name,
+            "Id": sb.id,
+            "SandboxKey": sb.netns_path,
+            "NetnsName": self.netns_name or "",
+            "Hostname": sb.hostname,
+            "Created": sb.created,
+            "Gateway": sb.gateway_endpoint or "",
+            "Interfaces": {ifname: ep.inspect() for ifname, ep in self._joined()},
+            "DNS": {"Servers": sb.dns_servers, "Search": sb.dns_search,
+                    "Options": sb.dns_options},
+        }
+
+
+def _order(ifname: str) -> tuple[str, int]:
+    head = ifname.rstrip("0123456789")
+    tail = ifname[len(head):]
+    return head, int(tail) if tail else -1
+
+
