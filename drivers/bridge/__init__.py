@@ -77,7 +77,7 @@ class BridgeDriver(Driver):
             "ipv6": [_ipam_record(d) for d in ipv6],
             "created_bridge": False,
         }
-        with contextlib.ExitStack() as undo, iproute(self.ctx.host_ns) as ipr:
+        with iproute(self.ctx.host_ns) as ipr, contextlib.ExitStack() as undo:
             existed = osl_links.link_index(ipr, bridge) is not None
             record["created_bridge"] = not existed
             osl_links.ensure_bridge(ipr, bridge, parsed.mtu)
@@ -153,7 +153,7 @@ class BridgeDriver(Driver):
             "address_v6": str(iface.address_v6) if iface.address_v6 else None,
             "ports": [],
         }
-        with contextlib.ExitStack() as undo, iproute(self.ctx.host_ns) as ipr:
+        with iproute(self.ctx.host_ns) as ipr, contextlib.ExitStack() as undo:
             bridge_index = osl_links.require_index(ipr, network["bridge"])
             osl_links.create_veth(
                 ipr, host_name, peer_name, mtu=network["options"].get("mtu"),

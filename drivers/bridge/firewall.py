@@ -79,7 +79,7 @@ def render_inet(rules: Ruleset) -> str:
             *(f"    {r}" for r in dnat),
             "  }",
             "  chain output {",
-            "    type nat hook output priority dstnat; policy accept;",
+            "    type nat hook output priority -100; policy accept;",
             *(f"    {r}" for r in dnat),
             "  }",
             "  chain postrouting {",
