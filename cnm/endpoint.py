@@ -13,7 +13,7 @@ import ipaddress
 import logging
 from typing import TYPE_CHECKING, Any
 
-from cnm.driverapi import JoinInfo
+from cnm.driverapi import OPT_JOIN_IFNAME, JoinInfo
 from cnm.errors import Busy, Conflict, NotFound
 from cnm.osl import plumbing
 from cnm.records import EndpointRecord, SandboxRecord
@@ -75,17 +75,21 @@ class Endpoint:
         net = ctl._network_record(self.network_id)
         drv = ctl.driver(net.driver)
         opts = {**ep.options, **(options or {})}
+        slot = f"{self.network_id}/{self.id}"
         with contextlib.ExitStack() as undo:
-            info = drv.join(self.network_id, self.id, sb.netns_path, opts)
-            undo.callback(drv.leave, self.network_id, self.id)
-            slot = f"{self.network_id}/{self.id}"
-            ifname = sandbox._reserve_ifname(info.dst_prefix, slot)
+            ifname = sandbox._reserve_ifname("eth", slot)
             undo.callback(sandbox._release_ifname, ifname, slot)
+            info = drv.join(self.network_id, self.id, sb.netns_path,
+                            {**opts, OPT_JOIN_IFNAME: ifname})
+            undo.callback(drv.leave, self.network_id, self.id)
+            if not info.placed and info.dst_prefix != "eth":
+                sandbox._release_ifname(ifname, slot)
+                ifname = sandbox._reserve_ifname(info.dst_prefix, slot)
             self._plug(sb, info, ifname, ep)
-            undo.callback(plumbing.unplug, sb.netns_path, ifname, ctl.host_ns, info.src_name)
-            ep.sandbox_id, ep.sandbox_key, ep.ifname, ep.src_name = (
-                sb.id, sb.netns_path, ifname, info.src_name
-            )
+            if not info.placed:
+                undo.callback(plumbing.unplug, sb.netns_path, ifname, ctl.host_ns, info.src_name)
+            ep.sandbox_id, ep.sandbox_key, ep.ifname = sb.id, sb.netns_path, ifname
+            ep.src_name = None if info.placed else info.src_name
             ep.gateway = str(info.gateway) if info.gateway else None
             ep.gateway_v6 = str(info.gateway_v6) if info.gateway_v6 else None
             ep.static_routes = [
@@ -107,10 +111,13 @@ class Endpoint:
         addresses = [
             ipaddress.ip_interface(a) for a in (ep.address, ep.address_v6) if a
         ]
-        plumbing.plug(
-            self.controller.host_ns, sb.netns_path, info.src_name, ifname,
-            addresses=addresses, mac=ep.mac,
-        )
+        if info.placed:
+            plumbing.configure_placed(sb.netns_path, ifname, addresses=addresses, mac=ep.mac)
+        else:
+            plumbing.plug(
+                self.controller.host_ns, sb.netns_path, info.src_name, ifname,
+                addresses=addresses, mac=ep.mac,
+            )
         if info.static_routes:
             plumbing.add_static_routes(
                 sb.netns_path, ifname,
@@ -224,7 +231,8 @@ class Endpoint:
             ),
             ep.options,
         )
-        info = drv.join(self.network_id, self.id, sb.netns_path, ep.options)
+        info = drv.join(self.network_id, self.id, sb.netns_path,
+                        {**ep.options, OPT_JOIN_IFNAME: ep.ifname})
         self._plug(sb, info, ep.ifname or "", ep)
         if sb.gateway_endpoint == self.id:
             self._become_gateway(ep, sb, ep.options)

@@ -107,9 +107,15 @@ def create_veth(
     mtu: int | None = None,
     master: int | None = None,
     peer_mac: str | None = None,
+    peer_netns_fd: int | None = None,
 ) -> int:
-    """Create a veth pair in this namespace, host end up (and enslaved); return its index."""
+    """Create a veth pair, host end here, up (and enslaved); return its index.
+
+    With ``peer_netns_fd`` the peer is born inside that namespace: no later move.
+    """
     peer: dict[str, Any] = {"ifname": peer_name}
+    if peer_netns_fd is not None:
+        peer["net_ns_fd"] = peer_netns_fd
     spec: dict[str, Any] = {"ifname": host_name, "kind": "veth", "peer": peer}
     if mtu:
         spec["mtu"] = mtu

@@ -40,6 +40,15 @@ def plug(
         links.configure(sandbox, index, addresses=addresses, mac=mac)
 
 
+def configure_placed(
+    sandbox_ns: str, ifname: str, *, addresses: Iterable[IPInterface] = (), mac: str | None = None
+) -> None:
+    """Address and bring up an interface a driver created directly inside the sandbox."""
+    with iproute(sandbox_ns) as sandbox:
+        index = links.require_index(sandbox, ifname)
+        links.configure(sandbox, index, addresses=addresses, mac=mac)
+
+
 def unplug(sandbox_ns: str, ifname: str, host_ns: str | None, back_name: str) -> None:
     """Move ``ifname`` back to the host under ``back_name``, down and without addresses.
 

@@ -8,14 +8,17 @@ State lives in the driver's store space so a new process can rebuild the kernel 
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import ipaddress
 import logging
+import os
 import secrets
 from typing import Any
 
 from cnm import names
 from cnm.driverapi import (
+    OPT_JOIN_IFNAME,
     OPT_MACADDRESS,
     OPT_PORTMAP,
     Capability,
@@ -134,34 +137,28 @@ class BridgeDriver(Driver):
     def create_endpoint(
         self, nid: str, eid: str, iface: InterfaceInfo, opts: dict[str, Any]
     ) -> InterfaceInfo:
+        # The veth pair itself is made at join, when the sandbox is known: the core can
+        # then have its end created directly inside the sandbox (no move between
+        # namespaces, see OPT_JOIN_IFNAME), and Docker finds it in the host as it expects.
         key = f"endpoints/{nid}/{eid}"
         existing = self.ctx.store.get(key)
         if existing is not None:
             return InterfaceInfo(mac=existing.value["mac"])
-        network = self._network(nid)
-        mac = iface.mac or opts.get(OPT_MACADDRESS) or mac_from_ip(
+        self._network(nid)
+        mac = iface.mac or _mac_option(opts.get(OPT_MACADDRESS)) or mac_from_ip(
             iface.address.ip if iface.address else None
         )
-        host_name, peer_name = names.host_veth_name(eid), names.peer_veth_name(eid)
         record = {
             "id": eid,
             "network": nid,
-            "host_veth": host_name,
-            "peer": peer_name,
+            "host_veth": names.host_veth_name(eid),
+            "peer": names.peer_veth_name(eid),
             "mac": mac,
             "address": str(iface.address) if iface.address else None,
             "address_v6": str(iface.address_v6) if iface.address_v6 else None,
             "ports": [],
         }
-        with iproute(self.ctx.host_ns) as ipr, contextlib.ExitStack() as undo:
-            bridge_index = osl_links.require_index(ipr, network["bridge"])
-            osl_links.create_veth(
-                ipr, host_name, peer_name, mtu=network["options"].get("mtu"),
-                master=bridge_index, peer_mac=mac,
-            )
-            undo.callback(osl_links.delete_link, ipr, host_name)
-            self.ctx.store.put(key, record)
-            undo.pop_all()
+        self.ctx.store.put(key, record)
         return InterfaceInfo(mac=None if iface.mac else mac)
 
     def _endpoint(self, nid: str, eid: str) -> dict[str, Any]:
@@ -191,18 +188,42 @@ class BridgeDriver(Driver):
     def join(self, nid: str, eid: str, sandbox_key: str, opts: dict[str, Any]) -> JoinInfo:
         network = self._network(nid)
         ep = self._endpoint(nid, eid)
+        direct = opts.get(OPT_JOIN_IFNAME)
+        with iproute(self.ctx.host_ns) as ipr:
+            bridge_index = osl_links.require_index(ipr, network["bridge"])
+            osl_links.delete_link(ipr, ep["host_veth"])  # a half-made pair from a retry
+            if direct:
+                fd = os.open(sandbox_key, os.O_RDONLY)
+                try:
+                    osl_links.create_veth(
+                        ipr, ep["host_veth"], direct, mtu=network["options"].get("mtu"),
+                        master=bridge_index, peer_mac=ep["mac"], peer_netns_fd=fd,
+                    )
+                finally:
+                    os.close(fd)
+            else:
+                osl_links.create_veth(
+                    ipr, ep["host_veth"], ep["peer"], mtu=network["options"].get("mtu"),
+                    master=bridge_index, peer_mac=ep["mac"],
+                )
         internal = network["options"]["internal"]
         gw4 = next((d["gateway"] for d in network["ipv4"] if d.get("gateway")), None)
         gw6 = next((d["gateway"] for d in network["ipv6"] if d.get("gateway")), None)
         return JoinInfo(
-            src_name=ep["peer"],
+            src_name=direct or ep["peer"],
             gateway=None if internal or gw4 is None else ipaddress.ip_interface(gw4).ip,
             gateway_v6=None if internal or gw6 is None else ipaddress.ip_interface(gw6).ip,
             disable_gateway_service=internal,
+            placed=bool(direct),
         )
 
     def leave(self, nid: str, eid: str) -> None:
-        self._endpoint(nid, eid)  # nothing to undo on the host side: the veth stays
+        entry = self.ctx.store.get(f"endpoints/{nid}/{eid}")
+        if entry is None:
+            return
+        # Deleting our end removes the peer too, wherever it is by now.
+        with iproute(self.ctx.host_ns) as ipr:
+            osl_links.delete_link(ipr, entry.value["host_veth"])
 
     # --- published ports -----------------------------------------------------------
 
@@ -314,6 +335,22 @@ class BridgeDriver(Driver):
         ep = self._endpoint(nid, eid)
         with iproute(self.ctx.host_ns) as ipr:
             return osl_links.link_index(ipr, ep["host_veth"]) is None
+
+
+def _mac_option(value: Any) -> str | None:
+    """Docker sends the MAC option base64-encoded ("AkKqu8zd" = 02:42:aa:bb:cc:dd)."""
+    if not value:
+        return None
+    text = str(value)
+    if ":" in text:
+        return text.lower()
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except ValueError:
+        raise InvalidOption(f"{OPT_MACADDRESS} {text!r} is not a MAC address") from None
+    if len(raw) != 6:
+        raise InvalidOption(f"{OPT_MACADDRESS} {text!r} is not a MAC address")
+    return ":".join(f"{b:02x}" for b in raw)
 
 
 def _ipam_record(data: IpamData) -> dict[str, Any]:
