@@ -172,6 +172,47 @@ class Endpoint:
             sandbox._write_files()
         log.info("endpoint %s: left sandbox %s", self.id[:12], sb.name if sb else ep.sandbox_id)
 
+    # --- joins where someone else owns the sandbox (dockerd) ------------------------
+
+    def join_external(self, sandbox_key: str, options: dict[str, Any] | None = None) -> JoinInfo:
+        """The driver's half of a join whose sandbox another program manages (Docker moves
+        and configures the interface itself): return what to plug and record the key."""
+        ctl = self.controller
+        ep = self.record
+        drv = ctl.driver(ctl._network_record(self.network_id).driver)
+        info = drv.join(self.network_id, self.id, sandbox_key, {**ep.options, **(options or {})})
+        ep.sandbox_key, ep.src_name = sandbox_key, info.src_name
+        ep.gateway = str(info.gateway) if info.gateway else None
+        ep.gateway_v6 = str(info.gateway_v6) if info.gateway_v6 else None
+        self._save(ep)
+        return info
+
+    def leave_external(self) -> None:
+        """Undo ``join_external``; an endpoint not joined is success."""
+        ctl = self.controller
+        ep = self.record
+        drv = ctl.driver(ctl._network_record(self.network_id).driver)
+        drv.leave(self.network_id, self.id)
+        ep.sandbox_key = ep.src_name = ep.gateway = ep.gateway_v6 = None
+        self._save(ep)
+
+    def program_external_connectivity(self, options: dict[str, Any] | None = None) -> None:
+        """Publish ports etc. for an externally managed sandbox's gateway endpoint."""
+        ctl = self.controller
+        drv = ctl.driver(ctl._network_record(self.network_id).driver)
+        drv.program_external_connectivity(self.network_id, self.id, dict(options or {}))
+
+    def revoke_external_connectivity(self) -> None:
+        ctl = self.controller
+        drv = ctl.driver(ctl._network_record(self.network_id).driver)
+        drv.revoke_external_connectivity(self.network_id, self.id)
+
+    def operational_info(self) -> dict[str, Any]:
+        """The driver's free-form view (Docker's EndpointOperInfo)."""
+        ctl = self.controller
+        drv = ctl.driver(ctl._network_record(self.network_id).driver)
+        return drv.endpoint_info(self.network_id, self.id)
+
     def delete(self, force: bool = False) -> None:
         """Delete the endpoint and release its addresses; it must be detached first
         unless ``force``."""
