@@ -31,7 +31,9 @@ def _network(text: str, what: str) -> IPNetwork:
                 f"{what} {text!r} has host bits set; did you mean "
                 f"{ipaddress.ip_network(text.strip(), strict=False)}?"
             ) from None
-        raise InvalidOption(f"{what} {text!r} is not a valid CIDR subnet (e.g. 10.1.0.0/24)") from None
+        raise InvalidOption(
+            f"{what} {text!r} is not a valid CIDR subnet (e.g. 10.1.0.0/24)"
+        ) from None
 
 
 def _address(text: str, what: str) -> IPAddress:

@@ -79,7 +79,8 @@ class JoinInfo:
     gateway_v6: ipaddress.IPv6Address | None = None
     static_routes: list[StaticRoute] = field(default_factory=list)
     disable_gateway_service: bool = False
-    placed: bool = False  # the driver already made src_name inside the sandbox (see OPT_JOIN_IFNAME)
+    # True: the driver already made src_name inside the sandbox (see OPT_JOIN_IFNAME).
+    placed: bool = False
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ over /etc. Entries come from the sandbox record; service discovery will add its 
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import re
@@ -100,11 +101,7 @@ def write(sandbox: SandboxRecord, endpoints: list[EndpointRecord], netns_name: s
 def remove(sandbox: SandboxRecord, netns_name: str | None) -> None:
     folder = files_dir(sandbox, netns_name)
     for name in ("resolv.conf", "hosts", "hostname"):
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(folder, name))
-        except FileNotFoundError:
-            pass
-    try:
+    with contextlib.suppress(OSError):
         os.rmdir(folder)
-    except OSError:
-        pass

@@ -3,6 +3,7 @@ and DNS files)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import subprocess
 from collections.abc import Sequence
@@ -114,10 +115,8 @@ class Sandbox:
             if record.interfaces.get(ifname) == eid:
                 del record.interfaces[ifname]
 
-        try:
+        with contextlib.suppress(NotFound):
             self._update(release)
-        except NotFound:
-            pass
 
     def _claim_gateway(self, eid: str) -> bool:
         claimed: list[bool] = []

@@ -13,7 +13,9 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
-def canonical(options: Mapping[str, Any], aliases: Mapping[str, str], known: set[str]) -> dict[str, Any]:
+def canonical(
+    options: Mapping[str, Any], aliases: Mapping[str, str], known: set[str]
+) -> dict[str, Any]:
     """Map aliases to canonical keys and refuse unknown keys, naming the accepted ones."""
     result: dict[str, Any] = {}
     for key, value in options.items():

@@ -69,7 +69,9 @@ def _ensure_run_dir() -> None:
             if any(line.split()[4] == NETNS_RUN_DIR for line in mounts):
                 return
         _check(
-            _libc.mount(NETNS_RUN_DIR.encode(), NETNS_RUN_DIR.encode(), b"none", _MS_BIND | _MS_REC, None),
+            _libc.mount(
+                NETNS_RUN_DIR.encode(), NETNS_RUN_DIR.encode(), b"none", _MS_BIND | _MS_REC, None
+            ),
             "bind-mount /run/netns",
         )
         _libc.mount(b"none", NETNS_RUN_DIR.encode(), None, _MS_SHARED | _MS_REC, None)
