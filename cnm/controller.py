@@ -245,9 +245,14 @@ class Controller:
         dns_options: Iterable[str] = (),
         extra_hosts: Mapping[str, str] | None = None,
         sandbox_id: str | None = None,
+        ip_forward: bool = False,
     ) -> Sandbox:
         """Create a sandbox: a new named namespace ``pcsb-NAME`` (``ip netns exec pcsb-NAME``
-        works in it), or adopt the existing namespace at ``netns_path``."""
+        works in it), or adopt the existing namespace at ``netns_path``.
+
+        A sandbox never forwards between its interfaces unless ``ip_forward`` makes it a
+        router (new namespaces start with forwarding off).
+        """
         if not names.is_valid_object_name(name) or len(name) > 40:
             raise InvalidOption(
                 f"sandbox name {name!r} is invalid: use letters, digits, '_', '.', '-' "
@@ -261,7 +266,7 @@ class Controller:
                 names.sandbox_netns(name)),
             owned=netns_path is None, hostname=hostname or name,
             dns_servers=list(dns), dns_search=list(dns_search), dns_options=list(dns_options),
-            extra_hosts=dict(extra_hosts or {}),
+            extra_hosts=dict(extra_hosts or {}), ip_forward=ip_forward,
         )
         with contextlib.ExitStack() as undo:
             if not self.local.create(f"names/sandboxes/{name}", {"id": sid}):
@@ -271,6 +276,8 @@ class Controller:
                 create_named_netns(names.sandbox_netns(name))
                 undo.callback(delete_named_netns, names.sandbox_netns(name))
                 plumbing.loopback_up(record.netns_path)
+            if ip_forward:
+                plumbing.enable_forwarding(record.netns_path)
             etcfiles.write(record, [], self._netns_name(record))
             undo.callback(etcfiles.remove, record, self._netns_name(record))
             self.local.put(f"sandboxes/{sid}", record.to_dict())

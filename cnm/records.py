@@ -93,6 +93,7 @@ class SandboxRecord(Record):
     dns_search: list[str] = field(default_factory=list)
     dns_options: list[str] = field(default_factory=list)
     extra_hosts: dict[str, str] = field(default_factory=dict)
+    ip_forward: bool = False  # route between the sandbox's interfaces (a router sandbox)
     interfaces: dict[str, str] = field(default_factory=dict)  # ifname -> endpoint id
     gateway_endpoint: str | None = None
     created: str = field(default_factory=now)

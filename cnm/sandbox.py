@@ -180,6 +180,8 @@ class Sandbox:
             delete_named_netns(names.sandbox_netns(sb.name))  # a stale file, if any
             create_named_netns(names.sandbox_netns(sb.name))
             plumbing.loopback_up(sb.netns_path)
+            if sb.ip_forward:
+                plumbing.enable_forwarding(sb.netns_path)
             log.info("sandbox %s: namespace recreated", sb.name)
         for ifname, key in sorted(sb.interfaces.items()):
             rec = self._find_endpoint(key)

@@ -22,6 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     create.add_argument("--dns-search", action="append", default=[])
     create.add_argument("--dns-option", action="append", default=[])
     create.add_argument("--add-host", action="append", default=[], metavar="NAME=IP")
+    create.add_argument("--ip-forward", action="store_true",
+                        help="let the sandbox route between its networks (a router)")
     create.set_defaults(handler=_create)
     ls = cmds.add_parser("ls", help="list sandboxes")
     ls.set_defaults(handler=_ls)
@@ -43,6 +45,7 @@ def _create(args: argparse.Namespace) -> int:
         sb = ctl.new_sandbox(
             args.name, netns_path=args.netns, hostname=args.hostname, dns=args.dns,
             dns_search=args.dns_search, dns_options=args.dns_option, extra_hosts=hosts,
+            ip_forward=args.ip_forward,
         )
         if args.json:
             emit(True, sb.inspect())

@@ -97,6 +97,13 @@ def add_static_routes(
             links.add_route(sandbox, net, gateway=gateway, oif=index)
 
 
+def enable_forwarding(ns: str) -> None:
+    from cnm.osl.netns import write_sysctl
+
+    write_sysctl(ns, "net/ipv4/ip_forward", "1")
+    write_sysctl(ns, "net/ipv6/conf/all/forwarding", "1")
+
+
 def loopback_up(ns: str) -> None:
     with iproute(ns) as ipr:
         ipr.link("set", index=1, state="up")
