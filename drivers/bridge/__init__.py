@@ -322,6 +322,7 @@ class BridgeDriver(Driver):
                     osl_links.ensure_bridge(ipr, net["bridge"], net["options"].get("mtu"))
                     self._configure_bridge(ipr, net)
                     self._enable_forwarding(bool(net["ipv6"]))
+                    self._reattach_ports(ipr, net)
                 except Exception as exc:  # report and go on with the others
                     problems.append(f"network {net['id'][:12]}: cannot rebuild bridge: {exc}")
         try:
@@ -329,6 +330,14 @@ class BridgeDriver(Driver):
         except Exception as exc:
             problems.append(f"bridge firewall: {exc}")
         return problems
+
+    def _reattach_ports(self, ipr: Any, net: dict[str, Any]) -> None:
+        """A recreated bridge has no ports: plug back the veths that are still there."""
+        bridge_index = osl_links.require_index(ipr, net["bridge"])
+        for entry in self.ctx.store.list(f"endpoints/{net['id']}/"):
+            info = osl_links.link_info(ipr, entry.value["host_veth"])
+            if info is not None and info["master"] != bridge_index:
+                ipr.link("set", index=info["index"], master=bridge_index, state="up")
 
     def endpoint_missing(self, nid: str, eid: str) -> bool:
         """Whether the endpoint's host-side interface is gone (used by reconcile)."""
