@@ -1,0 +1,218 @@
+"""The bridge driver with real namespaces and real packets.
+
+Each test runs a Controller whose "host" is a throwaway namespace (``host_ns``), wired by a
+veth to an "outside" namespace that plays the internet; nothing touches the machine's own
+root namespace, and every test's traffic stays inside namespaces it made.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from cnm.controller import Controller
+from cnm.driverapi import OPT_PORTMAP
+from tests.integration.bridge_helpers import TcpServer, ping, ping_eventually, tcp_hello, unique
+
+pytestmark = pytest.mark.root
+
+HOST_OUT = "198.18.7.1"
+OUTSIDE = "198.18.7.2"
+
+
+@dataclass
+class Lab:
+    ctl: Controller
+    host: object  # netns_fixtures Namespace
+    outside: object
+    store_url: str
+
+    def sandbox(self, **kwargs: object):
+        return self.ctl.new_sandbox(unique("sb"), **kwargs)
+
+    def attach(self, net, sb, **kwargs: object):
+        ep = net.create_endpoint(sb.name, **kwargs)
+        ep.join(sb)
+        return ep
+
+
+def ip_of(ep) -> str:
+    return str(ipaddress.ip_interface(ep.record.address).ip)
+
+
+@pytest.fixture
+def lab(netns, store_url) -> Iterator[Lab]:
+    from netns_fixtures.netns import veth
+
+    host = netns("host")
+    outside = netns("out")
+    veth(host, unique("pto"), outside, "eth0", f"{HOST_OUT}/24", f"{OUTSIDE}/24")
+    ctl = Controller(store_url, host_ns=host.path)
+    try:
+        yield Lab(ctl, host, outside, store_url)
+    finally:
+        ctl.cleanup_all()
+        ctl.close()
+
+
+def test_two_sandboxes_reach_each_other_and_the_gateway(lab: Lab) -> None:
+    net = lab.ctl.new_network(unique("n"), subnet="10.61.0.0/24")
+    a, b = lab.sandbox(), lab.sandbox()
+    lab.attach(net, a)
+    ep_b = lab.attach(net, b)
+    assert ping_eventually(a.netns_name, ip_of(ep_b))
+    assert ping_eventually(a.netns_name, "10.61.0.1")
+    with TcpServer(b.netns_name, "0.0.0.0", 7001):
+        assert tcp_hello(a.netns_name, ip_of(ep_b), 7001) == "from 10.61.0.2"
+
+
+def test_masquerade_shows_the_hosts_address_to_the_far_end(lab: Lab) -> None:
+    net = lab.ctl.new_network(unique("n"), subnet="10.62.0.0/24")
+    a = lab.sandbox()
+    lab.attach(net, a)
+    with TcpServer(lab.outside.name, OUTSIDE, 7002):
+        assert tcp_hello(a.netns_name, OUTSIDE, 7002) == f"from {HOST_OUT}"
+
+
+def test_without_masquerade_the_far_end_sees_the_sandbox(lab: Lab) -> None:
+    net = lab.ctl.new_network(unique("n"), subnet="10.63.0.0/24",
+                              options={"com.docker.network.bridge.enable_ip_masquerade": "false"})
+    a = lab.sandbox()
+    lab.attach(net, a)
+    lab.outside.run(["ip", "route", "add", "10.63.0.0/24", "via", HOST_OUT])
+    with TcpServer(lab.outside.name, OUTSIDE, 7003):
+        assert tcp_hello(a.netns_name, OUTSIDE, 7003) == "from 10.63.0.2"
+
+
+def test_icc_off_blocks_sandbox_to_sandbox_but_not_the_gateway(lab: Lab) -> None:
+    net = lab.ctl.new_network(unique("n"), subnet="10.64.0.0/24", options={"icc": "false"})
+    a, b = lab.sandbox(), lab.sandbox()
+    lab.attach(net, a)
+    ep_b = lab.attach(net, b)
+    assert ping_eventually(a.netns_name, "10.64.0.1")
+    assert not ping(a.netns_name, ip_of(ep_b), count=2)
+    with TcpServer(b.netns_name, "0.0.0.0", 7004, timeout=6):
+        assert tcp_hello(a.netns_name, ip_of(ep_b), 7004, timeout=2) is None
+
+
+def test_internal_network_cannot_leave(lab: Lab) -> None:
+    net = lab.ctl.new_network(unique("n"), subnet="10.65.0.0/24", internal=True)
+    a, b = lab.sandbox(), lab.sandbox()
+    ep_a = lab.attach(net, a)
+    ep_b = lab.attach(net, b)
+    assert ping_eventually(a.netns_name, ip_of(ep_b))
+    assert a.run(["ip", "route", "show", "default"]).stdout.strip() == ""
+    # Even a route added by hand inside the sandbox must not get out.
+    a.run(["ip", "route", "add", "default", "via", "10.65.0.1"], check=True)
+    lab.outside.run(["ip", "route", "add", "10.65.0.0/24", "via", HOST_OUT])
+    assert not ping(a.netns_name, OUTSIDE, count=2)
+    assert not ping(lab.outside.name, ip_of(ep_a), count=1)
+
+
+def test_published_port_is_reachable_from_outside(lab: Lab) -> None:
+    net = lab.ctl.new_network(unique("n"), subnet="10.66.0.0/24")
+    a = lab.sandbox()
+    ports = [{"Proto": 6, "Port": 80, "HostPort": 18080, "HostIP": ""},
+             {"Proto": 17, "Port": 53, "HostPort": 5353, "HostIP": ""}]
+    ep = lab.attach(net, a, options={OPT_PORTMAP: ports})
+    assert ep.operational_info()[OPT_PORTMAP][0]["HostPort"] == 18080
+    with TcpServer(a.netns_name, "0.0.0.0", 80):
+        assert tcp_hello(lab.outside.name, HOST_OUT, 18080) == f"from {OUTSIDE}"
+    ep.leave()  # ports are withdrawn with the endpoint's way out
+    with TcpServer(a.netns_name, "0.0.0.0", 80, timeout=5):
+        assert tcp_hello(lab.outside.name, HOST_OUT, 18080, timeout=2) is None
+
+
+def test_sandbox_on_two_networks_does_not_route_between_them(lab: Lab) -> None:
+    net_a = lab.ctl.new_network(unique("n"), subnet="10.67.1.0/24")
+    net_b = lab.ctl.new_network(unique("n"), subnet="10.67.2.0/24")
+    multi, left, right = lab.sandbox(), lab.sandbox(), lab.sandbox()
+    ep_ma = lab.attach(net_a, multi)
+    lab.attach(net_b, multi)
+    lab.attach(net_a, left)
+    ep_r = lab.attach(net_b, right)
+    assert [i for i in multi.inspect()["Interfaces"]] == ["eth0", "eth1"]
+    assert ping_eventually(multi.netns_name, ip_of(ep_r))
+    # Through the host: networks are isolated from each other.
+    assert not ping(left.netns_name, ip_of(ep_r), count=2)
+    # Through the two-legged sandbox: it does not forward.
+    left.run(["ip", "route", "add", "10.67.2.0/24", "via", ip_of(ep_ma)], check=True)
+    right.run(["ip", "route", "add", "10.67.1.0/24", "via", "10.67.2.2"], check=True)
+    assert not ping(left.netns_name, ip_of(ep_r), count=2)
+
+
+def test_a_router_sandbox_does_route_when_asked(lab: Lab) -> None:
+    net_a = lab.ctl.new_network(unique("n"), subnet="10.68.1.0/24")
+    net_b = lab.ctl.new_network(unique("n"), subnet="10.68.2.0/24")
+    router = lab.sandbox(ip_forward=True)
+    left, right = lab.sandbox(), lab.sandbox()
+    ep_ra = lab.attach(net_a, router)
+    ep_rb = lab.attach(net_b, router)
+    lab.attach(net_a, left)
+    ep_r = lab.attach(net_b, right)
+    left.run(["ip", "route", "add", "10.68.2.0/24", "via", ip_of(ep_ra)], check=True)
+    right.run(["ip", "route", "add", "10.68.1.0/24", "via", ip_of(ep_rb)], check=True)
+    assert ping_eventually(left.netns_name, ip_of(ep_r))
+
+
+def test_dual_stack_and_mtu(lab: Lab) -> None:
+    net = lab.ctl.new_network(unique("n"), subnet=["10.69.0.0/24", "fd00:69::/64"], ipv6=True,
+                              options={"mtu": "1400"})
+    a, b = lab.sandbox(), lab.sandbox()
+    lab.attach(net, a)
+    ep_b = lab.attach(net, b)
+    v6 = str(ipaddress.ip_interface(ep_b.record.address_v6).ip)
+    assert v6.startswith("fd00:69::")
+    assert ping_eventually(a.netns_name, v6)
+    assert ping_eventually(a.netns_name, "fd00:69::1")
+    assert "mtu 1400" in a.run(["ip", "link", "show", "eth0"]).stdout
+
+
+def test_static_address_and_mac(lab: Lab) -> None:
+    net = lab.ctl.new_network(unique("n"), subnet="10.70.0.0/24", ip_range="10.70.0.128/25")
+    a, b = lab.sandbox(), lab.sandbox()
+    ep_a = lab.attach(net, a)
+    ep_b = lab.attach(net, b, ip="10.70.0.9", mac="02:42:aa:bb:cc:dd")
+    assert ip_of(ep_a) == "10.70.0.128"
+    assert ip_of(ep_b) == "10.70.0.9"
+    assert "02:42:aa:bb:cc:dd" in b.run(["ip", "link", "show", "eth0"]).stdout
+    assert ping_eventually(a.netns_name, "10.70.0.9")
+
+
+def test_second_controller_sees_and_deletes_what_the_first_made(lab: Lab) -> None:
+    net = lab.ctl.new_network(unique("n"), subnet="10.71.0.0/24")
+    a, b = lab.sandbox(), lab.sandbox()
+    lab.attach(net, a)
+    ep_b = lab.attach(net, b)
+    with Controller(lab.store_url, host_ns=lab.host.path) as other:
+        assert {n.name for n in other.networks()} == {net.name}
+        assert {s.name for s in other.sandboxes()} == {a.name, b.name}
+        assert other.sandbox(a.name).inspect()["Interfaces"]["eth0"]["IPv4Address"] == \
+            "10.71.0.2/24"
+        assert ping_eventually(a.netns_name, ip_of(ep_b))
+        for sb in other.sandboxes():
+            sb.delete()
+        other.network(net.name).delete()
+    assert lab.ctl.networks() == [] and lab.ctl.sandboxes() == []
+    links = lab.host.run(["ip", "-o", "link"]).stdout
+    assert "pcbr-" not in links and "pcv-" not in links
+    assert lab.host.run(["nft", "list", "tables"]).stdout.strip() == ""
+
+
+def test_restart_reconciles_lost_kernel_state(lab: Lab) -> None:
+    net = lab.ctl.new_network(unique("n"), subnet="10.72.0.0/24")
+    a, b = lab.sandbox(), lab.sandbox()
+    lab.attach(net, a)
+    ep_b = lab.attach(net, b)
+    bridge = net.inspect()["Options"].get("com.docker.network.bridge.name") or \
+        f"pcbr-{net.id[:10]}"
+    lab.host.run(["ip", "link", "del", bridge], check=True)
+    lab.host.run(["nft", "delete", "table", "inet", "pycnm"], check=True)
+    assert not ping(a.netns_name, ip_of(ep_b))
+    with Controller(lab.store_url, host_ns=lab.host.path) as restarted:
+        assert restarted.last_reconcile == []
+    assert ping_eventually(a.netns_name, ip_of(ep_b))
+    assert "masquerade" in lab.host.run(["nft", "list", "table", "inet", "pycnm"]).stdout
