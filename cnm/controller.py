@@ -145,10 +145,11 @@ class Controller:
         opts[OPT_INTERNAL] = bool(internal)
         opts[OPT_ENABLE_IPV6] = bool(ipv6)
         drv.validate_network_options(opts)
-        scope = drv.capabilities().scope
+        caps = drv.capabilities()
         record = NetworkRecord(
-            id=nid, name=name, driver=driver, scope=scope, options=opts,
+            id=nid, name=name, driver=driver, scope=caps.scope, options=opts,
             internal=bool(internal), ipv6=bool(ipv6), labels=dict(labels or {}),
+            ipam_scope=caps.connectivity_scope,
         )
         with contextlib.ExitStack() as undo:
             if not self.local.create(f"names/networks/{name}", {"id": nid}):
@@ -167,7 +168,7 @@ class Controller:
                     aux_addresses, ipv6,
                 )
                 for request in requests:
-                    pool = self._allocate_pool(scope, request, undo)
+                    pool = self._allocate_pool(record.ipam_scope, request, undo)
                     target = record.ipv6_pools if request.version == 6 else record.ipv4_pools
                     target.append(pool.to_dict())
             self.local.put(f"networks/{nid}", record.to_dict())
@@ -336,6 +337,22 @@ class Controller:
         for problem in problems:
             log.warning("reconcile: %s", problem)
         return problems
+
+    def start_background(self, config: Mapping[str, Any] | None = None) -> list[str]:
+        """Start the drivers' long-running work (e.g. the overlay's lease and watches) in
+        this process; return the names of the drivers that run some. For long-running
+        processes only (``pycnm agent``, the plugin server); ``close()`` stops it.
+        ``config`` goes to every driver's ``ctx.config`` (e.g. ``{"lease_ttl": 15}``)."""
+        started = []
+        for name in driver_registry.available():
+            try:
+                drv = self.driver(name)
+            except InvalidOption:
+                continue  # a driver not part of this build
+            drv.ctx.config.update(config or {})
+            if drv.start():
+                started.append(name)
+        return started
 
     def cleanup_all(self) -> None:
         """Remove every object this host has in the store, and its kernel state."""

@@ -174,5 +174,12 @@ class Driver(abc.ABC):
         what is missing and return a sentence for each thing that could not be fixed."""
         return []
 
+    def start(self) -> bool:
+        """Start the driver's long-running work (leases, watches, resyncs) in this process
+        and return whether it has any. Only long-running processes call it (``pycnm
+        agent``, the plugin server, through ``Controller.start_background``); short-lived
+        ones (the CLI) never do. ``ctx.config`` holds the caller's settings."""
+        return False
+
     def close(self) -> None:  # noqa: B027
         """Stop background work (watches, threads)."""

@@ -228,7 +228,7 @@ class Endpoint:
         net = ctl._network_record(self.network_id)
         ctl.driver(net.driver).delete_endpoint(self.network_id, self.id)
         if net.ipam == "pycnm":
-            ipam = ctl.ipam_for(net.scope)
+            ipam = ctl.ipam_for(net.ipam_scope)
             for cidr, pools in ((ep.address, net.pools(4)), (ep.address_v6, net.pools(6))):
                 if not cidr:
                     continue

@@ -122,7 +122,7 @@ class Network:
                 return None
             iface = _interface(wanted, pools)
             return iface
-        ipam = self.controller.ipam_for(net.scope)
+        ipam = self.controller.ipam_for(net.ipam_scope)
         if wanted:
             iface = _interface(wanted, pools)
             pool = next(p for p in pools if iface.ip in ipaddress.ip_network(p.subnet))
@@ -173,7 +173,7 @@ class Network:
             ep.delete(force=True)
         ctl.driver(net.driver).delete_network(self.id)
         if net.ipam == "pycnm":
-            ipam = ctl.ipam_for(net.scope)
+            ipam = ctl.ipam_for(net.ipam_scope)
             for pool in net.pools(4) + net.pools(6):
                 ipam.release_pool(pool.pool_id)
         ctl.local.delete(f"networks/{self.id}")

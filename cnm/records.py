@@ -53,6 +53,10 @@ class NetworkRecord(Record):
     ipv4_pools: list[dict[str, Any]] = field(default_factory=list)
     ipv6_pools: list[dict[str, Any]] = field(default_factory=list)
     ipam: str = "pycnm"  # "pycnm": our IPAM allocates; "external": the caller does
+    # Which of pycnm's IPAMs holds the pools: "global" (cluster-wide) for networks whose
+    # connectivity spans hosts (overlay), else "local". Not ``scope``: an overlay's state
+    # is per host (scope "local") while its addresses must be unique across hosts.
+    ipam_scope: str = "local"
     labels: dict[str, str] = field(default_factory=dict)
     created: str = field(default_factory=now)
     version: int = SCHEMA
