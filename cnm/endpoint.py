@@ -85,7 +85,10 @@ class Endpoint:
             if not info.placed and info.dst_prefix != "eth":
                 sandbox._release_ifname(ifname, slot)
                 ifname = sandbox._reserve_ifname(info.dst_prefix, slot)
-            self._plug(sb, info, ifname, ep)
+            gateway = bool(info.gateway or info.gateway_v6) and sandbox._claim_gateway(self.id)
+            if gateway:
+                undo.callback(sandbox._drop_gateway, self.id)
+            self._plug(sb, info, ifname, ep, gateway)
             if not info.placed:
                 undo.callback(plumbing.unplug, sb.netns_path, ifname, ctl.host_ns, info.src_name)
             ep.sandbox_id, ep.sandbox_key, ep.ifname = sb.id, sb.netns_path, ifname
@@ -99,31 +102,30 @@ class Endpoint:
             ]
             self._save(ep)
             undo.callback(self._clear_join)
-            if (ep.gateway or ep.gateway_v6) and sandbox._claim_gateway(self.id):
-                undo.callback(sandbox._drop_gateway, self.id)
-                self._become_gateway(ep, sb, opts)
+            if gateway:
+                drv.program_external_connectivity(self.network_id, self.id, opts)
+                undo.callback(drv.revoke_external_connectivity, self.network_id, self.id)
             sandbox._write_files()
             undo.pop_all()
         log.info("endpoint %s: joined sandbox %s as %s", self.id[:12], sb.name, ifname)
         return ifname
 
-    def _plug(self, sb: SandboxRecord, info: JoinInfo, ifname: str, ep: EndpointRecord) -> None:
-        addresses = [
-            ipaddress.ip_interface(a) for a in (ep.address, ep.address_v6) if a
-        ]
-        if info.placed:
-            plumbing.configure_placed(sb.netns_path, ifname, addresses=addresses, mac=ep.mac)
-        else:
-            plumbing.plug(
-                self.controller.host_ns, sb.netns_path, info.src_name, ifname,
-                addresses=addresses, mac=ep.mac,
-            )
-        if info.static_routes:
-            plumbing.add_static_routes(
-                sb.netns_path, ifname,
-                [(str(r.destination), r.route_type, str(r.next_hop) if r.next_hop else None)
-                 for r in info.static_routes],
-            )
+    def _plug(
+        self, sb: SandboxRecord, info: JoinInfo, ifname: str, ep: EndpointRecord, gateway: bool
+    ) -> None:
+        """Move (unless the driver placed it) and configure the interface, with one netlink
+        handle inside the sandbox for addresses, static routes and default routes."""
+        if not info.placed:
+            plumbing.move_into(self.controller.host_ns, sb.netns_path, info.src_name, ifname)
+        plumbing.configure_inside(
+            sb.netns_path, ifname,
+            addresses=[ipaddress.ip_interface(a) for a in (ep.address, ep.address_v6) if a],
+            mac=None if info.placed else ep.mac,
+            routes=[(str(r.destination), r.route_type, str(r.next_hop) if r.next_hop else None)
+                    for r in info.static_routes],
+            gateway=info.gateway if gateway else None,
+            gateway_v6=info.gateway_v6 if gateway else None,
+        )
 
     def _become_gateway(self, ep: EndpointRecord, sb: SandboxRecord, opts: dict[str, Any]) -> None:
         """Route the sandbox's way out through this endpoint and publish its ports."""
@@ -274,6 +276,6 @@ class Endpoint:
         )
         info = drv.join(self.network_id, self.id, sb.netns_path,
                         {**ep.options, OPT_JOIN_IFNAME: ep.ifname})
-        self._plug(sb, info, ep.ifname or "", ep)
+        self._plug(sb, info, ep.ifname or "", ep, gateway=sb.gateway_endpoint == self.id)
         if sb.gateway_endpoint == self.id:
-            self._become_gateway(ep, sb, ep.options)
+            drv.program_external_connectivity(self.network_id, self.id, ep.options)

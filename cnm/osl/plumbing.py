@@ -23,30 +23,44 @@ def _ns_fd(ns: str | None) -> Iterator[int]:
         os.close(fd)
 
 
-def plug(
-    host_ns: str | None,
+def move_into(host_ns: str | None, sandbox_ns: str, src_name: str, ifname: str) -> None:
+    """Move ``src_name`` from the host into the sandbox, renamed ``ifname``."""
+    with iproute(host_ns) as host, _ns_fd(sandbox_ns) as target:
+        links.move_link(host, src_name, target, ifname)
+
+
+def configure_inside(
     sandbox_ns: str,
-    src_name: str,
     ifname: str,
     *,
     addresses: Iterable[IPInterface] = (),
     mac: str | None = None,
+    routes: Iterable[tuple[str, int, str | None]] = (),
+    gateway: ipaddress.IPv4Address | None = None,
+    gateway_v6: ipaddress.IPv6Address | None = None,
 ) -> None:
-    """Move ``src_name`` from the host into the sandbox as ``ifname``, addressed and up."""
-    with iproute(host_ns) as host, _ns_fd(sandbox_ns) as target:
-        links.move_link(host, src_name, target, ifname)
+    """Address an interface inside the sandbox, bring it up, add its routes.
+
+    ``routes``: (destination, type 0 via next hop | 1 connected, next hop); ``gateway``:
+    make it the sandbox's default route.
+    """
     with iproute(sandbox_ns) as sandbox:
         index = links.require_index(sandbox, ifname)
         links.configure(sandbox, index, addresses=addresses, mac=mac)
+        for destination, route_type, next_hop in routes:
+            net = ipaddress.ip_network(destination, strict=False)
+            via = ipaddress.ip_address(next_hop) if route_type == 0 and next_hop else None
+            links.add_route(sandbox, net, gateway=via, oif=index)
+        _default_routes(sandbox, index, gateway, gateway_v6)
 
 
-def configure_placed(
-    sandbox_ns: str, ifname: str, *, addresses: Iterable[IPInterface] = (), mac: str | None = None
-) -> None:
-    """Address and bring up an interface a driver created directly inside the sandbox."""
-    with iproute(sandbox_ns) as sandbox:
-        index = links.require_index(sandbox, ifname)
-        links.configure(sandbox, index, addresses=addresses, mac=mac)
+def _default_routes(ipr: object, index: int, gateway: ipaddress.IPv4Address | None,
+                    gateway_v6: ipaddress.IPv6Address | None) -> None:
+    for default, via in ((ipaddress.IPv4Network("0.0.0.0/0"), gateway),
+                         (ipaddress.IPv6Network("::/0"), gateway_v6)):
+        if via is not None:
+            links.delete_route(ipr, default)  # type: ignore[arg-type]
+            links.add_route(ipr, default, gateway=via, oif=index)  # type: ignore[arg-type]
 
 
 def unplug(sandbox_ns: str, ifname: str, host_ns: str | None, back_name: str) -> None:
@@ -74,27 +88,7 @@ def set_default_routes(
 ) -> None:
     """Point the sandbox's default routes at this interface's gateways."""
     with iproute(sandbox_ns) as sandbox:
-        index = links.require_index(sandbox, ifname)
-        if gateway is not None:
-            links.delete_route(sandbox, ipaddress.IPv4Network("0.0.0.0/0"))
-            links.add_route(sandbox, ipaddress.IPv4Network("0.0.0.0/0"), gateway=gateway,
-                            oif=index)
-        if gateway_v6 is not None:
-            links.delete_route(sandbox, ipaddress.IPv6Network("::/0"))
-            links.add_route(sandbox, ipaddress.IPv6Network("::/0"), gateway=gateway_v6,
-                            oif=index)
-
-
-def add_static_routes(
-    sandbox_ns: str, ifname: str, routes: Iterable[tuple[str, int, str | None]]
-) -> None:
-    """Routes from JoinInfo: (destination, type 0 via next hop | 1 connected, next hop)."""
-    with iproute(sandbox_ns) as sandbox:
-        index = links.require_index(sandbox, ifname)
-        for destination, route_type, next_hop in routes:
-            net = ipaddress.ip_network(destination, strict=False)
-            gateway = ipaddress.ip_address(next_hop) if route_type == 0 and next_hop else None
-            links.add_route(sandbox, net, gateway=gateway, oif=index)
+        _default_routes(sandbox, links.require_index(sandbox, ifname), gateway, gateway_v6)
 
 
 def enable_forwarding(ns: str) -> None:
