@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "cnm.cli.sandbox",
     "cnm.cli.endpoint",
     "cnm.cli.maintenance",
+    "cnm.cli.agent",
     "plugin_server.cli",
     "netns_fixtures.lab.cli",
 ]

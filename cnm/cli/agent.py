@@ -1,0 +1,57 @@
+"""``pycnm agent``: the long-running process of one host.
+
+It opens the Controller (which reconciles the kernel with the store), starts the drivers'
+background work (the overlay's lease, watches and VTEP entries) and runs until SIGTERM or
+SIGINT, then stops that work and exits 0. The plugin server does the same in its own
+process; run one or the other per host, not both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+
+from cnm.cli import open_controller
+
+ENV_LEASE_TTL = "PYCNM_OVERLAY_LEASE_TTL"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    agent = sub.add_parser(
+        "agent", help="run this host's background work (overlay lease, watches, VTEP entries) "
+        "until SIGTERM",
+    )
+    agent.add_argument("--lease-ttl", type=float, default=os.environ.get(ENV_LEASE_TTL),
+                       help="seconds a dead host's records outlive it (default 15; "
+                       f"${ENV_LEASE_TTL})")
+    agent.add_argument("--resync-interval", type=float, default=None,
+                       help="seconds between full resyncs of the VTEP entries (default 30)")
+    agent.set_defaults(handler=_agent)
+
+
+def _agent(args: argparse.Namespace) -> int:
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    config = {k: v for k, v in (("lease_ttl", args.lease_ttl),
+                                ("resync_interval", args.resync_interval)) if v}
+    try:
+        with open_controller(args, reconcile=True) as ctl:
+            for problem in ctl.last_reconcile:
+                print(f"reconcile: {problem}", file=sys.stderr)
+            started = ctl.start_background(config)
+            print(f"pycnm agent: host {ctl.host_id} running "
+                  f"({', '.join(started) or 'no background work'})", flush=True)
+            while not stop.wait(1.0):
+                pass
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    print("pycnm agent: stopped", flush=True)
+    return 0
