@@ -1,0 +1,384 @@
+"""The overlay driver: one flat L2 network across hosts, VXLAN over the hosts' IP network,
+etcd as the shared memory (where Docker uses gossip).
+
+Design notes (how the data plane is programmed)
+-----------------------------------------------
+
+Per network and host, a namespace ``pcov-<vni>`` (``pcov-<vni>-<host>`` on an emulated
+host, see ``dataplane.netns_name``) holds:
+
+- ``br0``, a Linux bridge with the overlay's gateway address(es), if it has any. Every
+  host's br0 carries the same gateway address; that is harmless because ARP never crosses
+  the overlay (below), so each container resolves its own host's br0.
+- ``pcvx-<vni>``, the VTEP: a VXLAN device with the network's VNI, UDP port 4789,
+  ``local`` = this host's underlay address, ``learning`` off and ``proxy`` on, plugged into
+  br0. Its UDP socket lives in the host namespace (see ``dataplane``).
+- one veth per endpoint: ``pcv-<eid>`` is a port of br0, its peer is born inside the
+  sandbox under its final name (pycnm's own sandboxes) or in the host namespace as
+  ``pcp-<eid>`` for Docker to move.
+
+Nothing is learnt from the wire. For every endpoint on another host the VTEP gets:
+
+- a static FDB entry ``<mac> dst <remote VTEP>`` (``bridge fdb replace ... self
+  permanent``): frames for that MAC are wrapped in VXLAN and sent to that host;
+- a permanent neighbour entry ``<ip> lladdr <mac>`` on the VXLAN device. With ``proxy``
+  on, the VXLAN device answers an ARP request (or IPv6 neighbour solicitation) for that IP
+  itself, from this table, and never sends the request out: ARP is answered locally.
+  Requests for unknown IPs are dropped there too, so ARP never crosses the overlay.
+
+Broadcast, multicast and unknown unicast: head-end replication. The VTEP gets one
+all-zero-MAC FDB entry per peer VTEP that holds at least one endpoint of the overlay, and
+the kernel sends one unicast copy of such a frame to each. We chose it over suppression so
+the overlay stays a real L2 segment (DHCP, mDNS, gratuitous ARP, IPv6 multicast other than
+neighbour discovery, a MAC pycnm has not been told about all keep working), while the cost
+stays small: ARP, the bulk of broadcast traffic, is already answered locally and never
+replicated. The underlay needs no multicast.
+
+MTU: the underlay interface's MTU minus 50 (outer Ethernet 14, IPv4 20, UDP 8, VXLAN 8),
+unless ``com.docker.network.driver.mtu`` (alias ``mtu``) says otherwise; br0, the VTEP
+and every veth use it.
+
+The control plane: cluster-wide records in etcd (``cluster``); the process that creates
+or joins an endpoint publishes it at once; each host's long-running process (``agent``)
+watches the records and keeps the VTEPs in line, and holds the host's lease so that a
+host that dies takes its records with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import os
+from typing import Any
+
+from cnm import names
+from cnm.driverapi import (
+    OPT_JOIN_IFNAME,
+    OPT_MACADDRESS,
+    Capability,
+    Driver,
+    DriverContext,
+    InterfaceInfo,
+    IpamData,
+    JoinInfo,
+)
+from cnm.errors import Conflict, InvalidOption, NotFound, StoreUnavailable
+from cnm.store.base import Store
+from drivers.overlay import cluster, dataplane, options
+from drivers.overlay.cluster import Cluster, OverlaySpec
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LEASE_TTL = 15.0  # seconds; a dead host's entries go after at most this long
+DEFAULT_RESYNC_INTERVAL = 30.0
+ENV_LEASE_TTL = "PYCNM_OVERLAY_LEASE_TTL"
+
+
+def mac_from_ip(address: ipaddress.IPv4Address | None) -> str:
+    """Docker's scheme, 02:42 + the IPv4 bytes: unique on an overlay because the address
+    is (addresses come from the cluster-wide IPAM)."""
+    tail = address.packed if address is not None else os.urandom(4)
+    return "02:42:" + ":".join(f"{b:02x}" for b in tail)
+
+
+def _mac_option(value: Any) -> str | None:
+    if not value:
+        return None
+    from drivers.bridge import _mac_option as decode  # Docker's base64 form, shared
+
+    return decode(value)
+
+
+class OverlayDriver(Driver):
+    name = "overlay"
+
+    def __init__(self, ctx: DriverContext) -> None:
+        super().__init__(ctx)
+        self._agent: Any = None
+
+    @property
+    def global_store(self) -> Store:
+        if self.ctx.global_store is None:
+            raise InvalidOption("the overlay driver needs a cluster-wide store "
+                                "(e.g. --store etcd://HOST:PORT)")
+        return self.ctx.global_store
+
+    @property
+    def cluster(self) -> Cluster:
+        return Cluster(self.global_store, self.ctx.host_id)
+
+    def capabilities(self) -> Capability:
+        # State is per host (each host creates the network itself: Docker 20.10 has no
+        # cluster store), connectivity spans hosts: the core uses the cluster-wide IPAM.
+        return Capability("local", "global")
+
+    def validate_network_options(self, opts: dict[str, Any]) -> None:
+        options.parse(opts)
+
+    # --- records -----------------------------------------------------------------------
+
+    def local_networks(self) -> list[dict[str, Any]]:
+        return [e.value for e in self.ctx.store.list("networks/")]
+
+    def local_network(self, nid: str) -> dict[str, Any] | None:
+        entry = self.ctx.store.get(f"networks/{nid}")
+        return None if entry is None else entry.value
+
+    def _network(self, nid: str) -> dict[str, Any]:
+        rec = self.local_network(nid)
+        if rec is None:
+            raise NotFound(f"overlay network {nid[:12]} not found on host {self.ctx.host_id}")
+        return rec
+
+    def _endpoint(self, nid: str, eid: str) -> dict[str, Any]:
+        entry = self.ctx.store.get(f"endpoints/{nid}/{eid}")
+        if entry is None:
+            raise NotFound(f"endpoint {eid[:12]} not found on overlay network {nid[:12]}")
+        return entry.value
+
+    # --- networks ------------------------------------------------------------------------
+
+    def create_network(
+        self, nid: str, opts: dict[str, Any], ipv4: list[IpamData], ipv6: list[IpamData]
+    ) -> None:
+        if self.local_network(nid) is not None:
+            return  # a retried call: the first one finished
+        parsed = options.parse(opts)
+        if not ipv4:
+            raise InvalidOption("an overlay network needs an IPv4 subnet (--subnet)")
+        for rec in self.local_networks():
+            if rec["overlay"] == parsed.overlay:
+                raise Conflict(f"overlay {parsed.overlay} already has network {rec['id'][:12]} "
+                               f"on host {self.ctx.host_id}")
+        ovl = self.cluster
+        peers = [h.get("vtep") for name, h in ovl.hosts().items()
+                 if name != self.ctx.host_id and h.get("vtep")]
+        underlay = dataplane.choose_vtep(self.ctx.host_ns, parsed.vtep, peers)
+        mtu = parsed.mtu or underlay.mtu - dataplane.VXLAN_OVERHEAD
+        if mtu > underlay.mtu - dataplane.VXLAN_OVERHEAD:
+            log.warning("overlay %s: MTU %d exceeds %s's %d minus the VXLAN overhead: large "
+                        "packets will be dropped", parsed.overlay, mtu, underlay.ifname,
+                        underlay.mtu)
+        gateways = [d.gateway for d in ipv4 + ipv6 if d.gateway is not None]
+        spec = OverlaySpec(
+            name=parsed.overlay, vni=parsed.vni,
+            subnets=tuple(sorted(str(d.pool) for d in ipv4 + ipv6)),
+            gateways=tuple(sorted(str(g) for g in gateways)),
+        )
+        with contextlib.ExitStack() as undo:
+            vni = ovl.join_overlay(spec)
+            undo.callback(ovl.leave_overlay, parsed.overlay)
+            ns_name = dataplane.netns_name(vni, self.ctx.host_id, self.ctx.host_ns is not None)
+            if dataplane.build(self.ctx.host_ns, ns_name, vni, underlay.vtep, mtu, gateways):
+                undo.callback(dataplane.teardown, ns_name, vni)
+            record = {
+                "id": nid, "overlay": parsed.overlay, "vni": vni, "netns": ns_name,
+                "vtep": underlay.vtep, "underlay": underlay.ifname, "mtu": mtu,
+                "options": parsed.to_dict(),
+                "ipv4": [_ipam_record(d) for d in ipv4],
+                "ipv6": [_ipam_record(d) for d in ipv6],
+            }
+            self.ctx.store.put(f"networks/{nid}", record)
+            undo.pop_all()
+        log.info("network %s: overlay %s, VNI %d, VTEP %s, MTU %d", nid[:12], parsed.overlay,
+                 vni, underlay.vtep, mtu)
+        self._learn_peers(record)
+
+    def _learn_peers(self, record: dict[str, Any]) -> None:
+        """Program what the cluster already knows, at once: the agent does it too (it sees
+        the new network), but a process without one (a bare Python API user) needs it."""
+        if self._agent is not None:
+            self._agent.notify_network(record["id"])
+            return
+        remotes = [
+            r for e in self.cluster.endpoints(record["overlay"])
+            if e.value.get("host") != self.ctx.host_id
+            and (r := cluster.remote_of(e.value)) is not None
+        ]
+        with dataplane.Forwarder(record["netns"], record["vni"]) as fwd:
+            fwd.sync(remotes)
+
+    def delete_network(self, nid: str) -> None:
+        rec = self.local_network(nid)
+        if rec is None:
+            return
+        for entry in self.ctx.store.list(f"endpoints/{nid}/"):
+            self.delete_endpoint(nid, entry.value["id"])
+        self.cluster.leave_overlay(rec["overlay"])
+        dataplane.teardown(rec["netns"], rec["vni"])
+        self.ctx.store.delete(f"networks/{nid}")
+        if self._agent is not None:
+            self._agent.notify_network(nid)
+        log.info("network %s: overlay %s left, %s removed", nid[:12], rec["overlay"],
+                 rec["netns"])
+
+    # --- endpoints -------------------------------------------------------------------------
+
+    def create_endpoint(
+        self, nid: str, eid: str, iface: InterfaceInfo, opts: dict[str, Any]
+    ) -> InterfaceInfo:
+        key = f"endpoints/{nid}/{eid}"
+        existing = self.ctx.store.get(key)
+        if existing is not None:
+            return InterfaceInfo(mac=existing.value["mac"])
+        net = self._network(nid)
+        mac = iface.mac or _mac_option(opts.get(OPT_MACADDRESS)) or mac_from_ip(
+            iface.address.ip if iface.address else None
+        )
+        ip = str(iface.address.ip) if iface.address else None
+        ip6 = str(iface.address_v6.ip) if iface.address_v6 else None
+        for entry in self.cluster.endpoints(net["overlay"]):
+            other = entry.value
+            clash = (ip and other.get("ip") == ip) or (ip6 and other.get("ip6") == ip6)
+            if clash and entry.key.rsplit("/", 1)[1] != eid:
+                raise Conflict(
+                    f"address {ip if other.get('ip') == ip else ip6} is already used on overlay "
+                    f"{net['overlay']} by an endpoint on host {other.get('host')}: addresses "
+                    "must come from the cluster-wide IPAM (with Docker: --ipam-driver pycnm "
+                    "on every host)"
+                )
+        record = {
+            "id": eid, "network": nid,
+            "host_veth": names.host_veth_name(eid), "peer": names.peer_veth_name(eid),
+            "mac": mac, "ip": ip, "ip6": ip6, "joined": False,
+        }
+        self.ctx.store.put(key, record)
+        return InterfaceInfo(mac=None if iface.mac else mac)
+
+    def delete_endpoint(self, nid: str, eid: str) -> None:
+        key = f"endpoints/{nid}/{eid}"
+        entry = self.ctx.store.get(key)
+        if entry is None:
+            return
+        rec = self.local_network(nid)
+        if rec is not None:
+            self.cluster.withdraw(rec["overlay"], eid)
+            dataplane.unplug_veth(rec["netns"], entry.value["host_veth"])
+        self.ctx.store.delete(key)
+
+    def endpoint_info(self, nid: str, eid: str) -> dict[str, Any]:
+        net, ep = self._network(nid), self._endpoint(nid, eid)
+        return {"HostInterface": ep["host_veth"], "MacAddress": ep["mac"],
+                "Overlay": net["overlay"], "VNI": net["vni"], "VTEP": net["vtep"],
+                "Namespace": net["netns"]}
+
+    def join(self, nid: str, eid: str, sandbox_key: str, opts: dict[str, Any]) -> JoinInfo:
+        net, ep = self._network(nid), self._endpoint(nid, eid)
+        direct = opts.get(OPT_JOIN_IFNAME)
+        peer = direct or ep["peer"]
+        with contextlib.ExitStack() as undo:
+            dataplane.plug_veth(net["netns"], ep["host_veth"], peer,
+                                sandbox_key if direct else self.ctx.host_ns, ep["mac"],
+                                net["mtu"])
+            undo.callback(dataplane.unplug_veth, net["netns"], ep["host_veth"])
+            self._publish(net, ep, self._lease())
+            ep["joined"] = True
+            self.ctx.store.put(f"endpoints/{nid}/{eid}", ep)
+            undo.pop_all()
+        internal = bool(net["options"].get("internal"))
+        return JoinInfo(src_name=peer, disable_gateway_service=internal, placed=bool(direct))
+
+    def leave(self, nid: str, eid: str) -> None:
+        entry = self.ctx.store.get(f"endpoints/{nid}/{eid}")
+        rec = self.local_network(nid)
+        if entry is None or rec is None:
+            return
+        self.cluster.withdraw(rec["overlay"], eid)
+        dataplane.unplug_veth(rec["netns"], entry.value["host_veth"])
+        if entry.value.get("joined"):
+            self.ctx.store.put(f"endpoints/{nid}/{eid}", {**entry.value, "joined": False})
+
+    # --- publishing ---------------------------------------------------------------------------
+
+    def _lease(self) -> Any:
+        """The lease to write this host's records under: the agent's, if it runs in this
+        process, else the one the host's agent registered (None if no agent runs)."""
+        if self._agent is not None and self._agent.lease is not None:
+            return self._agent.lease
+        host = self.cluster.host(self.ctx.host_id)
+        return host.get("lease") if host else None
+
+    def _publish(self, net: dict[str, Any], ep: dict[str, Any], lease: Any) -> None:
+        record = {"id": ep["id"], "network": net["id"], "vtep": net["vtep"], "mac": ep["mac"],
+                  "ip": ep.get("ip"), "ip6": ep.get("ip6")}
+        try:
+            self.cluster.publish(net["overlay"], ep["id"], record, lease)
+        except StoreUnavailable:
+            if lease is None or self._agent is not None:
+                raise
+            # The registered lease expired (its agent died); publish without one and let
+            # the agent adopt the record when it comes back.
+            log.warning("endpoint %s: host lease %s is gone; published without a lease",
+                        ep["id"][:12], lease)
+            self.cluster.publish(net["overlay"], ep["id"], record, None)
+
+    def republish(self, lease: Any) -> None:
+        """Make the cluster's records of this host match its joined endpoints, under
+        ``lease`` (the agent calls this on every connect and resync)."""
+        ovl = self.cluster
+        for net in self.local_networks():
+            mine = {e.value["id"]: e.value for e in self.ctx.store.list(f"endpoints/{net['id']}/")
+                    if e.value.get("joined")}
+            published = {e.key.rsplit("/", 1)[1]: e.value for e in ovl.endpoints(net["overlay"])
+                         if e.value.get("host") == self.ctx.host_id}
+            for eid, ep in mine.items():
+                have = published.get(eid)
+                if have is None or have.get("lease") != cluster._lease_id(lease) or \
+                        have.get("vtep") != net["vtep"] or have.get("mac") != ep["mac"]:
+                    self._publish(net, ep, lease)
+            for eid in published.keys() - mine.keys():
+                ovl.withdraw(net["overlay"], eid)
+
+    # --- background work and restart ----------------------------------------------------------
+
+    def start(self) -> bool:
+        if self._agent is not None:
+            return True
+        if self.ctx.global_store is None:
+            return False
+        from drivers.overlay.agent import Agent
+
+        ttl = float(self.ctx.config.get("lease_ttl")
+                    or os.environ.get(ENV_LEASE_TTL) or DEFAULT_LEASE_TTL)
+        resync = float(self.ctx.config.get("resync_interval") or DEFAULT_RESYNC_INTERVAL)
+        self._agent = Agent(self, ttl, resync)
+        self._agent.start()
+        return True
+
+    @property
+    def agent(self) -> Any:
+        return self._agent
+
+    def close(self) -> None:
+        if self._agent is not None:
+            self._agent.stop()
+            self._agent = None
+
+    def restore(self) -> list[str]:
+        """Rebuild missing overlay namespaces, bridges and VTEPs; plug back surviving veths;
+        resync the VTEP entries from the cluster (skipped, and said, if etcd is down)."""
+        problems: list[str] = []
+        for net in self.local_networks():
+            gateways = [ipaddress.ip_interface(d["gateway"]) for d in net["ipv4"] + net["ipv6"]
+                        if d.get("gateway")]
+            try:
+                dataplane.build(self.ctx.host_ns, net["netns"], net["vni"], net["vtep"],
+                                net["mtu"], gateways)
+            except Exception as exc:  # report and go on with the others
+                problems.append(f"overlay network {net['id'][:12]}: cannot rebuild "
+                                f"{net['netns']}: {exc}")
+                continue
+            try:
+                self._learn_peers(net)
+            except StoreUnavailable as exc:
+                problems.append(f"overlay network {net['id'][:12]}: peers not resynced: {exc}")
+        return problems
+
+
+def _ipam_record(data: IpamData) -> dict[str, Any]:
+    return {
+        "pool": str(data.pool),
+        "gateway": str(data.gateway) if data.gateway else None,
+        "aux": {k: str(v) for k, v in data.aux_addresses.items()},
+    }

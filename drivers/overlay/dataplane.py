@@ -1,0 +1,402 @@
+"""The kernel side of an overlay network on one host.
+
+Who does what: ``build``/``teardown`` make and remove the overlay namespace with its bridge
+and VTEP; ``plug_veth``/``unplug_veth`` add and remove an endpoint's veth; a ``Forwarder``
+holds one netlink socket inside the overlay namespace and programs the VTEP's forwarding
+database (FDB) and neighbour table from a set of ``Remote`` endpoints. Nothing here knows
+about the store.
+
+Namespaces: the VXLAN device is created by a netlink socket that lives in the *host*
+namespace with IFLA_NET_NS_FD pointing at the overlay namespace, so the device is born
+inside the overlay namespace while its UDP socket (port 4789, bound to the VTEP address)
+stays in the host namespace, on the underlay: no namespace move, and the host's routing
+table carries the encapsulated packets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import ipaddress
+import os
+import socket
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from cnm import names
+from cnm.errors import Conflict, InvalidOption, KernelError, KernelFeatureMissing
+from cnm.osl import iproute
+from cnm.osl import links as osl_links
+from cnm.osl.netns import create_named_netns, delete_named_netns, named_netns_path, netns_exists
+
+VXLAN_PORT = 4789
+VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
+NUD_PERMANENT = 0x80
+NTF_SELF = 0x02
+ZERO_MAC = "00:00:00:00:00:00"
+
+
+def netns_name(vni: int, host_id: str, emulated: bool) -> str:
+    """``pcov-<vni>``; on an emulated host (a host namespace shared with other emulated
+    hosts on one machine, where /run/netns is common to all) ``pcov-<vni>-<host>``."""
+    base = f"{names.OVERLAY_NETNS_PREFIX}{vni}"
+    return f"{base}-{host_id}" if emulated else base
+
+
+def vxlan_name(vni: int) -> str:
+    return f"{names.VXLAN_PREFIX}{vni}"  # at most 13 characters: VNI < 2**24
+
+
+# --- the underlay ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Underlay:
+    vtep: str  # this host's VTEP address
+    ifname: str
+    mtu: int
+
+
+def _first_v4(ipr: IPRoute, index: int) -> str | None:
+    for msg in ipr.get_addr(family=socket.AF_INET, index=index):
+        address = msg.get_attr("IFA_ADDRESS")
+        if address and not ipaddress.ip_address(address).is_loopback:
+            return str(address)
+    return None
+
+
+def _link(ipr: IPRoute, index: int) -> tuple[str, int]:
+    msg = ipr.link("get", index=index)[0]
+    return msg.get_attr("IFLA_IFNAME"), msg.get_attr("IFLA_MTU")
+
+
+def _owner_of(ipr: IPRoute, address: str) -> int | None:
+    for msg in ipr.get_addr(family=socket.AF_INET):
+        if msg.get_attr("IFA_ADDRESS") == address:
+            return msg["index"]
+    return None
+
+
+def _is_ipv4(text: str) -> bool:
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def choose_vtep(host_ns: str | None, wanted: str | None, peers: Iterable[str] = ()) -> Underlay:
+    """This host's VTEP address and the underlay interface and MTU behind it.
+
+    ``wanted`` (the ``vtep`` option) is an address of this host or an interface holding
+    one. Without it: the source address the host would use toward a known peer VTEP (a
+    route lookup, nothing is sent); with no peer known yet, the address of the interface
+    the default route leaves by; failing that, the host's only non-loopback IPv4 address.
+    """
+    with iproute(host_ns) as ipr:
+        if wanted is not None:
+            if not _is_ipv4(wanted):
+                index = osl_links.link_index(ipr, wanted)
+                if index is None:
+                    raise InvalidOption(f"option vtep: this host has no interface {wanted}")
+                address = _first_v4(ipr, index)
+                if address is None:
+                    raise InvalidOption(f"option vtep: interface {wanted} has no IPv4 address")
+                return Underlay(address, *_link(ipr, index))
+            index = _owner_of(ipr, wanted)
+            if index is None:
+                raise InvalidOption(f"option vtep: {wanted} is not an address of this host")
+            return Underlay(wanted, *_link(ipr, index))
+        for peer in peers:
+            try:
+                route = ipr.route("get", dst=peer)[0]
+            except NetlinkError:
+                continue  # no route to that peer: try the next one
+            source, index = route.get_attr("RTA_PREFSRC"), route.get_attr("RTA_OIF")
+            if source and index:
+                return Underlay(source, *_link(ipr, index))
+        for route in ipr.get_default_routes(family=socket.AF_INET, table=254):
+            index = route.get_attr("RTA_OIF")
+            source = route.get_attr("RTA_PREFSRC") or (_first_v4(ipr, index) if index else None)
+            if source and index:
+                return Underlay(source, *_link(ipr, index))
+        candidates = {
+            msg.get_attr("IFA_ADDRESS"): msg["index"]
+            for msg in ipr.get_addr(family=socket.AF_INET)
+            if not ipaddress.ip_address(msg.get_attr("IFA_ADDRESS")).is_loopback
+        }
+        if len(candidates) == 1:
+            address, index = candidates.popitem()
+            return Underlay(address, *_link(ipr, index))
+    raise InvalidOption(
+        "cannot tell which address is this host's underlay (no default route and "
+        f"{len(candidates)} candidate addresses): give -o vtep=ADDRESS or -o vtep=INTERFACE"
+    )
+
+
+# --- the overlay namespace, bridge and VTEP -----------------------------------------
+
+
+@contextlib.contextmanager
+def _ns_fd(path: str | None) -> Iterator[int]:
+    fd = os.open(path or "/proc/self/ns/net", os.O_RDONLY)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _vxlan_matches(msg: Any, vni: int, vtep: str) -> bool:
+    info = msg.get_attr("IFLA_LINKINFO")
+    if info is None or info.get_attr("IFLA_INFO_KIND") != "vxlan":
+        return False
+    data = info.get_attr("IFLA_INFO_DATA")
+    return (
+        data is not None
+        and data.get_attr("IFLA_VXLAN_ID") == vni
+        and data.get_attr("IFLA_VXLAN_LOCAL") == vtep
+        and data.get_attr("IFLA_VXLAN_PORT") == VXLAN_PORT
+        and not data.get_attr("IFLA_VXLAN_LEARNING")
+        and bool(data.get_attr("IFLA_VXLAN_PROXY"))
+    )
+
+
+def _ensure_vxlan(host_ns: str | None, ns_path: str, vni: int, vtep: str, mtu: int) -> None:
+    """Make the VTEP, or reuse one that matches (flannel's ensure_link on EEXIST): a device
+    of that name with other settings is deleted and made again."""
+    name = vxlan_name(vni)
+    with iproute(ns_path) as ovl:
+        try:
+            existing = ovl.link("get", ifname=name)[0]
+        except NetlinkError as exc:
+            if exc.code not in (errno.ENODEV, errno.ENOENT):
+                raise osl_links.kernel_error(exc, f"look up {name}") from exc
+            existing = None
+        if existing is not None:
+            if _vxlan_matches(existing, vni, vtep):
+                return
+            osl_links.delete_link(ovl, name)
+    spec = {
+        "ifname": name, "kind": "vxlan", "vxlan_id": vni, "vxlan_local": vtep,
+        "vxlan_port": VXLAN_PORT, "vxlan_learning": 0, "vxlan_proxy": 1, "mtu": mtu,
+    }
+    with iproute(host_ns) as host, _ns_fd(ns_path) as target:
+        try:
+            host.link("add", net_ns_fd=target, **spec)
+        except NetlinkError as exc:
+            if exc.code == errno.EEXIST:
+                raise Conflict(
+                    f"VXLAN id {vni} on UDP {VXLAN_PORT} is already in use on this host by "
+                    "a device pycnm did not make for this network; remove it or choose "
+                    "another -o vni="
+                ) from exc
+            if exc.code == errno.EOPNOTSUPP:
+                raise KernelFeatureMissing("this kernel does not support VXLAN devices") \
+                    from exc
+            raise osl_links.kernel_error(exc, f"create VXLAN device {name}") from exc
+
+
+def build(
+    host_ns: str | None,
+    ns_name: str,
+    vni: int,
+    vtep: str,
+    mtu: int,
+    gateways: Iterable[ipaddress.IPv4Interface | ipaddress.IPv6Interface],
+) -> bool:
+    """Make (or repair) the overlay namespace, br0 with the gateways, and the VTEP plugged
+    into br0. Return whether the namespace was made now. On failure nothing new remains."""
+    path = named_netns_path(ns_name)
+    created = not netns_exists(path)
+    if created:
+        delete_named_netns(ns_name)  # a stale file left by a crash, if any
+        create_named_netns(ns_name)
+    try:
+        with iproute(path) as ovl:
+            ovl.link("set", index=1, state="up")
+            bridge = osl_links.ensure_bridge(ovl, names.OVERLAY_BRIDGE, mtu)
+            osl_links.configure(ovl, bridge, addresses=list(gateways), mtu=mtu)
+        _ensure_vxlan(host_ns, path, vni, vtep, mtu)
+        with iproute(path) as ovl:
+            index = osl_links.require_index(ovl, vxlan_name(vni))
+            ovl.link("set", index=index, master=bridge, mtu=mtu, state="up")
+    except BaseException:
+        if created:
+            teardown(ns_name, vni)
+        raise
+    return created
+
+
+def teardown(ns_name: str, vni: int) -> None:
+    """Remove the overlay namespace. Its links are deleted first, synchronously, so that
+    the VNI's UDP socket is released at once (the kernel frees a namespace's devices
+    lazily, and a VTEP made again right away would find the VNI still taken)."""
+    path = named_netns_path(ns_name)
+    if netns_exists(path):
+        with iproute(path) as ovl:
+            for msg in ovl.get_links():
+                name = msg.get_attr("IFLA_IFNAME")
+                if name != "lo":
+                    osl_links.delete_link(ovl, name)
+    delete_named_netns(ns_name)
+
+
+def exists(ns_name: str, vni: int) -> bool:
+    path = named_netns_path(ns_name)
+    if not netns_exists(path):
+        return False
+    with iproute(path) as ovl:
+        return osl_links.link_index(ovl, vxlan_name(vni)) is not None and \
+            osl_links.link_index(ovl, names.OVERLAY_BRIDGE) is not None
+
+
+def plug_veth(
+    ns_name: str, host_veth: str, peer: str, peer_ns: str | None, mac: str, mtu: int
+) -> None:
+    """A veth whose first end is a port of br0 in the overlay namespace and whose peer is
+    born in ``peer_ns`` (a sandbox, or the host namespace for Docker to move)."""
+    path = named_netns_path(ns_name)
+    with iproute(path) as ovl, _ns_fd(peer_ns) as target:
+        bridge = osl_links.require_index(ovl, names.OVERLAY_BRIDGE)
+        osl_links.delete_link(ovl, host_veth)  # a half-made pair from a retry
+        osl_links.create_veth(
+            ovl, host_veth, peer, mtu=mtu, master=bridge, peer_mac=mac, peer_netns_fd=target
+        )
+
+
+def unplug_veth(ns_name: str, host_veth: str) -> None:
+    """Delete the endpoint's veth (its peer goes with it, wherever it is)."""
+    path = named_netns_path(ns_name)
+    if netns_exists(path):
+        with iproute(path) as ovl:
+            osl_links.delete_link(ovl, host_veth)
+
+
+def veth_present(ns_name: str, host_veth: str) -> bool:
+    path = named_netns_path(ns_name)
+    if not netns_exists(path):
+        return False
+    with iproute(path) as ovl:
+        return osl_links.link_index(ovl, host_veth) is not None
+
+
+# --- forwarding entries ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Remote:
+    """An endpoint on another host, as far as this host's VTEP is concerned."""
+
+    mac: str
+    vtep: str
+    ip: str | None = None
+    ip6: str | None = None
+
+
+@dataclass(frozen=True)
+class Entries:
+    """What the VTEP should hold: unicast FDB (MAC -> VTEP), flood list (peer VTEPs for the
+    all-zero MAC: head-end replication) and neighbours (IP -> MAC)."""
+
+    fdb: frozenset[tuple[str, str]]
+    flood: frozenset[str]
+    neigh: frozenset[tuple[str, str]]
+
+    @classmethod
+    def of(cls, remotes: Iterable[Remote]) -> Entries:
+        fdb, flood, neigh = set(), set(), set()
+        for r in remotes:
+            fdb.add((r.mac, r.vtep))
+            flood.add(r.vtep)
+            for ip in (r.ip, r.ip6):
+                if ip:
+                    neigh.add((ip, r.mac))
+        return cls(frozenset(fdb), frozenset(flood), frozenset(neigh))
+
+
+class Forwarder:
+    """One overlay namespace's VTEP table writer, on one netlink socket."""
+
+    def __init__(self, ns_name: str, vni: int) -> None:
+        self.ns_name = ns_name
+        self.vni = vni
+        self._cm = iproute(named_netns_path(ns_name))
+        self.ipr = self._cm.__enter__()
+        try:
+            self.index = osl_links.require_index(self.ipr, vxlan_name(vni))
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        self._cm.__exit__(None, None, None)
+
+    def __enter__(self) -> Forwarder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, what: str, method: str, command: str, tolerate: tuple[int, ...],
+              **spec: Any) -> None:
+        try:
+            getattr(self.ipr, method)(command, ifindex=self.index, **spec)
+        except NetlinkError as exc:
+            if exc.code not in tolerate:
+                raise KernelError(f"{what} on {vxlan_name(self.vni)}: {exc}") from exc
+
+    def current(self) -> Entries:
+        """What the VTEP holds now (permanent entries only: learning is off, so every
+        entry on the device is one we wrote)."""
+        fdb, flood, neigh = set(), set(), set()
+        for msg in self.ipr.fdb("dump", ifindex=self.index):
+            if msg["ifindex"] != self.index or not msg["flags"] & NTF_SELF:
+                continue
+            mac, dst = msg.get_attr("NDA_LLADDR"), msg.get_attr("NDA_DST")
+            if not dst:
+                continue
+            if mac == ZERO_MAC:
+                flood.add(dst)
+            else:
+                fdb.add((mac, dst))
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for msg in self.ipr.get_neighbours(family=family, ifindex=self.index):
+                if msg["state"] & NUD_PERMANENT and msg.get_attr("NDA_LLADDR"):
+                    neigh.add((msg.get_attr("NDA_DST"), msg.get_attr("NDA_LLADDR")))
+        return Entries(frozenset(fdb), frozenset(flood), frozenset(neigh))
+
+    def apply(self, old: Entries, new: Entries) -> None:
+        """Move the VTEP from ``old`` to ``new``: removals first, then additions, so that
+        a MAC or IP that moved ends up pointing at its new place."""
+        gone = (errno.ENOENT, errno.ESRCH, errno.EINVAL)
+        kept_ips = {ip for ip, _ in new.neigh}
+        kept_macs = {mac for mac, _ in new.fdb}
+        for ip, _mac in old.neigh - new.neigh:
+            if ip not in kept_ips:
+                self._call(f"delete neighbour {ip}", "neigh", "del", gone, dst=ip)
+        for mac, vtep in old.fdb - new.fdb:
+            if mac not in kept_macs:
+                self._call(f"delete FDB {mac}", "fdb", "del", gone, lladdr=mac, dst=vtep,
+                           flags=NTF_SELF)
+        for vtep in old.flood - new.flood:
+            self._call(f"delete flood entry {vtep}", "fdb", "del", gone, lladdr=ZERO_MAC,
+                       dst=vtep, flags=NTF_SELF)
+        for mac, vtep in new.fdb - old.fdb:
+            self._call(f"add FDB {mac} -> {vtep}", "fdb", "replace", (), lladdr=mac, dst=vtep,
+                       state=NUD_PERMANENT, flags=NTF_SELF)
+        for vtep in new.flood - old.flood:
+            self._call(f"add flood entry {vtep}", "fdb", "append", (errno.EEXIST,),
+                       lladdr=ZERO_MAC, dst=vtep, state=NUD_PERMANENT, flags=NTF_SELF)
+        for ip, mac in new.neigh - old.neigh:
+            self._call(f"add neighbour {ip} -> {mac}", "neigh", "replace", (), dst=ip,
+                       lladdr=mac, state=NUD_PERMANENT)
+
+    def sync(self, remotes: Iterable[Remote]) -> Entries:
+        """Make the VTEP hold exactly the entries for ``remotes``; return them."""
+        wanted = Entries.of(remotes)
+        self.apply(self.current(), wanted)
+        return wanted
