@@ -1,0 +1,214 @@
+"""The classic multi-host picture for the overlay tests and benchmark, in namespaces.
+
+    h1 172.31.1.2/24 --- .1  router  .1 --- 192.168.1.2/24 h2
+                             | .1
+                     h3 172.31.3.2/24 (joins later)
+
+Each emulated host is a namespace with one veth to the router namespace and a default
+route through it. Each host's pycnm runs as its own process (``pycnm --host-ns H agent``)
+whose sockets stay in the root namespace, where etcd listens on loopback; it acts on its
+host's namespace through netlink. CLI calls run as separate processes too.
+
+``OverlayLab.close`` kills every process it started, removes what pycnm made on each host
+(orderly first, then by name) and deletes the namespaces, whatever state a test left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from cnm.osl.netns import (
+    create_named_netns,
+    delete_named_netns,
+    iproute,
+    list_named_netns,
+    named_netns_path,
+    write_sysctl,
+)
+
+T = TypeVar("T")
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+OVERLAY_PREFIX = "global/drivers/overlay/"
+
+
+def wait_for(condition: Callable[[], T], timeout: float, interval: float = 0.05,
+             what: str = "condition") -> T:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.1f} s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class Host:
+    name: str  # namespace name, also the pycnm host id
+    underlay: str  # this host's address (its VTEP)
+    router_address: str
+    router_if: str
+    agent: subprocess.Popen | None = None
+    agent_log: str = ""
+
+    @property
+    def path(self) -> str:
+        return named_netns_path(self.name)
+
+
+@dataclass
+class OverlayLab:
+    store_url: str
+    tag: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
+    lease_ttl: float = 2.0
+    hosts: dict[str, Host] = field(default_factory=dict)
+    processes: list[subprocess.Popen] = field(default_factory=list)
+    logdir: str = "/tmp"
+
+    def __post_init__(self) -> None:
+        self.router = f"tovr{self.tag}"
+        create_named_netns(self.router)
+        write_sysctl(named_netns_path(self.router), "net/ipv4/ip_forward", "1")
+
+    # --- topology ---------------------------------------------------------------------
+
+    def add_host(self, key: str, subnet: str) -> Host:
+        """A host namespace on its own underlay ``subnet`` (.2 for the host, .1 the router)."""
+        net = ipaddress.ip_network(subnet)
+        host = Host(name=f"tov{key}{self.tag}", underlay=str(net[2]),
+                    router_address=str(net[1]), router_if=f"r{key}{self.tag}"[:15])
+        create_named_netns(host.name)
+        self.hosts[key] = host
+        fd = os.open(host.path, os.O_RDONLY)
+        try:
+            with iproute(named_netns_path(self.router)) as ipr:
+                ipr.link("add", ifname=host.router_if, kind="veth",
+                         peer={"ifname": "eth0", "net_ns_fd": fd})
+                index = ipr.link_lookup(ifname=host.router_if)[0]
+                ipr.addr("add", index=index, address=host.router_address,
+                         prefixlen=net.prefixlen)
+                ipr.link("set", index=index, state="up")
+        finally:
+            os.close(fd)
+        with iproute(host.path) as ipr:
+            ipr.link("set", index=1, state="up")
+            index = ipr.link_lookup(ifname="eth0")[0]
+            ipr.addr("add", index=index, address=host.underlay, prefixlen=net.prefixlen)
+            ipr.link("set", index=index, state="up")
+            ipr.route("add", dst="0.0.0.0/0", gateway=host.router_address)
+        return host
+
+    # --- pycnm processes ----------------------------------------------------------------
+
+    def argv(self, host: Host, *args: str) -> list[str]:
+        return [sys.executable, "-m", "cnm.cli", "--store", self.store_url, "--host-ns",
+                host.name, *args]
+
+    def pycnm(self, host: Host, *args: str, check: bool = True,
+              timeout: float = 60) -> subprocess.CompletedProcess:
+        result = subprocess.run(self.argv(host, *args), capture_output=True, text=True,
+                                timeout=timeout, cwd=REPO)
+        if check and result.returncode != 0:
+            raise AssertionError(f"pycnm {' '.join(args)} on {host.name} failed: "
+                                 f"{result.stderr.strip()}")
+        return result
+
+    def pycnm_json(self, host: Host, *args: str) -> Any:
+        return json.loads(self.pycnm(host, "--json", *args).stdout)
+
+    def start_agent(self, host: Host, wait: bool = True) -> subprocess.Popen:
+        host.agent_log = os.path.join(self.logdir, f"{host.name}-agent.log")
+        with open(host.agent_log, "ab") as log:
+            proc = subprocess.Popen(
+                self.argv(host, "-v", "agent", "--lease-ttl", str(self.lease_ttl)),
+                stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+            )
+        host.agent = proc
+        self.processes.append(proc)
+        if wait:
+            self.wait_registered(host)
+        return proc
+
+    def agent_output(self, host: Host) -> str:
+        with contextlib.suppress(OSError), open(host.agent_log) as handle:
+            return handle.read()[-4000:]
+        return ""
+
+    def wait_registered(self, host: Host, timeout: float = 20) -> None:
+        from cnm.store import open_store
+
+        with contextlib.closing(open_store(self.store_url)) as store:
+            def registered() -> bool:
+                if host.agent is not None and host.agent.poll() is not None:
+                    raise AssertionError(f"agent of {host.name} exited: "
+                                         f"{self.agent_output(host)}")
+                return store.get(f"{OVERLAY_PREFIX}hosts/{host.name}") is not None
+
+            wait_for(registered, timeout, what=f"{host.name} to register")
+
+    def stop_agent(self, host: Host, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        proc = host.agent
+        assert proc is not None
+        proc.send_signal(sig)
+        code = proc.wait(timeout=timeout)
+        host.agent = None
+        return code
+
+    # --- kernel state, read directly ------------------------------------------------------
+
+    def overlay_netns(self, host: Host, vni: int) -> str:
+        return f"pcov-{vni}-{host.name}"
+
+    def vtep_entries(self, host: Host, vni: int) -> Any:
+        from drivers.overlay.dataplane import Forwarder
+
+        with Forwarder(self.overlay_netns(host, vni), vni) as fwd:
+            return fwd.current()
+
+    def vni_of(self, overlay: str) -> int:
+        from cnm.store import open_store
+
+        with contextlib.closing(open_store(self.store_url)) as store:
+            entry = store.get(f"{OVERLAY_PREFIX}overlays/{overlay}/config")
+            assert entry is not None, f"overlay {overlay} has no config in the store"
+            return int(entry.value["vni"])
+
+    # --- teardown -----------------------------------------------------------------------
+
+    def close(self) -> None:
+        for proc in self.processes:
+            if proc.poll() is None:
+                proc.kill()
+            with contextlib.suppress(Exception):
+                proc.wait(timeout=10)
+        for host in self.hosts.values():
+            with contextlib.suppress(Exception):
+                self.pycnm(host, "cleanup", check=False, timeout=60)
+        for name in list_named_netns():
+            if any(name.startswith("pc") and name.endswith(h.name) for h in self.hosts.values()):
+                delete_named_netns(name)
+        for host in self.hosts.values():
+            delete_named_netns(host.name)
+        delete_named_netns(self.router)
+
+
+@contextlib.contextmanager
+def overlay_lab(store_url: str, **kwargs: Any) -> Iterator[OverlayLab]:
+    lab = OverlayLab(store_url, **kwargs)
+    try:
+        yield lab
+    finally:
+        lab.close()

@@ -1,0 +1,228 @@
+"""The overlay driver across emulated hosts, with real packets and a real etcd.
+
+Two hosts in different underlay networks (172.31.1.0/24 and 192.168.1.0/24) joined by a
+router namespace; each runs its own ``pycnm agent`` process; the overlay is 10.0.0.0/24
+and C2 is 10.0.0.4. See overlay_lab for the picture and the clean-up guarantees.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from tests.integration.bridge_helpers import TcpServer, ping, ping_eventually, tcp_hello
+from tests.integration.overlay_lab import REPO, Host, OverlayLab, overlay_lab, wait_for
+
+pytestmark = [pytest.mark.root, pytest.mark.etcd]
+
+UNDERLAYS = {"1": "172.31.1.0/24", "2": "192.168.1.0/24", "3": "172.31.3.0/24"}
+SUBNET = "10.0.0.0/24"
+C2_IP = "10.0.0.4"
+LEASE_TTL = 2.0
+
+
+@pytest.fixture
+def lab(etcd_server) -> Iterator[OverlayLab]:
+    with overlay_lab(etcd_server.url, lease_ttl=LEASE_TTL) as lab:
+        yield lab
+
+
+@dataclass
+class Pair:
+    lab: OverlayLab
+    h1: Host
+    h2: Host
+    overlay: str
+    net: str
+    vni: int
+
+    def sandbox(self, host: Host, key: str, ip: str | None = None) -> tuple[str, str]:
+        """A sandbox on ``host`` attached to the overlay; (netns name, address)."""
+        name = f"{key}{self.lab.tag}"
+        self.lab.pycnm(host, "sandbox", "create", name)
+        self.lab.pycnm(host, "attach", self.net, name, *(["--ip", ip] if ip else []))
+        info = self.lab.pycnm_json(host, "sandbox", "inspect", name)[0]
+        address = info["Interfaces"]["eth0"]["IPv4Address"].split("/")[0]
+        return f"pcsb-{name}", address
+
+
+def create_overlay(lab: OverlayLab, host: Host, overlay: str, net: str, *extra: str,
+                   check: bool = True) -> subprocess.CompletedProcess:
+    return lab.pycnm(host, "network", "create", "-d", "overlay", "--subnet", SUBNET,
+                     "-o", f"overlay={overlay}", *extra, net, check=check)
+
+
+@pytest.fixture
+def pair(lab: OverlayLab) -> Pair:
+    h1, h2 = lab.add_host("1", UNDERLAYS["1"]), lab.add_host("2", UNDERLAYS["2"])
+    lab.start_agent(h1)
+    lab.start_agent(h2)
+    overlay, net = f"ov{lab.tag}", "ovnet"
+    create_overlay(lab, h1, overlay, net)
+    create_overlay(lab, h2, overlay, net)
+    return Pair(lab, h1, h2, overlay, net, lab.vni_of(overlay))
+
+
+def has_remote(lab: OverlayLab, host: Host, vni: int, ip: str) -> bool:
+    return any(i == ip for i, _ in lab.vtep_entries(host, vni).neigh)
+
+
+# --- reachability ---------------------------------------------------------------------
+
+
+def test_c1_and_c2_on_two_hosts_ping_and_talk_tcp(pair: Pair) -> None:
+    lab = pair.lab
+    c1, ip1 = pair.sandbox(pair.h1, "c1")
+    c2, ip2 = pair.sandbox(pair.h2, "c2", ip=C2_IP)
+    assert ip2 == C2_IP and ip1 != ip2
+    wait_for(lambda: has_remote(lab, pair.h1, pair.vni, C2_IP), 10, what="h1 to learn C2")
+    entries = lab.vtep_entries(pair.h1, pair.vni)
+    assert entries.flood == {pair.h2.underlay}  # head-end replication to h2 only
+    assert ping_eventually(c1, C2_IP)
+    assert ping_eventually(c2, ip1)
+    with TcpServer(c2, "0.0.0.0", 7101):
+        assert tcp_hello(c1, C2_IP, 7101) == f"from {ip1}"
+
+
+def test_underlay_carries_vxlan_with_the_vni_and_the_inner_icmp(pair: Pair) -> None:
+    from scapy.layers.inet import ICMP, IP, UDP
+    from scapy.layers.vxlan import VXLAN
+
+    lab = pair.lab
+    c1, ip1 = pair.sandbox(pair.h1, "c1")
+    pair.sandbox(pair.h2, "c2", ip=C2_IP)
+    wait_for(lambda: has_remote(lab, pair.h1, pair.vni, C2_IP), 10, what="h1 to learn C2")
+    packets = capture(lab, pair.h2.router_if, lambda: ping(c1, C2_IP, count=3))
+    inner = [
+        p for p in packets
+        if p.haslayer(VXLAN) and p[VXLAN].vni == pair.vni and p[VXLAN].haslayer(ICMP)
+    ]
+    assert inner, f"no VXLAN-wrapped ICMP in {[p.summary() for p in packets]}"
+    request = next(p for p in inner if p[VXLAN][ICMP].type == 8)
+    assert request[IP].src == pair.h1.underlay and request[IP].dst == pair.h2.underlay
+    assert request[UDP].dport == 4789
+    assert (request[VXLAN][IP].src, request[VXLAN][IP].dst) == (ip1, C2_IP)
+    assert any(p[VXLAN][ICMP].type == 0 for p in inner)  # and the reply came back wrapped
+
+
+def capture(lab: OverlayLab, iface: str, action, count: int = 12, timeout: float = 8) -> list:
+    """Packets to or from UDP 4789 seen on the router's ``iface`` while ``action`` runs."""
+    import threading
+
+    from scapy.arch.linux import L2ListenSocket
+    from scapy.layers.inet import UDP
+    from scapy.sendrecv import AsyncSniffer
+
+    from cnm.osl.netns import in_netns, named_netns_path
+
+    sock = in_netns(named_netns_path(lab.router), lambda: L2ListenSocket(iface=iface))
+    ready = threading.Event()
+    sniffer = AsyncSniffer(
+        opened_socket=sock, count=count, timeout=timeout, started_callback=ready.set,
+        lfilter=lambda p: p.haslayer(UDP) and 4789 in (p[UDP].dport, p[UDP].sport),
+    )
+    sniffer.start()
+    try:
+        ready.wait(5)
+        action()
+    finally:
+        sniffer.join(timeout + 5)
+        sock.close()
+    return list(sniffer.results or [])
+
+
+def test_a_third_host_joining_later_reaches_both(pair: Pair) -> None:
+    lab = pair.lab
+    c1, ip1 = pair.sandbox(pair.h1, "c1")
+    c2, _ = pair.sandbox(pair.h2, "c2", ip=C2_IP)
+    h3 = lab.add_host("3", UNDERLAYS["3"])
+    lab.start_agent(h3)
+    create_overlay(lab, h3, pair.overlay, pair.net)
+    c3, ip3 = pair.sandbox(h3, "c3")
+    assert len({ip1, C2_IP, ip3}) == 3
+    wait_for(lambda: has_remote(lab, h3, pair.vni, C2_IP) and has_remote(lab, h3, pair.vni, ip1),
+             10, what="h3 to learn C1 and C2")
+    assert ping_eventually(c3, ip1)
+    assert ping_eventually(c3, C2_IP)
+    wait_for(lambda: has_remote(lab, pair.h1, pair.vni, ip3), 10, what="h1 to learn C3")
+    assert ping_eventually(c1, ip3)
+    assert ping_eventually(c2, ip3)
+    assert lab.vtep_entries(h3, pair.vni).flood == {pair.h1.underlay, pair.h2.underlay}
+
+
+def test_the_same_overlay_with_another_subnet_or_vni_is_refused(pair: Pair) -> None:
+    lab = pair.lab
+    h3 = lab.add_host("3", UNDERLAYS["3"])
+    result = lab.pycnm(h3, "network", "create", "-d", "overlay", "--subnet", "10.9.0.0/24",
+                       "-o", f"overlay={pair.overlay}", "other", check=False)
+    assert result.returncode != 0
+    assert f"overlay {pair.overlay} already exists with subnet(s) {SUBNET}" in result.stderr
+    result = create_overlay(lab, h3, pair.overlay, "other", "-o", f"vni={pair.vni + 1}",
+                            check=False)
+    assert result.returncode != 0 and f"with VNI {pair.vni}" in result.stderr
+    assert lab.pycnm_json(h3, "network", "ls") == []  # nothing half-made remains
+
+
+# --- addresses ------------------------------------------------------------------------
+
+
+def test_no_address_is_handed_out_twice_when_hosts_allocate_at_once(pair: Pair) -> None:
+    lab, count = pair.lab, 15
+    start_at = time.time() + 2.0
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.integration.overlay_alloc", "--store",
+             lab.store_url, "--host-ns", host.name, "--network", pair.net,
+             "--count", str(count), "--start-at", str(start_at)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        )
+        for host in (pair.h1, pair.h2)
+    ]
+    lab.processes.extend(procs)
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        results.append(json.loads(out))
+    addresses = [a for r in results for a in r]
+    assert len(addresses) == 2 * count
+    assert len(set(addresses)) == len(addresses), "an address was handed out twice"
+
+
+# --- entries go away --------------------------------------------------------------------
+
+
+def test_removing_c2_removes_its_entries_on_h1(pair: Pair) -> None:
+    lab = pair.lab
+    c1, _ = pair.sandbox(pair.h1, "c1")
+    pair.sandbox(pair.h2, "c2", ip=C2_IP)
+    wait_for(lambda: has_remote(lab, pair.h1, pair.vni, C2_IP), 10, what="h1 to learn C2")
+    mac = next(m for i, m in lab.vtep_entries(pair.h1, pair.vni).neigh if i == C2_IP)
+    lab.pycnm(pair.h2, "sandbox", "rm", f"c2{lab.tag}")
+    wait_for(lambda: not lab.vtep_entries(pair.h1, pair.vni).neigh, 10,
+             what="C2's neighbour entry to leave h1")
+    entries = lab.vtep_entries(pair.h1, pair.vni)
+    assert mac not in {m for m, _ in entries.fdb}
+    assert entries.flood == set()  # h2 holds no endpoint any more: no replication to it
+    assert not ping(c1, C2_IP)
+
+
+def test_a_killed_hosts_entries_go_when_its_lease_expires(pair: Pair) -> None:
+    lab = pair.lab
+    pair.sandbox(pair.h1, "c1")
+    pair.sandbox(pair.h2, "c2", ip=C2_IP)
+    wait_for(lambda: has_remote(lab, pair.h1, pair.vni, C2_IP), 10, what="h1 to learn C2")
+    killed_at = time.monotonic()
+    lab.stop_agent(pair.h2, sig=9)
+    wait_for(lambda: not has_remote(lab, pair.h1, pair.vni, C2_IP), LEASE_TTL + 10,
+             what="h2's entries to expire on h1")
+    gone_after = time.monotonic() - killed_at
+    assert lab.vtep_entries(pair.h1, pair.vni).flood == set()
+    assert gone_after >= LEASE_TTL * 0.5, f"entries went after {gone_after:.1f} s, before " \
+        "the lease could have expired"
