@@ -4,14 +4,25 @@ Keys are ``/``-separated strings (``networks/<id>``, ``endpoints/<nid>/<eid>``,
 ``ipam/pools/<pool-id>``, ``hosts/<name>``); values are JSON-able dicts. Every key carries a
 *revision* (etcd's mod_revision): a positive integer that changes on every write of that
 key. Compare-and-swap and transactions compare revisions; revision 0 means "absent".
+
+Leases (keys that vanish when their owner stops refreshing them) are an optional part of the
+interface, ``cnm.store.lease.LeaseStore``, which every bundled backend implements.
+
+The helpers at the end (value codec, prefix ranges, ``WatchCursor``) are shared by the
+backends so that they agree on encoding, ordering and how a watch catches up.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Mapping
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -120,3 +131,127 @@ class Store(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# --- helpers shared by the backends ----------------------------------------------------------
+
+
+def encode_value(value: Mapping[str, Any]) -> str:
+    """The one serialised form of a value (compact JSON, sorted keys) every backend stores."""
+    return json.dumps(dict(value), separators=(",", ":"), sort_keys=True)
+
+
+def decode_value(key: str, raw: str | bytes) -> dict[str, Any]:
+    """Parse a stored value; a foreign value under pycnm's keys is reported, not guessed at."""
+    from cnm.errors import StoreUnavailable
+
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise StoreUnavailable(
+            f"the store holds a value at {key!r} that is not a JSON object: was it written by "
+            "something other than pycnm?"
+        )
+    return value
+
+
+def prefix_end(prefix: str) -> str | None:
+    """The smallest string greater than every string starting with ``prefix`` (the end of
+    a half-open key range, as etcd's range_end), or None when no such bound exists.
+
+    Strings compare by code point, which is also the byte order of their UTF-8 form, so the
+    bound works for SQLite's BINARY collation and, encoded, for etcd.
+    """
+    chars = list(prefix)
+    while chars:
+        code = ord(chars[-1]) + 1
+        if code == 0xD800:  # surrogates cannot be encoded: skip to the next encodable point
+            code = 0xE000
+        if code <= 0x10FFFF:
+            chars[-1] = chr(code)
+            return "".join(chars)
+        chars.pop()
+    return None
+
+
+def call_watcher(callback: Callable[[WatchEvent], None], event: WatchEvent) -> None:
+    """Deliver one event; a failing callback is logged, never allowed to end the watch."""
+    try:
+        callback(event)
+    except Exception:  # noqa: BLE001 - the watch must outlive a faulty consumer
+        log.exception("store watch callback failed on %s %s (revision %d)",
+                      event.kind, event.key, event.revision)
+
+
+class WatchCursor:
+    """Where one watch stands: the last revision it delivered and the keys it knows exist.
+
+    A backend feeds it events in revision order; events at or below the cursor are dropped,
+    so replaying history after a reconnect is harmless. When a backend has lost the history
+    a watch needs (etcd compaction, SQLite's pruned change log), ``resync`` catches the watch
+    up from a fresh listing: puts for keys written since, deletes for keys that went away.
+    Callers therefore never see a gap, only (at worst) one delete carrying the listing's
+    revision instead of the exact one.
+    """
+
+    def __init__(self, prefix: str, callback: Callable[[WatchEvent], None], revision: int,
+                 keys: Iterable[str]) -> None:
+        self.prefix = prefix
+        self.callback = callback
+        self.revision = revision
+        self.keys = set(keys)
+        self.active = True
+        # Held while delivering: once ``close`` returns, the callback is never called again
+        # (re-entrant, so a callback may cancel its own watch).
+        self._lock = threading.RLock()
+
+    def close(self) -> None:
+        """Stop delivering; waits for a delivery in progress on another thread."""
+        with self._lock:
+            self.active = False
+
+    def deliver(self, events: Iterable[WatchEvent]) -> None:
+        """Pass on the events under the prefix newer than the cursor; events of one
+        revision must come in the same call."""
+        with self._lock:
+            newest = self.revision
+            for event in events:
+                if event.revision <= self.revision or not event.key.startswith(self.prefix):
+                    continue
+                newest = max(newest, event.revision)
+                if event.kind == "put":
+                    self.keys.add(event.key)
+                else:
+                    self.keys.discard(event.key)
+                if self.active:
+                    call_watcher(self.callback, event)
+            self.revision = newest
+
+    def resync(self, entries: Iterable[Entry], revision: int) -> None:
+        """Catch up from ``entries`` (the prefix's listing at ``revision``)."""
+        with self._lock:
+            if revision > self.revision:
+                self._resync(entries, revision)
+
+    def _resync(self, entries: Iterable[Entry], revision: int) -> None:
+        events: list[WatchEvent] = []
+        present: set[str] = set()
+        for entry in entries:
+            if not entry.key.startswith(self.prefix):
+                continue
+            present.add(entry.key)
+            if entry.revision > self.revision:
+                events.append(WatchEvent("put", entry.key, entry.value, entry.revision))
+        events.extend(WatchEvent("delete", key, None, revision)
+                      for key in sorted(self.keys - present))
+        events.sort(key=lambda e: e.revision)
+        log.warning("store watch on %r fell behind the history kept (revision %d, now %d): "
+                    "caught up from a listing, %d change(s)", self.prefix, self.revision,
+                    revision, len(events))
+        for event in events:
+            if self.active:
+                call_watcher(self.callback, event)
+        self.keys = present
+        self.revision = revision
