@@ -1,0 +1,101 @@
+"""Store URLs: how a user names a store (``--store``, ``PYCNM_STORE``, ``Controller(store=)``).
+
+    sqlite:///var/lib/pycnm/state.db    absolute path (the default)
+    sqlite://state/pycnm.db             relative to the working directory
+    /tmp/pycnm.db, ./pycnm.db           a bare path: SQLite
+    memory://                           in-process, gone at exit (tests)
+    etcd://h1:2379,h2:2379?prefix=/pycnm/&user=U&password=P&timeout=2
+    etcds://h1:2379?ca=CA.pem&cert=CLIENT.pem&key=CLIENT-KEY.pem     etcd over TLS
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import urllib.parse
+
+from cnm.errors import InvalidOption
+from cnm.store.base import Store
+
+ENV_STORE = "PYCNM_STORE"
+DEFAULT_URL = "sqlite:///var/lib/pycnm/state.db"
+FORMS = ("sqlite:///ABS/PATH.db, sqlite://REL/PATH.db or a plain file path; memory://; "
+         "etcd://HOST:PORT[,HOST:PORT...][?prefix=/pycnm/&user=U&password=P&timeout=2]; "
+         "etcds://HOST:PORT[,...]?ca=FILE[&cert=FILE&key=FILE] for etcd over TLS")
+_ETCD_PARAMS = ("prefix", "ca", "cert", "key", "user", "password", "timeout")
+
+
+def open_store(url: str | None = None) -> Store:
+    """Open the store ``url`` names; None means ``$PYCNM_STORE``, else the SQLite default.
+    Raises InvalidOption (showing the accepted forms) for a URL it cannot read."""
+    if url is None:
+        url = os.environ.get(ENV_STORE) or DEFAULT_URL
+    text = url.strip()
+    scheme, sep, rest = text.partition("://")
+    scheme = scheme.lower()
+    if not sep:
+        if not text or re.match(r"(?i)(sqlite|memory|etcds?):", text):
+            raise _bad(url, "it has no scheme:// and is not a file path")
+        from cnm.store.sqlite import SQLiteStore
+
+        return SQLiteStore(text)
+    if scheme == "sqlite":
+        if not rest or rest == "/":
+            raise _bad(url, "the SQLite URL names no file")
+        from cnm.store.sqlite import SQLiteStore
+
+        return SQLiteStore(rest)  # sqlite:///abs -> "/abs", sqlite://rel -> "rel"
+    if scheme == "memory":
+        if rest:
+            raise _bad(url, "memory:// takes nothing after it")
+        from cnm.store.memory import MemoryStore
+
+        return MemoryStore()
+    if scheme in ("etcd", "etcds"):
+        return _open_etcd(url, scheme == "etcds")
+    raise _bad(url, f"unknown scheme {scheme}://")
+
+
+def _open_etcd(url: str, tls: bool) -> Store:
+    from cnm.store.etcd import EtcdStore
+
+    parts = urllib.parse.urlsplit(url.strip())
+    if "@" in parts.netloc:
+        raise _bad(url, "give etcd credentials as ?user=U&password=P")
+    if not parts.netloc:
+        raise _bad(url, "no etcd host:port")
+    if parts.path not in ("", "/") or parts.fragment:
+        raise _bad(url, f"unexpected {parts.path or '#' + parts.fragment!r} after the hosts")
+    try:
+        pairs = urllib.parse.parse_qsl(parts.query, keep_blank_values=True,
+                                       strict_parsing=bool(parts.query))
+    except ValueError as exc:
+        raise _bad(url, f"cannot read the query ({exc})") from exc
+    params: dict[str, str] = {}
+    for name, value in pairs:
+        if name not in _ETCD_PARAMS:
+            raise _bad(url, f"unknown parameter {name!r} (known: {', '.join(_ETCD_PARAMS)})")
+        if name in params:
+            raise _bad(url, f"parameter {name!r} given twice")
+        params[name] = value
+    if tls and "ca" not in params:
+        raise _bad(url, "etcds:// needs the CA that signed etcd's certificate: ?ca=FILE")
+    if not tls and params.keys() & {"ca", "cert", "key"}:
+        raise _bad(url, "TLS files need etcds://")
+    try:
+        timeout = float(params.get("timeout", "2"))
+    except ValueError:
+        raise _bad(url, f"timeout must be a number of seconds, not {params['timeout']!r}") \
+            from None
+    try:
+        return EtcdStore(parts.netloc, prefix=params.get("prefix", "/pycnm/"),
+                         ca_cert=params.get("ca"), cert_key=params.get("key"),
+                         cert_cert=params.get("cert"), user=params.get("user"),
+                         password=params.get("password"), timeout=timeout)
+    except InvalidOption as exc:
+        raise _bad(url, str(exc)) from None
+
+
+def _bad(url: str, reason: str) -> InvalidOption:
+    shown = re.sub(r"(?i)(password=)[^&]*", r"\1***", url)  # never echo a password
+    return InvalidOption(f"cannot use store URL {shown!r}: {reason}; accepted forms: {FORMS}")
