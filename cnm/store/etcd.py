@@ -22,14 +22,18 @@ import logging
 import math
 import os
 import threading
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
-import etcd3
-import etcd3.etcdrpc as etcdrpc
-import etcd3.etcdrpc.kv_pb2 as kv_pb2
-import etcd3.exceptions
 import grpc
+
+with warnings.catch_warnings():  # etcd3's generated protobuf code trips protobuf 3.20's
+    warnings.simplefilter("ignore", DeprecationWarning)  # deprecations: not ours to fix
+    import etcd3
+    import etcd3.etcdrpc as etcdrpc
+    import etcd3.etcdrpc.kv_pb2 as kv_pb2
+    import etcd3.exceptions
 
 from cnm.errors import InvalidOption, StoreUnavailable
 from cnm.store.base import (
