@@ -61,8 +61,9 @@ BACKOFF_MAX = 2.0
 _GRPC_OPTIONS = [
     ("grpc.enable_http_proxy", 0),  # etcd is reached directly, never through a proxy
     # Reconnect soon after etcd comes back (gRPC's default back-off grows to 2 minutes).
+    # Not grpc.min_reconnect_backoff_ms: gRPC uses it as the connect timeout, and 100 ms
+    # would fail every TLS handshake over a slow link.
     ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
     # Notice a dead peer under an idle watch (etcd accepts pings every 5 s or slower).
     ("grpc.keepalive_time_ms", 10000),
