@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from cnm.store.base import Entry, Store, Txn, WatchEvent
+from cnm.store.base import Entry, Store, Txn, WatchEvent, call_watcher
 from cnm.store.lease import Lease, LeaseExpired, LeaseStore, lease_id
 
 
@@ -102,7 +102,7 @@ class MemoryStore(Store, LeaseStore):
         for event in events:
             for prefix, callback in watchers:
                 if event.key.startswith(prefix):
-                    callback(event)
+                    call_watcher(callback, event)  # a consumer's bug must not fail the write
 
     # --- leases ----------------------------------------------------------------------------
 

@@ -320,8 +320,6 @@ def test_cancel_stops_a_watch(backend: Backend) -> None:
 
 
 def test_a_failing_callback_does_not_end_the_watch(backend: Backend) -> None:
-    if backend.name == "memory":
-        pytest.skip("the memory store calls watchers in the writer's thread, errors included")
     store = backend.open()
     got = Recorder()
 
