@@ -212,15 +212,19 @@ class WatchCursor:
         with self._lock:
             self.active = False
 
-    def deliver(self, events: Iterable[WatchEvent]) -> None:
+    def deliver(self, events: Iterable[WatchEvent], upto: int = 0) -> None:
         """Pass on the events under the prefix newer than the cursor; events of one
-        revision must come in the same call."""
+        revision must come in the same call. ``upto``: the backend has shown every change
+        up to that revision, so the cursor moves there even if none was under the prefix
+        (a quiet watch then never looks behind the history kept)."""
         with self._lock:
-            newest = self.revision
+            newest = max(self.revision, upto)
             for event in events:
-                if event.revision <= self.revision or not event.key.startswith(self.prefix):
+                if event.revision <= self.revision:
                     continue
                 newest = max(newest, event.revision)
+                if not event.key.startswith(self.prefix):
+                    continue
                 if event.kind == "put":
                     self.keys.add(event.key)
                 else:

@@ -9,9 +9,9 @@
   connection was refused, never after a deadline (it may have been applied).
 - Watches run one thread each on a raw gRPC watch stream (not the client's shared watcher
   thread, which spins while etcd is down). A broken stream is re-created with back-off and
-  resumes at the revision after the last delivered event, so an etcd restart loses nothing;
-  if etcd compacted that history away the watch catches up from a listing
-  (``WatchCursor.resync``).
+  resumes at the revision after the last one seen (events, and etcd's progress
+  notifications for quiet prefixes), so an etcd restart loses nothing; if etcd compacted
+  that history away the watch catches up from a listing (``WatchCursor.resync``).
 - Leases are etcd leases (TTL rounded up to whole seconds; etcd may grant a longer one).
 """
 
@@ -389,7 +389,8 @@ class _Watch:
         index = self.store._current
         client = self.store._client(index)
         create = etcdrpc.WatchCreateRequest(key=self.key, range_end=self.range_end,
-                                            start_revision=self.cursor.revision + 1)
+                                            start_revision=self.cursor.revision + 1,
+                                            progress_notify=True)
         ended = threading.Event()
         stream = etcdrpc.WatchStub(client.channel).Watch(
             _requests(etcdrpc.WatchRequest(create_request=create), ended),
@@ -411,7 +412,10 @@ class _Watch:
                         log.info("etcd watch on %s%s re-established at revision %d",
                                  self.store.prefix, self.cursor.prefix, self.cursor.revision)
                         self._reported = False
-                self.cursor.deliver(self._events(response.events))
+                if response.events:
+                    self.cursor.deliver(self._events(response.events))
+                elif not response.created:  # progress: etcd has sent everything up to here
+                    self.cursor.deliver([], upto=response.header.revision)
             return established
         except grpc.RpcError as exc:
             if self._stop.is_set():

@@ -406,7 +406,7 @@ class SQLiteStore(Store, LeaseStore):
             if cursor.prefix in listings and cursor.revision < pruned:
                 cursor.resync(self._alive(listings[cursor.prefix]), revision)
             else:
-                cursor.deliver(events)
+                cursor.deliver(events, upto=revision)
         return True
 
 

@@ -510,6 +510,10 @@ def test_watch_cursor_drops_replays_and_resyncs_from_a_listing() -> None:
     cursor.resync([Entry("p/a", {"v": 1}, 5), Entry("p/c", {"v": 2}, 14)], revision=15)
     assert got.seen()[1:] == [("put", "p/c", {"v": 2}), ("delete", "p/b", None)]
     assert cursor.keys == {"p/a", "p/c"} and cursor.revision == 15
+    cursor.deliver([WatchEvent("put", "elsewhere", {}, 16)])
+    assert cursor.revision == 16  # a quiet watch keeps up, so it never looks behind the log
+    cursor.deliver([], upto=20)
+    assert cursor.revision == 20 and len(got.events) == 3
 
 
 # --- store URLs ----------------------------------------------------------------------------
