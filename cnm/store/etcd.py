@@ -3,8 +3,9 @@
 - Keys live under ``prefix`` (default ``/pycnm/``), values are the shared JSON encoding, a
   key's revision is etcd's mod_revision, a Txn is one etcd transaction (expected revision 0
   compares the key's version with 0, i.e. absent).
-- Every call has a deadline (``timeout``). Endpoints are tried in order when one cannot be
-  reached and the first that answers is kept; when none answers the call raises
+- Every call has a deadline (``timeout``, per endpoint tried: a refused connection fails
+  at once, a silent host takes the whole timeout). Endpoints are tried in order when one
+  cannot be reached and the first that answers is kept; when none answers the call raises
   StoreUnavailable naming the URLs. A write is retried on the next endpoint only when the
   connection was refused, never after a deadline (it may have been applied).
 - Watches run one thread each on a raw gRPC watch stream (not the client's shared watcher
