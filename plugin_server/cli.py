@@ -1,0 +1,52 @@
+"""``pycnm plugin serve``: run the Docker network plugin in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from plugin_server.server import DEFAULT_SOCKET, DEFAULT_THREADS, ServeOptions
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    plugin = sub.add_parser("plugin", help="the Docker network plugin")
+    cmds = plugin.add_subparsers(dest="plugin_command", metavar="COMMAND")
+    cmds.required = True
+    serve = cmds.add_parser(
+        "serve", help="serve Docker's network and IPAM driver calls until SIGTERM",
+        description="Serve Docker's remote network driver and IPAM protocols on a Unix "
+        "socket (docker network create -d pycnm [--ipam-driver pycnm]). Runs in the "
+        "foreground and logs every call with its duration.",
+    )
+    serve.add_argument("--socket", default=DEFAULT_SOCKET,
+                       help=f"Unix socket Docker finds the plugin by (default {DEFAULT_SOCKET};"
+                       " its file name is the driver's name)")
+    # SUPPRESS: without the flag, pycnm's global --store (or $PYCNM_STORE) stays in force.
+    serve.add_argument("--store", default=argparse.SUPPRESS,
+                       help="state store URL (as pycnm --store)")
+    serve.add_argument("--tcp", metavar="HOST:PORT", default=None,
+                       help="also listen on TCP (no authentication: loopback only, please)")
+    serve.add_argument("--threads", type=int, default=DEFAULT_THREADS,
+                       help=f"worker threads (default {DEFAULT_THREADS})")
+    serve.add_argument("--no-background", action="store_true",
+                       help="do not start the drivers' background work (overlay agent)")
+    serve.add_argument("--log-level", default="info",
+                       choices=["debug", "info", "warning", "error"],
+                       help="log level (default info: one line per call)")
+    serve.set_defaults(handler=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from cnm.cli import open_controller
+    from plugin_server.server import serve
+
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(args.log_level.upper())
+    options = ServeOptions(socket_path=args.socket, tcp=args.tcp, threads=max(1, args.threads),
+                           background=not args.no_background)
+    with open_controller(args, reconcile=True) as ctl:
+        for problem in ctl.last_reconcile:
+            print(f"reconcile: {problem}", file=sys.stderr)
+        serve(ctl, options)
+    return 0

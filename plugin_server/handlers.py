@@ -1,0 +1,386 @@
+"""One function per call of Docker's remote network and IPAM driver protocols.
+
+Each reads its fields through ``protocol.Body`` and makes one or two Controller calls; no
+networking happens here. The protocol: libnetwork's docs/remote.md and docs/ipam.md
+(summarised in shared/docs/docker-plugin-api.md).
+
+Idempotence, because Docker retries: creating what exists succeeds (the Controller treats a
+known id as a retry), and every teardown call (DeleteNetwork, DeleteEndpoint, Leave,
+RevokeExternalConnectivity, ReleasePool, ReleaseAddress) of an unknown object succeeds.
+
+How networks are recorded: a network Docker creates is a pycnm network named
+``docker-<first 12 digits of its id>`` with Docker's id as its own, created with
+``preallocated`` pools, so its IPAM is "external": Docker asks for every address (from its
+own IPAM, or from pycnm's through the IpamDriver calls) and releases it, and the network
+never releases addresses itself. When the pools came from pycnm's IPAM
+(``--ipam-driver pycnm``) each pool record keeps pycnm's pool id and the network's label
+``docker.ipam`` says ``pycnm`` (else ``docker``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from cnm.driverapi import OPT_ENABLE_IPV6, OPT_INTERNAL, OPT_MACADDRESS
+from cnm.endpoint import Endpoint
+from cnm.errors import NotFound
+from cnm.network import Network
+from cnm.records import PoolRecord
+from plugin_server.docker_ipam import GLOBAL_SPACE, LOCAL_SPACE, DockerIpam
+from plugin_server.protocol import BadRequest, Body
+
+log = logging.getLogger(__name__)
+
+OPT_GENERIC = "com.docker.network.generic"
+DRIVER_OPTION = "driver"  # -o driver=bridge|macvlan|overlay
+DEFAULT_DRIVER = "bridge"
+NAME_PREFIX = "docker-"
+
+Answer = dict[str, Any]
+
+
+def network_name(network_id: str) -> str:
+    """Docker never sends the network's name; ours is derived from its id."""
+    return NAME_PREFIX + network_id[:12]
+
+
+class KeyedLocks:
+    """One lock per object id, so a retried call waits for the first instead of racing
+    it (Docker may send the same CreateNetwork again while the first is still running)."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, tuple[threading.Lock, int]] = {}
+
+    @contextlib.contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        with self._guard:
+            lock, users = self._locks.get(key, (threading.Lock(), 0))
+            self._locks[key] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._guard:
+                lock, users = self._locks[key]
+                if users == 1:
+                    del self._locks[key]
+                else:
+                    self._locks[key] = (lock, users - 1)
+
+
+class PluginContext:
+    """What every handler gets: the Controller, the Docker IPAM layer, per-id locks."""
+
+    def __init__(self, controller: Any) -> None:
+        self.controller = controller
+        self.ipam = DockerIpam(controller)
+        self.locks = KeyedLocks()
+
+    def network(self, nid: str) -> Network:
+        """The network with Docker's id ``nid``; NotFound if pycnm has none."""
+        net = Network(self.controller, nid)
+        net.record  # noqa: B018 - raises NotFound with the id in the message
+        return net
+
+    def endpoint(self, nid: str, eid: str) -> Endpoint:
+        self.network(nid)
+        ep = Endpoint(self.controller, nid, eid)
+        ep.record  # noqa: B018
+        return ep
+
+    def existing_endpoint(self, nid: str, eid: str) -> Endpoint | None:
+        """For teardown calls: None when there is nothing to tear down."""
+        try:
+            return self.endpoint(nid, eid)
+        except NotFound:
+            return None
+
+
+Handler = Callable[[PluginContext, Body], Answer]
+
+
+# --- handshake ----------------------------------------------------------------------------
+
+
+def activate(ctx: PluginContext, body: Body) -> Answer:
+    """``Plugin.Activate``: {} -> {"Implements": ["NetworkDriver", "IpamDriver"]}"""
+    return {"Implements": ["NetworkDriver", "IpamDriver"]}
+
+
+def capabilities(ctx: PluginContext, body: Body) -> Answer:
+    """``NetworkDriver.GetCapabilities``: {} -> {"Scope": "local", "ConnectivityScope":
+    "local"}. Without swarm Docker has no cluster store, so the scope must be local; multi-
+    host networks tie their hosts together through pycnm's own store."""
+    return {"Scope": "local", "ConnectivityScope": "local"}
+
+
+# --- networks -----------------------------------------------------------------------------
+
+
+def _pools(ctx: PluginContext, body: Body, field: str, version: int) -> list[PoolRecord]:
+    pools = []
+    for item in body.items(field):
+        subnet = item.cidr_network("Pool", required=True)
+        if ipaddress.ip_network(subnet).version != version:
+            raise BadRequest(f"{item.call}: {subnet} is not an IPv{version} subnet")
+        gateway = item.cidr_interface("Gateway")
+        aux = {}
+        for name, value in item.mapping("AuxAddresses").items():
+            aux[str(name)] = Body(f"{item.call} (AuxAddresses)", {name: value}).cidr_interface(
+                name)
+        for what, cidr in [("gateway", gateway), *aux.items()]:
+            if cidr and ipaddress.ip_interface(cidr).ip not in ipaddress.ip_network(subnet):
+                raise BadRequest(f"{item.call}: {what} {cidr} is not inside subnet {subnet}")
+        space = item.string("AddressSpace")
+        pools.append(PoolRecord(
+            subnet=subnet, gateway=gateway or None, aux_addresses=aux,
+            pool_id=ctx.ipam.pool_for(space, subnet),
+        ))
+    return pools
+
+
+def create_network(ctx: PluginContext, body: Body) -> Answer:
+    """``NetworkDriver.CreateNetwork``: {"NetworkID", "Options": {"com.docker.network.generic":
+    {"driver": "bridge", ...}, "com.docker.network.internal": bool,
+    "com.docker.network.enable_ipv6": bool}, "IPv4Data": [{"AddressSpace", "Pool",
+    "Gateway", "AuxAddresses"}], "IPv6Data": [...]} -> {}"""
+    nid = body.id("NetworkID")
+    opts = body.sub("Options")
+    generic = opts.mapping(OPT_GENERIC)
+    options: dict[str, Any] = {}
+    for key, value in generic.items():
+        if not isinstance(value, str | int | float | bool):
+            raise BadRequest(f"{body.call}: option {key} must be a string, not a "
+                             f"{type(value).__name__}")
+        options[str(key)] = value
+    driver = str(options.pop(DRIVER_OPTION, DEFAULT_DRIVER) or DEFAULT_DRIVER)
+    internal, ipv6 = opts.flag(OPT_INTERNAL), opts.flag(OPT_ENABLE_IPV6)
+    pools = _pools(ctx, body, "IPv4Data", 4) + _pools(ctx, body, "IPv6Data", 6)
+    if any(ipaddress.ip_network(p.subnet).version == 6 for p in pools) and not ipv6:
+        raise BadRequest(f"{body.call}: IPv6 subnets need --ipv6")
+    labels = {"docker.ipam": "pycnm" if any(p.pool_id for p in pools) else "docker"}
+    with ctx.locks.hold(nid):
+        net = ctx.controller.new_network(
+            network_name(nid), driver, ipv6=ipv6, internal=internal, options=options,
+            labels=labels, network_id=nid, preallocated=pools,
+        )
+    log.info("network %s: %s (driver %s, %s)", nid[:12], net.name, driver,
+             ", ".join(p.subnet for p in pools) or "no subnet")
+    return {}
+
+
+def delete_network(ctx: PluginContext, body: Body) -> Answer:
+    """``NetworkDriver.DeleteNetwork``: {"NetworkID"} -> {}. Docker deletes a network only
+    once it holds no containers, so endpoints we still hold are orphans (a crash between
+    two calls) and go with it."""
+    nid = body.id("NetworkID")
+    with ctx.locks.hold(nid):
+        try:
+            net = ctx.network(nid)
+        except NotFound:
+            log.info("network %s: already gone", nid[:12])
+            return {}
+        orphans = net.endpoints()
+        if orphans:
+            log.warning("network %s: removing %d orphaned endpoint(s) with it", nid[:12],
+                        len(orphans))
+        net.delete(force=True)
+    return {}
+
+
+def allocate_network(ctx: PluginContext, body: Body) -> Answer:
+    """``NetworkDriver.AllocateNetwork`` (swarm managers only, never for a local-scope
+    driver): {"NetworkID", "IPv4Data", "IPv6Data", "Options"} -> {"Options": {}}"""
+    body.id("NetworkID")
+    return {"Options": {}}
+
+
+def free_network(ctx: PluginContext, body: Body) -> Answer:
+    """``NetworkDriver.FreeNetwork`` (swarm only): {"NetworkID"} -> {}"""
+    body.id("NetworkID")
+    return {}
+
+
+# --- endpoints ----------------------------------------------------------------------------
+
+
+def create_endpoint(ctx: PluginContext, body: Body) -> Answer:
+    """``NetworkDriver.CreateEndpoint``: {"NetworkID", "EndpointID", "Interface": {"Address",
+    "AddressIPv6", "MacAddress"}, "Options": {...}} -> {"Interface": {only the fields Docker
+    left empty, e.g. "MacAddress"}}"""
+    nid, eid = body.id("NetworkID"), body.id("EndpointID")
+    iface = body.sub("Interface")
+    address, address_v6 = iface.cidr_interface("Address"), iface.cidr_interface("AddressIPv6")
+    mac = iface.mac("MacAddress")
+    options = body.mapping("Options")
+    option_mac = body.sub("Options").base64_mac(OPT_MACADDRESS)
+    if mac and option_mac and mac != option_mac:
+        raise BadRequest(f"{body.call}: Interface.MacAddress {mac} and {OPT_MACADDRESS} "
+                         f"({option_mac}) disagree")
+    net = ctx.network(nid)
+    ep = net.create_endpoint(
+        ip=address or None, ipv6_address=address_v6 or None, mac=(mac or option_mac) or None,
+        options=options, endpoint_id=eid,
+    )
+    answer: dict[str, str] = {}
+    if not (mac or option_mac):
+        answer["MacAddress"] = ep.record.mac or ""
+    return {"Interface": answer}
+
+
+def endpoint_oper_info(ctx: PluginContext, body: Body) -> Answer:
+    """``NetworkDriver.EndpointOperInfo``: {"NetworkID", "EndpointID"} -> {"Value": {...}}"""
+    ep = ctx.endpoint(body.id("NetworkID"), body.id("EndpointID"))
+    return {"Value": ep.operational_info()}
+
+
+def delete_endpoint(ctx: PluginContext, body: Body) -> Answer:
+    """``NetworkDriver.DeleteEndpoint``: {"NetworkID", "EndpointID"} -> {}"""
+    ep = ctx.existing_endpoint(body.id("NetworkID"), body.id("EndpointID"))
+    if ep is not None:
+        ep.delete(force=True)
+    return {}
+
+
+def join(ctx: PluginContext, body: Body) -> Answer:
+    """``NetworkDriver.Join``: {"NetworkID", "EndpointID", "SandboxKey", "Options"} ->
+    {"InterfaceName": {"SrcName", "DstPrefix"}, "Gateway", "GatewayIPv6", "StaticRoutes":
+    [{"Destination", "RouteType", "NextHop"}], "DisableGatewayService"}"""
+    nid, eid = body.id("NetworkID"), body.id("EndpointID")
+    sandbox_key = body.string("SandboxKey", required=True)
+    if not sandbox_key.startswith("/"):
+        raise BadRequest(f"{body.call}: SandboxKey must be the path of a network namespace, "
+                         f"not {sandbox_key!r}")
+    options = body.mapping("Options")
+    info = ctx.endpoint(nid, eid).join_external(sandbox_key, options)
+    answer: Answer = {
+        "InterfaceName": {"SrcName": info.src_name, "DstPrefix": info.dst_prefix},
+        "StaticRoutes": [
+            {"Destination": str(r.destination), "RouteType": r.route_type,
+             "NextHop": str(r.next_hop) if r.next_hop else ""}
+            for r in info.static_routes
+        ],
+        "DisableGatewayService": info.disable_gateway_service,
+    }
+    if info.gateway:
+        answer["Gateway"] = str(info.gateway)
+    if info.gateway_v6:
+        answer["GatewayIPv6"] = str(info.gateway_v6)
+    return answer
+
+
+def leave(ctx: PluginContext, body: Body) -> Answer:
+    """``NetworkDriver.Leave``: {"NetworkID", "EndpointID"} -> {}"""
+    ep = ctx.existing_endpoint(body.id("NetworkID"), body.id("EndpointID"))
+    if ep is not None:
+        ep.leave_external()
+    return {}
+
+
+def program_external(ctx: PluginContext, body: Body) -> Answer:
+    """``NetworkDriver.ProgramExternalConnectivity``: {"NetworkID", "EndpointID", "Options":
+    {"com.docker.network.portmap": [{"Proto", "IP", "Port", "HostIP", "HostPort",
+    "HostPortEnd"}], "com.docker.network.endpoint.exposedports": [...]}} -> {}"""
+    ep = ctx.endpoint(body.id("NetworkID"), body.id("EndpointID"))
+    ep.program_external_connectivity(body.mapping("Options"))
+    return {}
+
+
+def revoke_external(ctx: PluginContext, body: Body) -> Answer:
+    """``NetworkDriver.RevokeExternalConnectivity``: {"NetworkID", "EndpointID"} -> {}"""
+    ep = ctx.existing_endpoint(body.id("NetworkID"), body.id("EndpointID"))
+    if ep is not None:
+        ep.revoke_external_connectivity()
+    return {}
+
+
+def discover(ctx: PluginContext, body: Body) -> Answer:
+    """``NetworkDriver.DiscoverNew`` / ``DiscoverDelete``: {"DiscoveryType", "DiscoveryData"}
+    -> {}. Only swarm sends them; pycnm's drivers find their peers through pycnm's own
+    store, so the notice is checked and logged, nothing more."""
+    kind = body.data.get("DiscoveryType")
+    if not isinstance(kind, int) or isinstance(kind, bool):
+        raise BadRequest(f"{body.call}: DiscoveryType must be a number, not {kind!r}")
+    log.info("%s: discovery type %d ignored (pycnm keeps its cluster in its store)",
+             body.call, kind)
+    return {}
+
+
+# --- IPAM ---------------------------------------------------------------------------------
+
+
+def ipam_capabilities(ctx: PluginContext, body: Body) -> Answer:
+    """``IpamDriver.GetCapabilities``: {} -> {"RequiresMACAddress": false,
+    "RequiresRequestReplay": false} (our allocations live in the store: nothing to replay)"""
+    return {"RequiresMACAddress": False, "RequiresRequestReplay": False}
+
+
+def address_spaces(ctx: PluginContext, body: Body) -> Answer:
+    """``IpamDriver.GetDefaultAddressSpaces``: {} -> {"LocalDefaultAddressSpace",
+    "GlobalDefaultAddressSpace"}"""
+    return {"LocalDefaultAddressSpace": LOCAL_SPACE, "GlobalDefaultAddressSpace": GLOBAL_SPACE}
+
+
+def request_pool(ctx: PluginContext, body: Body) -> Answer:
+    """``IpamDriver.RequestPool``: {"AddressSpace", "Pool", "SubPool", "Options", "V6"} ->
+    {"PoolID", "Pool", "Data": {}}"""
+    pool = body.cidr_network("Pool")
+    sub_pool = body.cidr_network("SubPool")
+    answer = ctx.ipam.request_pool(body.string("AddressSpace"), pool, sub_pool,
+                                   body.mapping("Options"), body.flag("V6"))
+    return {"PoolID": answer.pool_id, "Pool": answer.subnet, "Data": {}}
+
+
+def release_pool(ctx: PluginContext, body: Body) -> Answer:
+    """``IpamDriver.ReleasePool``: {"PoolID"} -> {}"""
+    ctx.ipam.release_pool(body.string("PoolID", required=True))
+    return {}
+
+
+def request_address(ctx: PluginContext, body: Body) -> Answer:
+    """``IpamDriver.RequestAddress``: {"PoolID", "Address", "Options": {"RequestAddressType":
+    "com.docker.network.gateway"} | null} -> {"Address": "ip/prefixlen", "Data": {}}"""
+    address = ctx.ipam.request_address(body.string("PoolID", required=True),
+                                       body.address("Address"), body.mapping("Options"))
+    return {"Address": address, "Data": {}}
+
+
+def release_address(ctx: PluginContext, body: Body) -> Answer:
+    """``IpamDriver.ReleaseAddress``: {"PoolID", "Address"} -> {}"""
+    address = body.address("Address")
+    if not address:
+        raise BadRequest(f"{body.call}: the request has no Address")
+    ctx.ipam.release_address(body.string("PoolID", required=True), address)
+    return {}
+
+
+# Paths Docker posts to -> handlers: the whole protocol on one screen.
+ROUTES: dict[str, Handler] = {
+    "Plugin.Activate": activate,
+    "NetworkDriver.GetCapabilities": capabilities,
+    "NetworkDriver.CreateNetwork": create_network,
+    "NetworkDriver.DeleteNetwork": delete_network,
+    "NetworkDriver.AllocateNetwork": allocate_network,
+    "NetworkDriver.FreeNetwork": free_network,
+    "NetworkDriver.CreateEndpoint": create_endpoint,
+    "NetworkDriver.EndpointOperInfo": endpoint_oper_info,
+    "NetworkDriver.DeleteEndpoint": delete_endpoint,
+    "NetworkDriver.Join": join,
+    "NetworkDriver.Leave": leave,
+    "NetworkDriver.ProgramExternalConnectivity": program_external,
+    "NetworkDriver.RevokeExternalConnectivity": revoke_external,
+    "NetworkDriver.DiscoverNew": discover,
+    "NetworkDriver.DiscoverDelete": discover,
+    "IpamDriver.GetCapabilities": ipam_capabilities,
+    "IpamDriver.GetDefaultAddressSpaces": address_spaces,
+    "IpamDriver.RequestPool": request_pool,
+    "IpamDriver.ReleasePool": release_pool,
+    "IpamDriver.RequestAddress": request_address,
+    "IpamDriver.ReleaseAddress": release_address,
+}

@@ -1,0 +1,176 @@
+"""Serving the plugin: waitress on a Unix socket, in the foreground, until SIGTERM/SIGINT.
+
+The socket is made here rather than by waitress so that it is born with mode 0660 (a
+umask around bind: no moment where anyone else may connect) and so that a stale socket of
+a killed plugin is removed while a live one is refused. Docker finds the plugin by the
+socket's name (``/run/docker/plugins/NAME.sock``: ``docker network create -d NAME``). A TCP
+listener exists only when asked for (``--tcp``): the protocol has no authentication.
+
+Order at start: the Controller first (it reconciles the kernel with the store, so a plugin
+killed with SIGKILL comes back with everything it had), then the socket: Docker's first
+call never meets a half-restored plugin.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import signal
+import socket
+import stat
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from cnm.errors import CNMError, Conflict, InvalidOption
+
+log = logging.getLogger("plugin_server")
+
+DEFAULT_SOCKET = "/run/docker/plugins/pycnm.sock"
+SOCKET_MODE = 0o660
+DEFAULT_THREADS = 16
+
+
+@dataclass
+class ServeOptions:
+    socket_path: str = DEFAULT_SOCKET
+    tcp: str | None = None  # HOST:PORT, only when asked for
+    threads: int = DEFAULT_THREADS
+    background: bool = True  # start the drivers' long-running work (overlay agent)
+    background_config: dict[str, Any] = field(default_factory=dict)
+
+
+def _remove_stale(path: str) -> None:
+    """Remove a socket nobody answers on; refuse to steal one a live plugin serves."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise Conflict(f"{path} exists and is not a socket: move it away first")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except OSError as exc:
+        if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+            raise
+        os.unlink(path)
+        log.info("removed the stale socket %s", path)
+        return
+    finally:
+        probe.close()
+    raise Conflict(f"another process is already serving on {path}")
+
+
+def unix_listener(path: str) -> socket.socket:
+    """A listening Unix socket at ``path``, mode 0660, owned by root:root from birth."""
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, mode=0o755, exist_ok=True)
+    _remove_stale(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o777 & ~SOCKET_MODE)  # bind() makes the file: born 0660
+    try:
+        sock.bind(path)
+    except OSError:
+        sock.close()
+        raise
+    finally:
+        os.umask(old)
+    if os.geteuid() == 0:
+        os.chown(path, 0, 0)  # already ours; makes the group root even under sudo -g
+    sock.listen(128)
+    return sock
+
+
+def tcp_listener(spec: str) -> socket.socket:
+    host, sep, port_text = spec.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise InvalidOption(f"--tcp needs HOST:PORT (e.g. 127.0.0.1:9234), not {spec!r}")
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, int(port_text)))
+    except OSError as exc:
+        sock.close()
+        raise InvalidOption(f"cannot listen on {spec}: {exc.strerror}") from None
+    sock.listen(128)
+    log.warning("listening on tcp://%s too: anyone who can reach it can change this host's "
+                "networks", spec)
+    return sock
+
+
+class _Stop(Exception):
+    """Raised in the main thread by the signal handler to leave waitress's loop."""
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[threading.Event]:
+    stopping = threading.Event()
+
+    def handler(signum: int, _frame: object) -> None:
+        if not stopping.is_set():
+            stopping.set()
+            log.info("%s received: stopping", signal.Signals(signum).name)
+            raise _Stop()
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stopping
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+def serve(controller: Any, options: ServeOptions) -> None:
+    """Serve ``controller`` until SIGTERM or SIGINT; the socket file is removed at exit."""
+    from waitress.server import create_server
+
+    from plugin_server.app import create_app
+
+    app = create_app(controller)
+    if options.background:
+        try:
+            started = controller.start_background(options.background_config)
+            if started:
+                log.info("background work started for: %s", ", ".join(started))
+        except CNMError as exc:
+            log.warning("drivers' background work not started: %s", exc)
+    sockets = [unix_listener(options.socket_path)]
+    try:
+        # waitress serves Unix and TCP sockets from separate server objects: both share
+        # one event loop (the map) and one pool of worker threads.
+        shared: dict[int, Any] = {}
+        settings = {"threads": options.threads, "ident": "pycnm",
+                    "max_request_body_size": 4 << 20, "channel_timeout": 120}
+        server = create_server(app, map=shared, sockets=sockets[:1], **settings)
+        if options.tcp:
+            sockets.append(tcp_listener(options.tcp))
+            create_server(app, map=shared, _dispatcher=server.task_dispatcher,
+                          sockets=sockets[1:], **settings)
+        with _stop_on_signals():
+            log.info("pycnm plugin: serving on unix://%s (%d threads)", options.socket_path,
+                     options.threads)
+            try:
+                server.run()
+            except _Stop:
+                pass
+            finally:
+                # Stop accepting, let requests in progress finish (bounded), then leave.
+                with contextlib.suppress(Exception):
+                    server.task_dispatcher.shutdown(timeout=10)
+                for channel in list(shared.values()):
+                    with contextlib.suppress(Exception):
+                        channel.close()
+    finally:
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(options.socket_path)
+    log.info("pycnm plugin: stopped")
