@@ -229,7 +229,7 @@ def create_endpoint(ctx: PluginContext, body: Body) -> Answer:
         options=options, endpoint_id=eid,
     )
     answer: dict[str, str] = {}
-    if not (mac or option_mac):
+    if not mac:  # Docker left it empty (or sent it only as the base64 option)
         answer["MacAddress"] = ep.record.mac or ""
     return {"Interface": answer}
 
