@@ -188,10 +188,12 @@ class Controller:
             subnet=str(request.subnet) if request.subnet else None,
             ip_range=str(request.ip_range) if request.ip_range else None,
             v6=request.version == 6,
+            # An overlay's pool is requested by its network on every host: share it.
+            shared=scope == "global",
         )
         undo.callback(ipam.release_pool, pool.id)
         gw = ipam.request_address(
-            pool.id, str(request.gateway) if request.gateway else None, whole_subnet=True
+            pool.id, str(request.gateway) if request.gateway else None, gateway=True
         )
         undo.callback(ipam.release_address, pool.id, gw)
         for aux_name, aux_ip in request.aux.items():

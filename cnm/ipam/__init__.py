@@ -184,16 +184,30 @@ class Ipam:
     # --- addresses --------------------------------------------------------------------
 
     def request_address(
-        self, pool_id: str, address: str | IPAddress | None = None, *, whole_subnet: bool = False
+        self, pool_id: str, address: str | IPAddress | None = None, *, whole_subnet: bool = False,
+        gateway: bool = False,
     ) -> IPAddress:
         """Reserve ``address``, or the next free one of the ip-range (of the whole subnet
-        with ``whole_subnet``, as for a gateway)."""
+        with ``whole_subnet``, as for a gateway).
+
+        ``gateway``: the pool's gateway, one per pool however many networks share it (an
+        overlay's pool is shared by its network on every host): the first request reserves
+        it as ``whole_subnet`` would, later ones get the same address back; asking for a
+        different one is a Conflict."""
+        whole_subnet = whole_subnet or gateway
         for _ in range(1000):
             entry = self.store.get(_pool_key(pool_id))
             if entry is None:
                 raise NotFound(f"address pool {pool_id} not found")
             value = dict(entry.value)
             subnet = ipaddress.ip_network(value["subnet"])
+            held = value.get("gateway")
+            if gateway and held:
+                if address is not None and P.offset_of(subnet, ipaddress.ip_address(held)) != \
+                        self._explicit_offset(subnet, address):
+                    raise Conflict(f"subnet {subnet} already has gateway {held} (shared with "
+                                   f"another network), not {address}")
+                return ipaddress.ip_address(held)
             allocated: list[int] = list(value["allocated"])
             if address is not None:
                 offset = self._explicit_offset(subnet, address)
@@ -211,6 +225,8 @@ class Ipam:
                 bisect.insort(allocated, offset)
                 if not whole_subnet:
                     value["cursor"] = offset
+            if gateway:
+                value["gateway"] = str(P.address_at(subnet, offset))
             value["allocated"] = allocated
             if self.store.cas(_pool_key(pool_id), value, entry.revision):
                 return P.address_at(subnet, offset)
@@ -268,6 +284,10 @@ class Ipam:
             at = bisect.bisect_left(allocated, offset)
             if at == len(allocated) or allocated[at] != offset:
                 return
+            if value.get("gateway") == str(ip):
+                if value.get("refs", 1) > 1:
+                    return  # the other networks sharing the pool keep their gateway
+                value["gateway"] = None
             del allocated[at]
             value["allocated"] = allocated
             if self.store.cas(_pool_key(pool_id), value, entry.revision):

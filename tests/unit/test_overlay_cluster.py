@@ -150,3 +150,22 @@ def test_docker_option_names_and_aliases() -> None:
     })
     assert (parsed.vni, parsed.mtu, parsed.vtep) == (4242, 1400, "eth0")
     assert options.parse({"overlay": "ov", "vtep": "172.31.1.2"}).vtep == "172.31.1.2"
+
+
+def test_a_shared_pool_has_one_gateway_for_every_network_on_it() -> None:
+    from cnm.ipam import Ipam
+
+    ipam = Ipam(MemoryStore())
+    first = ipam.request_pool(subnet="10.0.0.0/24", shared=True)
+    assert str(ipam.request_address(first.id, gateway=True)) == "10.0.0.1"
+    second = ipam.request_pool(subnet="10.0.0.0/24", shared=True)  # the overlay on host 2
+    assert second.id == first.id
+    assert str(ipam.request_address(second.id, gateway=True)) == "10.0.0.1"
+    assert str(ipam.request_address(second.id, "10.0.0.1", gateway=True)) == "10.0.0.1"
+    with pytest.raises(Conflict, match="already has gateway 10.0.0.1"):
+        ipam.request_address(second.id, "10.0.0.254", gateway=True)
+    ipam.release_address(second.id, "10.0.0.1")  # host 2's rollback: host 1 keeps it
+    assert str(ipam.request_address(first.id)) == "10.0.0.2"
+    ipam.release_pool(second.id)
+    ipam.release_address(first.id, "10.0.0.1")  # the last network's: freed
+    assert {str(a) for a in ipam.allocated(first.id)} == {"10.0.0.2"}
