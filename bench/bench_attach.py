@@ -65,15 +65,18 @@ def naive_pyroute2(host_name: str, count: int, tag: str) -> list[float]:
     from pyroute2 import IPRoute, netns
 
     samples = []
-    names = [f"pn{tag}{i}" for i in range(count)]
+    names: list[str] = []
     try:
-        for i, name in enumerate(names):
+        for i in range(count):
+            name = f"pn{tag}{i}"
             start = time.perf_counter()
             netns.create(name)
+            names.append(name)
             with IPRoute(netns=host_name) as ipr:
-                ipr.link("add", ifname=f"pn{tag}v{i}", kind="veth", peer=f"pn{tag}p{i}")
+                ipr.link("add", ifname=f"pn{tag}v{i}", kind="veth",
+                         peer={"ifname": f"pn{tag}p{i}"})
                 idx = ipr.link_lookup(ifname=f"pn{tag}p{i}")[0]
-                ipr.link("set", index=idx, net_ns_fs=name, ifname="eth0")
+                ipr.link("set", index=idx, net_ns_fd=name, ifname="eth0")
             with IPRoute(netns=name) as ipr:
                 idx = ipr.link_lookup(ifname="eth0")[0]
                 ipr.addr("add", index=idx, address=f"10.250.{i // 250}.{i % 250 + 2}",

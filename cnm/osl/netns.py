@@ -61,12 +61,22 @@ def _is_nsfs(path: str) -> bool:
         return False
 
 
+_run_dir_ready = False
+
+
 def _ensure_run_dir() -> None:
-    """Make /run/netns a shared mount point as iproute2 does, so mounts propagate."""
+    """Make /run/netns a shared mount point as iproute2 does, so mounts propagate.
+
+    Checked once per process: mountinfo grows by a line per namespace.
+    """
+    global _run_dir_ready
     with _run_dir_lock:
+        if _run_dir_ready:
+            return
         os.makedirs(NETNS_RUN_DIR, mode=0o755, exist_ok=True)
         with open("/proc/self/mountinfo") as mounts:
             if any(line.split()[4] == NETNS_RUN_DIR for line in mounts):
+                _run_dir_ready = True
                 return
         _check(
             _libc.mount(
@@ -75,6 +85,7 @@ def _ensure_run_dir() -> None:
             "bind-mount /run/netns",
         )
         _libc.mount(b"none", NETNS_RUN_DIR.encode(), None, _MS_SHARED | _MS_REC, None)
+        _run_dir_ready = True
 
 
 def _run_in_thread(job: Callable[[], T]) -> T:
