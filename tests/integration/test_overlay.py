@@ -124,15 +124,17 @@ def capture(lab: OverlayLab, iface: str, action, count: int = 12, timeout: float
     sock = in_netns(named_netns_path(lab.router), lambda: L2ListenSocket(iface=iface))
     ready = threading.Event()
     sniffer = AsyncSniffer(
-        opened_socket=sock, count=count, timeout=timeout, started_callback=ready.set,
+        opened_socket=sock, count=count, started_callback=ready.set,
         lfilter=lambda p: p.haslayer(UDP) and 4789 in (p[UDP].dport, p[UDP].sport),
     )
     sniffer.start()
     try:
         ready.wait(5)
         action()
+        sniffer.join(timeout)  # until ``count`` packets, or the timeout
     finally:
-        sniffer.join(timeout + 5)
+        if sniffer.running:
+            sniffer.stop()
         sock.close()
     return list(sniffer.results or [])
 
@@ -226,3 +228,69 @@ def test_a_killed_hosts_entries_go_when_its_lease_expires(pair: Pair) -> None:
     assert lab.vtep_entries(pair.h1, pair.vni).flood == set()
     assert gone_after >= LEASE_TTL * 0.5, f"entries went after {gone_after:.1f} s, before " \
         "the lease could have expired"
+
+
+def test_the_agent_exits_cleanly_on_sigterm_and_leaves_the_data_plane(pair: Pair) -> None:
+    lab = pair.lab
+    c1, _ = pair.sandbox(pair.h1, "c1")
+    pair.sandbox(pair.h2, "c2", ip=C2_IP)
+    wait_for(lambda: has_remote(lab, pair.h1, pair.vni, C2_IP), 10, what="h1 to learn C2")
+    assert lab.stop_agent(pair.h1) == 0
+    assert "pycnm agent: stopped" in lab.agent_output(pair.h1)
+    assert has_remote(lab, pair.h1, pair.vni, C2_IP)
+    assert ping_eventually(c1, C2_IP)
+
+
+# --- etcd going away ------------------------------------------------------------------------
+
+
+def test_etcd_down_fails_fast_keeps_forwarding_and_the_hosts_catch_up(tmp_path) -> None:
+    from netns_fixtures.etcd import start_etcd
+
+    etcd = start_etcd(tmp_path / "etcd")  # our own: the session's etcd stays up
+    try:
+        with overlay_lab(etcd.url, lease_ttl=LEASE_TTL) as lab:
+            h1, h2 = lab.add_host("1", UNDERLAYS["1"]), lab.add_host("2", UNDERLAYS["2"])
+            lab.start_agent(h1)
+            lab.start_agent(h2)
+            overlay = f"ov{lab.tag}"
+            create_overlay(lab, h1, overlay, "ovnet")
+            create_overlay(lab, h2, overlay, "ovnet")
+            pair = Pair(lab, h1, h2, overlay, "ovnet", lab.vni_of(overlay))
+            c1, ip1 = pair.sandbox(h1, "c1")
+            c2, _ = pair.sandbox(h2, "c2", ip=C2_IP)
+            wait_for(lambda: has_remote(lab, h1, pair.vni, C2_IP), 10, what="h1 to learn C2")
+
+            etcd.stop()
+            started = time.monotonic()
+            result = lab.pycnm(h1, "sandbox", "create", f"c9{lab.tag}", check=False)
+            elapsed = time.monotonic() - started
+            assert result.returncode != 0
+            assert "etcd" in result.stderr and "Traceback" not in result.stderr
+            assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+            assert elapsed < 15, f"the CLI took {elapsed:.1f} s to give up"
+            # The data plane keeps forwarding, ping and TCP, while etcd is down...
+            assert ping_eventually(c1, C2_IP)
+            with TcpServer(c2, "0.0.0.0", 7102):
+                assert tcp_hello(c1, C2_IP, 7102) == f"from {ip1}"
+            # ...and when h1's VTEP loses its entries meanwhile, nothing can restore them
+            # until etcd is back.
+            from drivers.overlay.dataplane import Forwarder
+
+            with Forwarder(lab.overlay_netns(h1, pair.vni), pair.vni) as fwd:
+                fwd.sync([])
+            assert not ping(c1, C2_IP)
+
+            etcd.start()
+            # h1 re-lists and resyncs: C2's entries come back, traffic flows again.
+            wait_for(lambda: has_remote(lab, h1, pair.vni, C2_IP), 30,
+                     what="h1 to resync after etcd came back")
+            assert ping_eventually(c1, C2_IP)
+            # The watches work again: a new endpoint on h2 reaches h1.
+            c3, ip3 = pair.sandbox(h2, "c3")
+            wait_for(lambda: has_remote(lab, h1, pair.vni, ip3), 10, what="h1 to learn C3")
+            assert ping_eventually(c1, ip3)
+            for host in (h1, h2):
+                assert host.agent is not None and host.agent.poll() is None
+    finally:
+        etcd.stop()
