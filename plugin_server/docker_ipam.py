@@ -10,6 +10,8 @@ any address of the subnet), so this layer only names things the way Docker sees 
   so ``--ipam-opt scope=global`` asks for the cluster-wide IPAM explicitly.
 - Docker's PoolID is pycnm's pool id with Docker's space in front of the subnet:
   ``pycnm-local/10.1.0.0/24`` is pool ``local/10.1.0.0/24`` of ``Controller.ipam``.
+- The gateway request (``RequestAddressType: com.docker.network.gateway``) is the IPAM's
+  gateway request: one gateway per pool, so networks sharing a pool share it.
 - A request with a subnet is shared (a retried RequestPool, or every host asking for an
   overlay's subnet, gets the same pool with one more reference); a request without one
   always gets a new pool.
@@ -101,8 +103,10 @@ class DockerIpam:
         the ip-range; the answer carries the subnet's prefix length."""
         ipam, pid = self._resolve(pool_id)
         subnet = ipam.get_pool(pid).subnet
+        # The gateway is one per pool (a shared pool's networks share it), and may lie
+        # outside the ip-range; any other address comes from the range.
         gateway = options.get("RequestAddressType") == GATEWAY_REQUEST
-        got = ipam.request_address(pid, address or None, whole_subnet=gateway)
+        got = ipam.request_address(pid, address or None, gateway=gateway)
         return f"{got}/{subnet.prefixlen}"
 
     def release_address(self, pool_id: str, address: str) -> None:

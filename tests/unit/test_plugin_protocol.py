@@ -12,12 +12,11 @@ from __future__ import annotations
 import copy
 import ipaddress
 import json
-import os
 import re
 import secrets
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,6 @@ import pytest
 
 from cnm.cleanup import remove_kernel_objects
 from cnm.controller import Controller
-from cnm.osl.netns import create_named_netns, delete_named_netns
 from plugin_server.app import create_app
 from plugin_server.protocol import CONTENT_TYPE
 
@@ -46,12 +44,11 @@ def new_id() -> str:
 class Lab:
     """A host namespace, two "container" namespaces, a Controller and a client."""
 
-    def __init__(self, tmp: Path) -> None:
-        tag = secrets.token_hex(3)
-        self.host_name = f"plugtest-h{tag}"
-        self.host = create_named_netns(self.host_name)
-        self.sandboxes = [create_named_netns(f"plugtest-c{tag}{i}") for i in range(2)]
-        self.ctl = Controller(f"sqlite://{tmp}/state.db", host_ns=self.host)
+    def __init__(self, store_url: str, netns: Callable[..., Any]) -> None:
+        host = netns("host")
+        self.host_name, self.host = host.name, host.path
+        self.sandboxes = [netns("container").path for _ in range(2)]
+        self.ctl = Controller(store_url, host_ns=self.host)
         self.app = create_app(self.ctl)
         self.client = self.app.test_client()
 
@@ -95,14 +92,12 @@ class Lab:
             self.ctl.cleanup_all()
         finally:
             self.ctl.close()
-            remove_kernel_objects(self.host)
-            for path in [*self.sandboxes, self.host]:
-                delete_named_netns(os.path.basename(path))
+            remove_kernel_objects(self.host)  # the namespaces go with the netns fixture
 
 
 @pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
-    lab = Lab(tmp_path)
+def lab(store_url: str, netns: Callable[..., Any]) -> Iterator[Lab]:
+    lab = Lab(store_url, netns)
     try:
         yield lab
     finally:
