@@ -1,0 +1,545 @@
+"""pycnm as a Docker network plugin, end to end: a real dockerd (the session's
+``docker_engine``), ``pycnm plugin serve`` as a real process on the real socket path, and
+Debian's docker client.
+
+Traffic goes only to containers these tests start and to an "outside" namespace made here
+(wired to the root namespace by a veth with TEST-NET-2 addresses, checked with ``ip route
+get`` before anything is sent). Containers get ``--dns 127.0.0.1`` so that Docker's
+embedded DNS never forwards a name it does not know off the machine. Every loop is
+bounded; every test removes its containers, networks and namespaces in ``finally``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import http.client
+import ipaddress
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cnm.store import open_store
+from netns_fixtures.netns import FIXTURE_PREFIX
+
+pytestmark = [pytest.mark.docker, pytest.mark.root]
+
+REPO = Path(__file__).resolve().parents[2]
+SOCKET = "/run/docker/plugins/pycnm.sock"
+DOCKER = "/usr/bin/docker"  # Debian's client matches the 20.10 daemon (--mac-address)
+IMAGE = "pycnm-busybox:test"
+NO_DNS_OUT = ["--dns", "127.0.0.1"]  # names Docker does not know stay on the machine
+OUTSIDE_V4 = ipaddress.ip_network("198.51.100.0/30")  # TEST-NET-2, never routed anywhere
+
+
+# --- the engine and the plugin ------------------------------------------------------------
+
+
+def docker_host_of(engine: Any) -> str:
+    """DOCKER_HOST of the session's engine, whatever shape the fixture gives it."""
+    if isinstance(engine, str):
+        return engine if "://" in engine else f"unix://{engine}"
+    env = getattr(engine, "env", None)
+    if isinstance(env, dict) and env.get("DOCKER_HOST"):
+        return str(env["DOCKER_HOST"])
+    for attr in ("docker_host", "host", "url", "socket", "socket_path", "sock"):
+        value = getattr(engine, attr, None)
+        if isinstance(value, str | os.PathLike) and str(value):
+            text = str(value)
+            return text if "://" in text else f"unix://{text}"
+    raise RuntimeError(f"cannot tell the docker_engine fixture's socket from {engine!r}")
+
+
+@dataclass
+class Docker:
+    host: str
+    image: str = IMAGE
+
+    def run(self, *args: str, check: bool = True, timeout: float = 90) -> str:
+        result = subprocess.run([DOCKER, *args], capture_output=True, text=True,
+                                timeout=timeout, env={**os.environ, "DOCKER_HOST": self.host})
+        if check and result.returncode != 0:
+            raise AssertionError(f"docker {' '.join(args)}: {result.stderr.strip()}")
+        return result.stdout.strip() if check else result.stdout + result.stderr
+
+    def fails(self, *args: str, timeout: float = 90) -> str:
+        result = subprocess.run([DOCKER, *args], capture_output=True, text=True,
+                                timeout=timeout, env={**os.environ, "DOCKER_HOST": self.host})
+        assert result.returncode != 0, f"docker {' '.join(args)} succeeded"
+        return result.stderr.strip()
+
+    def inspect(self, *names: str) -> list[dict[str, Any]]:
+        return json.loads(self.run("inspect", *names))
+
+    def network(self, name: str) -> dict[str, Any]:
+        return json.loads(self.run("network", "inspect", name))[0]
+
+    def address(self, container: str, network: str, v6: bool = False) -> str:
+        settings = self.inspect(container)[0]["NetworkSettings"]["Networks"][network]
+        return settings["GlobalIPv6Address" if v6 else "IPAddress"]
+
+    def ping(self, container: str, target: str, attempts: int = 3) -> bool:
+        """Bounded: a first packet may be lost while neighbours resolve."""
+        flag = ["-6"] if ":" in target else []
+        for _ in range(attempts):
+            result = subprocess.run(
+                [DOCKER, "exec", container, "ping", *flag, "-c", "1", "-W", "2", target],
+                capture_output=True, text=True, timeout=30,
+                env={**os.environ, "DOCKER_HOST": self.host})
+            if result.returncode == 0:
+                return True
+        return False
+
+
+@dataclass
+class Plugin:
+    """``pycnm plugin serve`` as a real process, on the real socket, for the session."""
+
+    store_url: str
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "cnm.cli", "--store", self.store_url, "plugin", "serve",
+             "--socket", SOCKET],
+            cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+        log.close()
+        self.starts += 1
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"the plugin exited at start:\n{self.tail()}")
+            with contextlib.suppress(OSError):
+                status, _ = call_socket("Plugin.Activate", b"")
+                if status == 200:
+                    return
+            time.sleep(0.05)
+        raise AssertionError(f"the plugin did not answer within 30 s:\n{self.tail()}")
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+            raise
+
+    def tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def store_snapshot(self) -> list[tuple[str, str]]:
+        store = open_store(self.store_url)
+        try:
+            return sorted((e.key, json.dumps(e.value, sort_keys=True)) for e in store.list(""))
+        finally:
+            store.close()
+
+
+class UnixHTTP(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float = 30) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self.path)
+        self.sock = sock
+
+
+def call_socket(call: str, body: bytes, path: str = SOCKET) -> tuple[int, dict[str, Any]]:
+    """POST a raw body straight to the plugin's socket, as Docker would."""
+    conn = UnixHTTP(path)
+    try:
+        conn.request("POST", f"/{call}", body=body,
+                     headers={"Accept": "application/vnd.docker.plugins.v1.2+json"})
+        response = conn.getresponse()
+        assert response.getheader("Content-Type") == "application/vnd.docker.plugins.v1+json"
+        return response.status, json.loads(response.read() or b"{}")
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="session")
+def docker(docker_engine: Any) -> Docker:
+    return Docker(docker_host_of(docker_engine), getattr(docker_engine, "image", IMAGE))
+
+
+@pytest.fixture(scope="session")
+def plugin(docker: Docker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plugin]:
+    if os.path.exists(SOCKET):
+        with contextlib.suppress(OSError):
+            call_socket("Plugin.Activate", b"")
+            pytest.fail(f"another plugin already serves {SOCKET}: stop it first")
+    workdir = tmp_path_factory.mktemp("pycnm-plugin")
+    plugin = Plugin(f"sqlite://{workdir}/state.db", workdir / "plugin.log")
+    plugin.start()
+    try:
+        yield plugin
+    finally:
+        try:
+            if plugin.process is not None and plugin.process.poll() is None:
+                assert plugin.stop() == 0, plugin.tail()
+            assert not os.path.exists(SOCKET), "the plugin left its socket behind"
+        finally:
+            _forget_everything(plugin.store_url)
+
+
+def _forget_everything(store_url: str) -> None:
+    """Remove what the session's plugin still has (only after a failed test)."""
+    from cnm.controller import Controller
+
+    with Controller(store_url, reconcile=False) as ctl:
+        ctl.cleanup_all()
+
+
+@pytest.fixture
+def names(docker: Docker, plugin: Plugin) -> Iterator[Names]:
+    made = Names()
+    try:
+        yield made
+    finally:
+        made.remove(docker)
+
+
+@dataclass
+class Names:
+    """Unique names for a test's containers and networks, removed at its end."""
+
+    tag: str = field(default_factory=lambda: secrets.token_hex(3))
+    containers: list[str] = field(default_factory=list)
+    networks: list[str] = field(default_factory=list)
+
+    def container(self, label: str) -> str:
+        self.containers.append(f"pt{self.tag}-{label}")
+        return self.containers[-1]
+
+    def network(self, label: str) -> str:
+        self.networks.append(f"pt{self.tag}-{label}")
+        return self.networks[-1]
+
+    def remove(self, docker: Docker) -> None:
+        for chunk in range(0, len(self.containers), 25):
+            docker.run("rm", "-f", *self.containers[chunk:chunk + 25], check=False,
+                       timeout=120)
+        for name in self.networks:
+            docker.run("network", "rm", name, check=False)
+
+
+def run_container(docker: Docker, name: str, network: str, *extra: str) -> str:
+    return docker.run("run", "-d", "--name", name, "--network", network, *NO_DNS_OUT, *extra,
+                      docker.image, "sleep", "600")
+
+
+# --- what pycnm has in the kernel ------------------------------------------------------------
+
+
+def links() -> set[str]:
+    out = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True,
+                         check=True).stdout
+    return {line.split()[0].split("@")[0] for line in out.splitlines()}
+
+
+def nft_ruleset() -> str:
+    return subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True,
+                          check=True).stdout
+
+
+def kernel_objects_of(network_id: str, endpoint_ids: list[str]) -> list[str]:
+    """pycnm's kernel objects named after one network and its endpoints."""
+    found = [n for n in links() if n == "pcbr-" + network_id[:10]]
+    found += [n for n in links() for e in endpoint_ids if n in ("pcv-" + e[:11], "pcp-" + e[:11])]
+    if "pcbr-" + network_id[:10] in nft_ruleset():
+        found.append("nft rules naming pcbr-" + network_id[:10])
+    return found
+
+
+# --- the tests ---------------------------------------------------------------------------------
+
+
+def test_create_with_and_without_subnet_ls_inspect_rm(docker: Docker, plugin: Plugin,
+                                                      names: Names) -> None:
+    from cnm.controller import Controller
+
+    with_subnet, without = names.network("sub"), names.network("auto")
+    docker.run("network", "create", "-d", "pycnm", "--subnet", "10.81.0.0/24",
+               "--gateway", "10.81.0.254", "-o", "mtu=1400", with_subnet)
+    docker.run("network", "create", "-d", "pycnm", without)
+    listed = docker.run("network", "ls", "--filter", "driver=pycnm", "--format",
+                        "{{.ID}} {{.Name}} {{.Driver}} {{.Scope}}").splitlines()
+    inspected = {n: docker.network(n) for n in (with_subnet, without)}
+    for name, info in inspected.items():
+        assert f"{info['Id'][:12]} {name} pycnm local" in listed
+    assert inspected[with_subnet]["IPAM"]["Config"] == [{"Subnet": "10.81.0.0/24",
+                                                         "Gateway": "10.81.0.254"}]
+    auto_subnet = inspected[without]["IPAM"]["Config"][0]["Subnet"]
+    ipaddress.ip_network(auto_subnet)
+    # pycnm's records say the same as Docker's.
+    with Controller(plugin.store_url, reconcile=False) as ctl:
+        for info in inspected.values():
+            record = ctl.network(info["Id"]).record
+            assert record.name == "docker-" + info["Id"][:12]
+            assert [p["subnet"] for p in record.ipv4_pools] == [
+                c["Subnet"] for c in info["IPAM"]["Config"]]
+        assert ctl.network(inspected[with_subnet]["Id"]).record.ipv4_pools[0]["gateway"] == \
+            "10.81.0.254/24"
+    bridge = "pcbr-" + inspected[with_subnet]["Id"][:10]
+    assert "mtu 1400" in subprocess.run(["ip", "link", "show", bridge], capture_output=True,
+                                        text=True, check=True).stdout
+    # A container's life leaves nothing behind either.
+    c1 = names.container("c1")
+    run_container(docker, c1, with_subnet)
+    endpoint = docker.inspect(c1)[0]["NetworkSettings"]["Networks"][with_subnet]["EndpointID"]
+    assert "pcv-" + endpoint[:11] in links()
+    docker.run("rm", "-f", c1)
+    for name, info in inspected.items():
+        docker.run("network", "rm", name)
+        assert kernel_objects_of(info["Id"], [endpoint]) == []
+    with Controller(plugin.store_url, reconcile=False) as ctl:
+        ids = {n.id for n in ctl.networks()}
+        assert not ids & {i["Id"] for i in inspected.values()}
+
+
+def test_two_containers_ping_by_address_and_name(docker: Docker, names: Names) -> None:
+    net = names.network("net")
+    docker.run("network", "create", "-d", "pycnm", "--subnet", "10.82.0.0/24", net)
+    c1, c2 = names.container("c1"), names.container("c2")
+    run_container(docker, c1, net)
+    run_container(docker, c2, net)
+    assert docker.ping(c1, docker.address(c2, net))
+    assert docker.ping(c2, docker.address(c1, net))
+    assert docker.ping(c1, c2) and docker.ping(c2, c1)  # Docker's embedded DNS
+    # Join returned the gateway: one interface, a default route through it, no gwbridge.
+    routes = docker.run("exec", c1, "ip", "route")
+    assert "default via 10.82.0.1 dev eth0" in routes
+    assert "eth1" not in docker.run("exec", c1, "ip", "link")
+    assert "docker_gwbridge" not in docker.run("network", "ls", "--format", "{{.Name}}")
+
+
+def test_connect_and_disconnect_a_running_container(docker: Docker, names: Names) -> None:
+    front, back = names.network("front"), names.network("back")
+    docker.run("network", "create", "-d", "pycnm", "--subnet", "10.83.0.0/24", front)
+    docker.run("network", "create", "-d", "pycnm", "--subnet", "10.84.0.0/24", back)
+    app, db = names.container("app"), names.container("db")
+    run_container(docker, app, front)
+    run_container(docker, db, back)
+    assert not docker.ping(app, docker.address(db, back), attempts=1)
+    docker.run("network", "connect", "--ip", "10.84.0.50", back, app)
+    assert docker.address(app, back) == "10.84.0.50"
+    assert "10.84.0.50/24" in docker.run("exec", app, "ip", "addr", "show", "eth1")
+    assert docker.ping(app, "10.84.0.2") and docker.ping(db, "10.84.0.50")
+    assert docker.ping(app, db)
+    endpoint = docker.inspect(app)[0]["NetworkSettings"]["Networks"][back]["EndpointID"]
+    docker.run("network", "disconnect", back, app)
+    assert "eth1" not in docker.run("exec", app, "ip", "link")
+    assert not {"pcv-" + endpoint[:11], "pcp-" + endpoint[:11]} & links()
+    assert docker.ping(app, "10.83.0.1")  # still on its first network
+
+
+def wired_outside(outside: Callable[..., Any]) -> tuple[Any, str]:
+    """An "outside" namespace wired to the root namespace by a veth with TEST-NET-2
+    addresses (the fixture removes both); returns it and the root side's address, once
+    ``ip route get`` shows the way to it is that veth, never eth0."""
+    root_ip, far_ip = (str(a) for a in list(OUTSIDE_V4.hosts())[:2])
+    far = outside(None, f"{root_ip}/{OUTSIDE_V4.prefixlen}", f"{far_ip}/{OUTSIDE_V4.prefixlen}")
+    route = subprocess.run(["ip", "route", "get", far_ip], capture_output=True, text=True,
+                           check=True).stdout
+    device = route.split(" dev ")[1].split()[0]
+    assert device.startswith(FIXTURE_PREFIX), f"{far_ip} would leave through {device}: {route}"
+    return far, root_ip
+
+
+def test_published_port_reached_from_an_outside_namespace(
+        docker: Docker, names: Names, outside: Callable[..., Any]) -> None:
+    net = names.network("web")
+    docker.run("network", "create", "-d", "pycnm", "--subnet", "10.85.0.0/24", net)
+    server = names.container("srv")
+    port = 20000 + secrets.randbelow(9000)
+    docker.run("run", "-d", "--name", server, "--network", net, *NO_DNS_OUT,
+               "-p", f"{port}:80", docker.image, "sh", "-c",
+               "while true; do echo hello-from-pycnm | busybox nc -l -p 80; done")
+    assert "docker_gwbridge" not in docker.run("network", "ls", "--format", "{{.Name}}")
+    far, root_ip = wired_outside(outside)
+    answer = b""
+    for _ in range(10):  # bounded: the server loop may not be listening yet
+        answer = far.tcp_connect(root_ip, port) or b""
+        if answer:
+            break
+        time.sleep(0.3)
+    assert answer.strip() == b"hello-from-pycnm"
+    docker.run("rm", "-f", server)
+    assert f"dport {port} " not in nft_ruleset()
+
+
+def test_internal_network_has_no_way_out(docker: Docker, names: Names) -> None:
+    net = names.network("int")
+    docker.run("network", "create", "-d", "pycnm", "--internal", "--subnet", "10.86.0.0/24", net)
+    assert docker.network(net)["Internal"] is True
+    c1, c2 = names.container("c1"), names.container("c2")
+    run_container(docker, c1, net)
+    run_container(docker, c2, net)
+    assert docker.ping(c1, c2)
+    assert "default" not in docker.run("exec", c1, "ip", "route")
+    assert "eth1" not in docker.run("exec", c1, "ip", "link")
+    assert "docker_gwbridge" not in docker.run("network", "ls", "--format", "{{.Name}}")
+    bridge = "pcbr-" + docker.network(net)["Id"][:10]
+    assert f'iifname "{bridge}" oifname != "{bridge}" drop' in nft_ruleset()
+
+
+def test_static_ip_mac_and_ipv6(docker: Docker, names: Names) -> None:
+    net = names.network("v6")
+    docker.run("network", "create", "-d", "pycnm", "--ipv6", "--subnet", "10.87.0.0/24",
+               "--subnet", "fd00:87::/64", net)
+    c1, c2 = names.container("c1"), names.container("c2")
+    run_container(docker, c1, net, "--ip", "10.87.0.50", "--ip6", "fd00:87::50",
+                  "--mac-address", "02:42:aa:bb:cc:dd")
+    run_container(docker, c2, net)
+    shown = docker.run("exec", c1, "ip", "addr", "show", "eth0")
+    assert "10.87.0.50/24" in shown and "fd00:87::50/64" in shown
+    assert "02:42:aa:bb:cc:dd" in shown
+    assert docker.address(c1, net) == "10.87.0.50"
+    v6 = docker.address(c2, net, v6=True)
+    assert ipaddress.ip_address(v6) in ipaddress.ip_network("fd00:87::/64")
+    assert docker.ping(c1, v6) and docker.ping(c2, "fd00:87::50")
+    assert "default via fd00:87::1" in docker.run("exec", c1, "ip", "-6", "route")
+
+
+def test_plugin_killed_and_restarted_loses_nothing(docker: Docker, plugin: Plugin,
+                                                   names: Names) -> None:
+    net = names.network("k")
+    docker.run("network", "create", "-d", "pycnm", "--subnet", "10.88.0.0/24", net)
+    c1, c2, c3 = names.container("c1"), names.container("c2"), names.container("c3")
+    run_container(docker, c1, net)
+    run_container(docker, c2, net)
+    assert docker.ping(c1, c2)
+    plugin.kill()
+    log_before = len(plugin.log_path.read_bytes())
+    try:
+        assert os.path.exists(SOCKET)  # stale: the next start must cope with it
+        assert docker.ping(c1, c2)  # the kernel keeps working without the plugin
+    finally:
+        plugin.start()
+    assert docker.ping(c1, c2) and docker.ping(c2, c1)
+    run_container(docker, c3, net)
+    assert docker.ping(c3, c1) and docker.ping(c1, c3)
+    restart_log = plugin.log_path.read_bytes()[log_before:].decode(errors="replace")
+    assert "serving on unix://" + SOCKET in restart_log
+    assert "removed the stale socket" in restart_log
+    assert "reconcile:" not in restart_log  # the store and the kernel agreed
+
+
+def test_twenty_containers_started_at_once(docker: Docker, names: Names) -> None:
+    net = names.network("many")
+    docker.run("network", "create", "-d", "pycnm", "--subnet", "10.89.0.0/24", net)
+    containers = [names.container(f"m{i}") for i in range(20)]
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        started = list(pool.map(lambda c: run_container(docker, c, net), containers))
+    assert all(started)
+    info = docker.inspect(*containers)
+    assert all(i["State"]["Running"] for i in info)
+    addresses = [i["NetworkSettings"]["Networks"][net]["IPAddress"] for i in info]
+    assert len(set(addresses)) == 20 and all(addresses)
+    script = "for a in {}; do ping -c 1 -W 2 $a >/dev/null || ping -c 1 -W 2 $a >/dev/null " \
+             "|| echo unreachable $a; done".format(" ".join(addresses))
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda c: docker.run("exec", c, "sh", "-c", script,
+                                                     timeout=120), containers))
+    assert [r for r in results if r] == []
+
+
+def test_bad_requests_to_the_socket_change_nothing(docker: Docker, plugin: Plugin,
+                                                   names: Names) -> None:
+    net = names.network("b")
+    docker.run("network", "create", "-d", "pycnm", "--subnet", "10.90.0.0/24", net)
+    c1 = names.container("c1")
+    run_container(docker, c1, net)
+    nid = docker.network(net)["Id"]
+
+    def state() -> tuple:
+        ours = sorted(n for n in links() if n.startswith(("pcbr-", "pcv-", "pcp-")))
+        return ours, nft_ruleset(), plugin.store_snapshot(), docker.run(
+            "network", "ls", "--format", "{{.ID}}")
+
+    before = state()
+    unknown = "cd" * 32
+    cases = [
+        ("NetworkDriver.CreateNetwork", b'{"NetworkID": ', 500, "not valid JSON"),
+        ("NetworkDriver.CreateNetwork", b'{"Options": {}}', 500, "has no NetworkID"),
+        ("NetworkDriver.CreateEndpoint", json.dumps(
+            {"NetworkID": unknown, "EndpointID": unknown}).encode(), 500, "not found"),
+        ("NetworkDriver.Join", json.dumps(
+            {"NetworkID": nid, "EndpointID": unknown, "SandboxKey": "/x"}).encode(),
+         500, "not found"),
+        ("NetworkDriver.CreateNetwork", json.dumps(
+            {"NetworkID": unknown, "Options": {"com.docker.network.generic": {"mtu": "huge"}},
+             "IPv4Data": [{"Pool": "10.91.0.0/24", "Gateway": "10.91.0.1/24"}]}).encode(),
+         500, "whole number"),
+        ("NetworkDriver.CreateNetwork", b'{"NetworkID": "' + b"x" * (2 << 20) + b'"}', 413,
+         "larger than"),
+        ("NetworkDriver.NoSuchCall", b"{}", 404, "does not implement"),
+    ]
+    for call, body, status, words in cases:
+        got, answer = call_socket(call, body)
+        assert (got, words in answer.get("Err", "")) == (status, True), (call, answer)
+    # Docker shows our sentence to its user.
+    shown = docker.fails("network", "create", "-d", "pycnm", "-o", "colour=blue",
+                         names.network("bad"))
+    assert "unknown option 'colour'" in shown
+    shown = docker.fails("network", "create", "-d", "pycnm", "-o", "driver=nosuch",
+                         names.network("bad2"))
+    assert "unknown driver 'nosuch'" in shown
+    assert state() == before
+    assert docker.ping(c1, "10.90.0.1")
+
+
+def test_ipam_driver_pycnm(docker: Docker, plugin: Plugin, names: Names) -> None:
+    from cnm.controller import Controller
+
+    auto, fixed = names.network("ipam"), names.network("ipam2")
+    docker.run("network", "create", "-d", "pycnm", "--ipam-driver", "pycnm", auto)
+    docker.run("network", "create", "-d", "pycnm", "--ipam-driver", "pycnm",
+               "--subnet", "10.92.0.0/24", "--ip-range", "10.92.0.128/25", fixed)
+    info = docker.network(auto)
+    assert info["IPAM"]["Driver"] == "pycnm"
+    subnet = ipaddress.ip_network(info["IPAM"]["Config"][0]["Subnet"])
+    c1, c2, c3 = names.container("c1"), names.container("c2"), names.container("c3")
+    run_container(docker, c1, auto)
+    run_container(docker, c2, auto)
+    run_container(docker, c3, fixed)
+    a1, a2 = docker.address(c1, auto), docker.address(c2, auto)
+    assert {ipaddress.ip_address(a) in subnet for a in (a1, a2)} == {True} and a1 != a2
+    assert docker.address(c3, fixed) == "10.92.0.128"
+    assert docker.ping(c1, c2) and docker.ping(c2, a1)
+    with Controller(plugin.store_url, reconcile=False) as ctl:
+        held = {str(a) for a in ctl.ipam.allocated(f"local/{subnet}")}
+        assert {a1, a2} <= held and len(held) == 3  # and the gateway
+        record = ctl.network(info["Id"]).record
+        assert record.labels["docker.ipam"] == "pycnm" and record.ipam == "external"
+    docker.run("rm", "-f", c1, c2, c3)
+    docker.run("network", "rm", auto, fixed)
+    with Controller(plugin.store_url, reconcile=False) as ctl:
+        assert not {str(p.subnet) for p in ctl.ipam.list_pools()} & {str(subnet),
+                                                                    "10.92.0.0/24"}
