@@ -279,8 +279,7 @@ class Controller:
                 create_named_netns(names.sandbox_netns(name))
                 undo.callback(delete_named_netns, names.sandbox_netns(name))
                 plumbing.loopback_up(record.netns_path)
-            if ip_forward:
-                plumbing.enable_forwarding(record.netns_path)
+            plumbing.set_forwarding(record.netns_path, ip_forward)
             etcfiles.write(record, [], self._netns_name(record))
             undo.callback(etcfiles.remove, record, self._netns_name(record))
             self.local.put(f"sandboxes/{sid}", record.to_dict())

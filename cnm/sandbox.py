@@ -180,8 +180,7 @@ class Sandbox:
             delete_named_netns(names.sandbox_netns(sb.name))  # a stale file, if any
             create_named_netns(names.sandbox_netns(sb.name))
             plumbing.loopback_up(sb.netns_path)
-            if sb.ip_forward:
-                plumbing.enable_forwarding(sb.netns_path)
+            plumbing.set_forwarding(sb.netns_path, sb.ip_forward)
             log.info("sandbox %s: namespace recreated", sb.name)
         for ifname, key in sorted(sb.interfaces.items()):
             rec = self._find_endpoint(key)

@@ -21,8 +21,12 @@ def canonical(
     for key, value in options.items():
         name = aliases.get(key, key)
         if name not in known:
-            accepted = ", ".join(sorted(set(aliases) | known))
-            raise InvalidOption(f"unknown option {key!r}; this driver accepts: {accepted}")
+            short = sorted(set(aliases) | {k for k in known if not k.startswith("com.docker.")})
+            docker = " (or Docker's com.docker.network.* names)" if len(short) < len(
+                set(aliases) | known) else ""
+            raise InvalidOption(
+                f"unknown option {key!r}; this driver accepts: {', '.join(short)}{docker}"
+            )
         if name in result and result[name] != value:
             raise InvalidOption(f"option {key!r} is given twice with different values")
         result[name] = value

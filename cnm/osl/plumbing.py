@@ -91,11 +91,14 @@ def set_default_routes(
         _default_routes(sandbox, links.require_index(sandbox, ifname), gateway, gateway_v6)
 
 
-def enable_forwarding(ns: str) -> None:
+def set_forwarding(ns: str, enabled: bool) -> None:
+    """Whether the namespace routes between its interfaces. Always set explicitly: a new
+    namespace inherits IPv4 forwarding from the host's (devconf_inherit_init_net=0)."""
     from cnm.osl.netns import write_sysctl
 
-    write_sysctl(ns, "net/ipv4/ip_forward", "1")
-    write_sysctl(ns, "net/ipv6/conf/all/forwarding", "1")
+    value = "1" if enabled else "0"
+    write_sysctl(ns, "net/ipv4/ip_forward", value)
+    write_sysctl(ns, "net/ipv6/conf/all/forwarding", value)
 
 
 def loopback_up(ns: str) -> None:

@@ -206,6 +206,8 @@ class BridgeDriver(Driver):
                     ipr, ep["host_veth"], ep["peer"], mtu=network["options"].get("mtu"),
                     master=bridge_index, peer_mac=ep["mac"],
                 )
+            if not network["options"]["icc"]:
+                self._isolate(ipr, ep["host_veth"])
         internal = network["options"]["internal"]
         gw4 = next((d["gateway"] for d in network["ipv4"] if d.get("gateway")), None)
         gw6 = next((d["gateway"] for d in network["ipv6"] if d.get("gateway")), None)
@@ -338,6 +340,14 @@ class BridgeDriver(Driver):
             info = osl_links.link_info(ipr, entry.value["host_veth"])
             if info is not None and info["master"] != bridge_index:
                 ipr.link("set", index=info["index"], master=bridge_index, state="up")
+                if not net["options"]["icc"]:
+                    self._isolate(ipr, entry.value["host_veth"])
+
+    @staticmethod
+    def _isolate(ipr: Any, port: str) -> None:
+        """ICC off: an isolated bridge port reaches the bridge (the gateway) but no other
+        isolated port, in the kernel's forwarding path itself."""
+        ipr.brport("set", index=osl_links.require_index(ipr, port), isolated=1)
 
     def endpoint_missing(self, nid: str, eid: str) -> bool:
         """Whether the endpoint's host-side interface is gone (used by reconcile)."""

@@ -1,12 +1,14 @@
 """The bridge driver's nftables rules, rendered from its stored state.
 
-Declarative, like kube-proxy's nftables mode: every change re-renders pycnm's own tables
-(``inet pycnm`` for NAT, isolation and internal networks, ``bridge pycnm`` for ICC) from
-the store and loads them in one atomic transaction, so a restarted process converges on
+Declarative, like kube-proxy's nftables mode: every change re-renders pycnm's own table
+(``inet pycnm``: NAT, published ports, isolation between networks, internal networks)
+from the store and loads it in one atomic transaction, so a restarted process converges on
 the same rules and nothing else's rules are touched.
 
-ICC lives in the bridge family because frames between two ports of one bridge never reach
-the inet forward hook unless br_netfilter is loaded and enabled in that namespace.
+ICC off is not a firewall rule: frames between two ports of one bridge never reach the
+inet forward hook (unless br_netfilter is loaded and enabled in that namespace), so the
+driver marks the network's bridge ports "isolated" instead (IFLA_BRPORT_ISOLATED): isolated
+ports cannot talk to each other, only to the bridge itself, i.e. the gateway.
 """
 
 from __future__ import annotations
@@ -94,23 +96,9 @@ def render_inet(rules: Ruleset) -> str:
     )
 
 
-def render_bridge(rules: Ruleset) -> str:
-    drops = [f'meta ibrname "{n.bridge}" drop' for n in rules.networks if not n.icc]
-    return "\n".join(
-        [
-            "  chain forward {",
-            "    type filter hook forward priority filter; policy accept;",
-            *(f"    {r}" for r in drops),
-            "  }",
-        ]
-    )
-
-
 def apply(ns: str | None, rules: Ruleset) -> None:
     """Load the rules, or remove our tables when no network needs them."""
     if rules.empty():
         nft.delete_table(ns, "inet", NFT_TABLE)
-        nft.delete_table(ns, "bridge", NFT_TABLE)
         return
     nft.replace_table(ns, "inet", NFT_TABLE, render_inet(rules), what="bridge firewall")
-    nft.replace_table(ns, "bridge", NFT_TABLE, render_bridge(rules), what="bridge ICC rules")
