@@ -19,12 +19,6 @@ if ((${#missing[@]})); then
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# Debian's docker.io starts its own dockerd on install on some machines; the tests run
-# their own engine and the plugin must start first, so leave a packaged one stopped.
-if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet docker 2>/dev/null; then
-    :  # an operator's running engine: not ours to touch
-fi
-
 python3 -m pip install -q --disable-pip-version-check -e '.[test]'
 
 # Bridged traffic filtering is optional for pycnm (ICC uses isolated bridge ports), but
