@@ -105,19 +105,28 @@ def tcp_listener(spec: str) -> socket.socket:
     return sock
 
 
-class _Stop(Exception):
-    """Raised in the main thread by the signal handler to leave waitress's loop."""
+def notify_systemd(state: str) -> None:
+    """Tell systemd (Type=notify) how we are, when it started us; otherwise nothing."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]  # an abstract socket
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.connect(address)
+        sock.sendall(state.encode())
 
 
 @contextlib.contextmanager
 def _stop_on_signals() -> Iterator[threading.Event]:
+    """SIGTERM and SIGINT set the returned event; the serving loop checks it between two
+    polls. (Raising from the handler instead could land inside one of waitress's
+    dispatchers, which would log and swallow it.)"""
     stopping = threading.Event()
 
     def handler(signum: int, _frame: object) -> None:
-        if not stopping.is_set():
-            stopping.set()
-            log.info("%s received: stopping", signal.Signals(signum).name)
-            raise _Stop()
+        log.info("%s received: stopping", signal.Signals(signum).name)
+        stopping.set()
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -129,48 +138,50 @@ def _stop_on_signals() -> Iterator[threading.Event]:
 
 def serve(controller: Any, options: ServeOptions) -> None:
     """Serve ``controller`` until SIGTERM or SIGINT; the socket file is removed at exit."""
+    from waitress import wasyncore
     from waitress.server import create_server
 
     from plugin_server.app import create_app
 
-    app = create_app(controller)
-    if options.background:
+    with _stop_on_signals() as stopping:  # from the start: a SIGTERM now still stops cleanly
+        app = create_app(controller)
+        if options.background:
+            try:
+                started = controller.start_background(options.background_config)
+                if started:
+                    log.info("background work started for: %s", ", ".join(started))
+            except CNMError as exc:
+                log.warning("drivers' background work not started: %s", exc)
+        sockets = [unix_listener(options.socket_path)]
         try:
-            started = controller.start_background(options.background_config)
-            if started:
-                log.info("background work started for: %s", ", ".join(started))
-        except CNMError as exc:
-            log.warning("drivers' background work not started: %s", exc)
-    sockets = [unix_listener(options.socket_path)]
-    try:
-        # waitress serves Unix and TCP sockets from separate server objects: both share
-        # one event loop (the map) and one pool of worker threads.
-        shared: dict[int, Any] = {}
-        settings = {"threads": options.threads, "ident": "pycnm",
-                    "max_request_body_size": 4 << 20, "channel_timeout": 120}
-        server = create_server(app, map=shared, sockets=sockets[:1], **settings)
-        if options.tcp:
-            sockets.append(tcp_listener(options.tcp))
-            create_server(app, map=shared, _dispatcher=server.task_dispatcher,
-                          sockets=sockets[1:], **settings)
-        with _stop_on_signals():
+            # waitress serves Unix and TCP sockets from separate server objects: both share
+            # one event loop (the map) and one pool of worker threads.
+            shared: dict[int, Any] = {}
+            settings = {"threads": options.threads, "ident": "pycnm",
+                        "max_request_body_size": 4 << 20, "channel_timeout": 120}
+            server = create_server(app, map=shared, sockets=sockets[:1], **settings)
+            if options.tcp:
+                sockets.append(tcp_listener(options.tcp))
+                create_server(app, map=shared, _dispatcher=server.task_dispatcher,
+                              sockets=sockets[1:], **settings)
             log.info("pycnm plugin: serving on unix://%s (%d threads)", options.socket_path,
                      options.threads)
+            notify_systemd("READY=1")
             try:
-                server.run()
-            except _Stop:
-                pass
+                while not stopping.is_set():
+                    wasyncore.loop(timeout=0.5, map=shared, use_poll=True, count=1)
             finally:
-                # Stop accepting, let requests in progress finish (bounded), then leave.
+                notify_systemd("STOPPING=1")
+                # Let the calls in progress finish (bounded), then close every channel.
                 with contextlib.suppress(Exception):
                     server.task_dispatcher.shutdown(timeout=10)
                 for channel in list(shared.values()):
                     with contextlib.suppress(Exception):
                         channel.close()
-    finally:
-        for sock in sockets:
-            with contextlib.suppress(OSError):
-                sock.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(options.socket_path)
+        finally:
+            for sock in sockets:
+                with contextlib.suppress(OSError):
+                    sock.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(options.socket_path)
     log.info("pycnm plugin: stopped")

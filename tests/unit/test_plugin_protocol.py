@@ -10,12 +10,19 @@ were.
 from __future__ import annotations
 
 import copy
+import http.client
 import ipaddress
 import json
+import os
 import re
 import secrets
+import signal
+import socket
+import stat
 import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +36,8 @@ from plugin_server.protocol import CONTENT_TYPE
 
 pytestmark = pytest.mark.root
 
-SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "docs" / \
+REPO = Path(__file__).resolve().parents[2]
+SAMPLES = REPO.parent / "shared" / "docs" / \
     "docker-wire-samples.jsonl"
 if not SAMPLES.exists():  # CI clones main with shared/ beside it; a work tree may differ
     SAMPLES = Path("/work/shared/docs/docker-wire-samples.jsonl")
@@ -611,3 +619,77 @@ def test_concurrent_endpoints_get_distinct_addresses(lab: Lab) -> None:
     assert len(addresses) == 20 and gateway not in addresses
     links = lab.links()
     assert all(r[1] in links for r in results.values())
+
+
+# --- the server: socket, listeners, signals ------------------------------------------------
+
+
+def _serve(store_url: str, host: str, sock: Path, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "cnm.cli", "--store", store_url, "--host-ns", host, "plugin",
+         "serve", "--socket", str(sock), "--no-background", *extra],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def _wait_for_socket(proc: subprocess.Popen[str], sock: Path) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[0]
+        if sock.exists():
+            probe = socket.socket(socket.AF_UNIX)
+            try:
+                probe.connect(str(sock))
+                return
+            except OSError:
+                pass
+            finally:
+                probe.close()
+        time.sleep(0.05)
+    raise AssertionError("the plugin never listened")
+
+
+def _tcp_listeners(pid: int) -> str:
+    return subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True,
+                          timeout=20).stdout if pid else ""
+
+
+def test_server_socket_stale_socket_tcp_and_sigterm(tmp_path: Path, store_url: str,
+                                                     netns: Callable[..., Any]) -> None:
+    host = netns("host").path
+    sock = tmp_path / "plugins" / "pycnm.sock"
+    sock.parent.mkdir()
+    stale = socket.socket(socket.AF_UNIX)  # a socket file nobody serves: a killed plugin's
+    stale.bind(str(sock))
+    stale.close()
+    proc = _serve(store_url, host, sock)
+    try:
+        _wait_for_socket(proc, sock)
+        info = sock.stat()
+        assert stat.S_ISSOCK(info.st_mode) and stat.S_IMODE(info.st_mode) == 0o660
+        assert (info.st_uid, info.st_gid) == (0, 0)
+        assert f"pid={proc.pid}," not in _tcp_listeners(proc.pid)  # no TCP unless asked
+        second = _serve(store_url, host, sock)
+        output = second.communicate(timeout=60)[0]
+        assert second.returncode != 0 and "already serving" in output
+        assert sock.exists()  # the refused second one left the first one's socket alone
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 0, output
+    assert "removed the stale socket" in output and "stopped" in output
+    assert not sock.exists()
+    port = 20000 + secrets.randbelow(20000)
+    proc = _serve(store_url, host, sock, "--tcp", f"127.0.0.1:{port}")
+    try:
+        _wait_for_socket(proc, sock)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("POST", "/Plugin.Activate", body=b"")
+        answer = conn.getresponse()
+        assert answer.status == 200 and b"NetworkDriver" in answer.read()
+        conn.close()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    assert proc.returncode == 0 and not sock.exists()
