@@ -46,21 +46,6 @@ OUTSIDE_V4 = ipaddress.ip_network("198.51.100.0/30")  # TEST-NET-2, never routed
 # --- the engine and the plugin ------------------------------------------------------------
 
 
-def docker_host_of(engine: Any) -> str:
-    """DOCKER_HOST of the session's engine, whatever shape the fixture gives it."""
-    if isinstance(engine, str):
-        return engine if "://" in engine else f"unix://{engine}"
-    env = getattr(engine, "env", None)
-    if isinstance(env, dict) and env.get("DOCKER_HOST"):
-        return str(env["DOCKER_HOST"])
-    for attr in ("docker_host", "host", "url", "socket", "socket_path", "sock"):
-        value = getattr(engine, attr, None)
-        if isinstance(value, str | os.PathLike) and str(value):
-            text = str(value)
-            return text if "://" in text else f"unix://{text}"
-    raise RuntimeError(f"cannot tell the docker_engine fixture's socket from {engine!r}")
-
-
 @dataclass
 class Docker:
     host: str
@@ -185,7 +170,8 @@ def call_socket(call: str, body: bytes, path: str = SOCKET) -> tuple[int, dict[s
 
 @pytest.fixture(scope="session")
 def docker(docker_engine: Any) -> Docker:
-    return Docker(docker_host_of(docker_engine), getattr(docker_engine, "image", IMAGE))
+    """Debian's client on the session's dockerd (netns_fixtures.docker)."""
+    return Docker(docker_engine.host, docker_engine.image)
 
 
 @pytest.fixture(scope="session")
