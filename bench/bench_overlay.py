@@ -115,12 +115,17 @@ def iperf(lab: OverlayLab, server_ns: str, client_ns: str, address: str, seconds
                                    "-p", str(port), "-t", str(seconds), "-J"],
                                   capture_output=True, text=True, timeout=seconds + 30)
 
-        def attempt() -> subprocess.CompletedProcess | None:
-            result = run()  # the server may not listen yet: retried, bounded
-            return result if result.returncode == 0 else None
+        def attempt() -> dict | None:
+            result = run()
+            report = json.loads(result.stdout or "{}")
+            if "Connection refused" in str(report.get("error")):
+                return None  # the server does not listen yet: retried, bounded
+            if result.returncode != 0 or "sum_received" not in report.get("end", {}):
+                raise RuntimeError(f"iperf3 to {address} failed: "
+                                   f"{report.get('error') or result.stderr}")
+            return report
 
-        result = wait_for(attempt, 10, 0.2, what=f"iperf3 to {address}")
-        report = json.loads(result.stdout)
+        report = wait_for(attempt, 10, 0.2, what=f"iperf3 to {address}")
         return report["end"]["sum_received"]["bits_per_second"] / 1e9
     finally:
         if server.poll() is None:
