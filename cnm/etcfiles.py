@@ -82,15 +82,21 @@ def files_dir(sandbox: SandboxRecord, netns_name: str | None) -> str:
     return os.path.join("/run/pycnm/sandboxes", sandbox.id)
 
 
-def write(sandbox: SandboxRecord, endpoints: list[EndpointRecord], netns_name: str | None) -> str:
-    """Write both files atomically; return their folder."""
+def write(
+    sandbox: SandboxRecord,
+    endpoints: list[EndpointRecord],
+    netns_name: str | None,
+    hosts_only: bool = False,
+) -> str:
+    """Write the files atomically (only /etc/hosts when endpoints came or went, the one
+    file that depends on them); return their folder."""
     folder = files_dir(sandbox, netns_name)
-    os.makedirs(folder, mode=0o755, exist_ok=True)
-    for name, text in (
-        ("resolv.conf", render_resolv_conf(sandbox)),
-        ("hosts", render_hosts(sandbox, endpoints)),
-        ("hostname", (sandbox.hostname or sandbox.name) + "\n"),
-    ):
+    files = [("hosts", render_hosts(sandbox, endpoints))]
+    if not hosts_only:
+        os.makedirs(folder, mode=0o755, exist_ok=True)
+        files += [("resolv.conf", render_resolv_conf(sandbox)),
+                  ("hostname", (sandbox.hostname or sandbox.name) + "\n")]
+    for name, text in files:
         tmp = os.path.join(folder, f".{name}.tmp")
         with open(tmp, "w") as handle:
             handle.write(text)

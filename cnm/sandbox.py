@@ -144,10 +144,10 @@ class Sandbox:
                 ep._become_gateway(rec, self.record, rec.options)
                 return
 
-    def _write_files(self) -> None:
+    def _write_files(self, hosts_only: bool = True) -> None:
         sb = self.record
         records = [ep.record for ep in self.endpoints()]
-        etcfiles.write(sb, records, self.netns_name)
+        etcfiles.write(sb, records, self.netns_name, hosts_only=hosts_only)
 
     # --- life cycle -------------------------------------------------------------------
 
@@ -194,7 +194,7 @@ class Sandbox:
                 log.info("sandbox %s: %s rebuilt", sb.name, ifname)
             except CNMError as exc:
                 problems.append(f"sandbox {sb.name}: cannot rebuild {ifname}: {exc}")
-        self._write_files()
+        self._write_files(hosts_only=False)
         return problems
 
     def inspect(self) -> dict[str, Any]:

@@ -126,17 +126,31 @@ def in_netns(ns: str | None, job: Callable[[], T]) -> T:
     return _run_in_thread(entered)
 
 
-def _netlink_socket() -> socket.socket:
-    return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_ROUTE)
+def _sockets() -> tuple[socket.socket, socket.socket]:
+    return (
+        socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_ROUTE),
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM),
+    )
 
 
 @contextlib.contextmanager
 def iproute(ns: str | None = None) -> Iterator[IPRoute]:
-    """An rtnetlink handle bound to ``ns`` for the length of one operation."""
-    ipr = IPRoute() if ns is None else IPRoute(use_socket=in_netns(ns, _netlink_socket))
+    """An rtnetlink handle bound to ``ns`` for the length of one operation.
+
+    It carries ``pycnm_ioctl``, a plain socket of the same namespace, so that looking up
+    an interface's index is one ioctl instead of a netlink request whose full reply
+    pyroute2 would decode (~1 ms).
+    """
+    if ns is None:
+        ipr, helper = IPRoute(), socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    else:
+        netlink, helper = in_netns(ns, _sockets)
+        ipr = IPRoute(use_socket=netlink)
+    ipr.pycnm_ioctl = helper
     try:
         yield ipr
     finally:
+        helper.close()
         ipr.close()
 
 

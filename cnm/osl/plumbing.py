@@ -38,6 +38,7 @@ def configure_inside(
     routes: Iterable[tuple[str, int, str | None]] = (),
     gateway: ipaddress.IPv4Address | None = None,
     gateway_v6: ipaddress.IPv6Address | None = None,
+    up: bool = True,
 ) -> None:
     """Address an interface inside the sandbox, bring it up, add its routes.
 
@@ -46,7 +47,7 @@ def configure_inside(
     """
     with iproute(sandbox_ns) as sandbox:
         index = links.require_index(sandbox, ifname)
-        links.configure(sandbox, index, addresses=addresses, mac=mac)
+        links.configure(sandbox, index, addresses=addresses, mac=mac, up=up)
         for destination, route_type, next_hop in routes:
             net = ipaddress.ip_network(destination, strict=False)
             via = ipaddress.ip_address(next_hop) if route_type == 0 and next_hop else None
@@ -59,8 +60,7 @@ def _default_routes(ipr: object, index: int, gateway: ipaddress.IPv4Address | No
     for default, via in ((ipaddress.IPv4Network("0.0.0.0/0"), gateway),
                          (ipaddress.IPv6Network("::/0"), gateway_v6)):
         if via is not None:
-            links.delete_route(ipr, default)  # type: ignore[arg-type]
-            links.add_route(ipr, default, gateway=via, oif=index)  # type: ignore[arg-type]
+            links.replace_route(ipr, default, gateway=via, oif=index)  # type: ignore[arg-type]
 
 
 def unplug(sandbox_ns: str, ifname: str, host_ns: str | None, back_name: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import ipaddress
 import logging
 import os
@@ -191,21 +192,21 @@ class BridgeDriver(Driver):
         direct = opts.get(OPT_JOIN_IFNAME)
         with iproute(self.ctx.host_ns) as ipr:
             bridge_index = osl_links.require_index(ipr, network["bridge"])
-            osl_links.delete_link(ipr, ep["host_veth"])  # a half-made pair from a retry
-            if direct:
-                fd = os.open(sandbox_key, os.O_RDONLY)
-                try:
-                    osl_links.create_veth(
-                        ipr, ep["host_veth"], direct, mtu=network["options"].get("mtu"),
-                        master=bridge_index, peer_mac=ep["mac"], peer_netns_fd=fd,
-                    )
-                finally:
-                    os.close(fd)
-            else:
-                osl_links.create_veth(
-                    ipr, ep["host_veth"], ep["peer"], mtu=network["options"].get("mtu"),
-                    master=bridge_index, peer_mac=ep["mac"],
+            fd = os.open(sandbox_key, os.O_RDONLY) if direct else None
+            try:
+                make = functools.partial(
+                    osl_links.create_veth, ipr, ep["host_veth"], direct or ep["peer"],
+                    mtu=network["options"].get("mtu"), master=bridge_index,
+                    peer_mac=ep["mac"], peer_netns_fd=fd,
                 )
+                try:
+                    make()
+                except Conflict:  # a half-made pair from an interrupted try: start again
+                    osl_links.delete_link(ipr, ep["host_veth"])
+                    make()
+            finally:
+                if fd is not None:
+                    os.close(fd)
             if not network["options"]["icc"]:
                 self._isolate(ipr, ep["host_veth"])
         internal = network["options"]["internal"]
