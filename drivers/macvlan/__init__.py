@@ -323,6 +323,7 @@ class MacvlanDriver(Driver):
         if existing is not None:
             return InterfaceInfo(mac=None if iface.mac else existing.value["mac"])
         network = self._network(nid)
+        self._refuse_host_address(network, iface)
         mode = network["options"]["mode"]
         wanted = iface.mac or _mac_option(opts.get(OPT_MACADDRESS))
         if mode == "passthru":
@@ -363,6 +364,21 @@ class MacvlanDriver(Driver):
         }
         self.ctx.store.put(key, record)
         return InterfaceInfo(mac=None if iface.mac else mac)
+
+    def _refuse_host_address(self, network: dict[str, Any], iface: InterfaceInfo) -> None:
+        """An endpoint must not take the host's own LAN address: both would answer ARP on
+        the same wire. IPAM cannot know the LAN's machines; this is the one we can see."""
+        wanted = {a.ip for a in (iface.address, iface.address_v6) if a is not None}
+        if not wanted:
+            return
+        with iproute(self.ctx.host_ns) as ipr:
+            taken = {a.ip for a in osl_links.addresses(ipr)} & wanted
+        if taken:
+            raise Conflict(
+                f"address {min(taken)} belongs to the host itself; keep endpoints off the "
+                "LAN's machines with --ip-range or --aux-address (parent "
+                f"{network['parent']})"
+            )
 
     def _endpoint(self, nid: str, eid: str) -> dict[str, Any]:
         entry = self.ctx.store.get(f"endpoints/{nid}/{eid}")

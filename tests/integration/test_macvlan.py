@@ -11,22 +11,24 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import subprocess
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
 from cnm.controller import Controller
 from cnm.errors import CNMError, Conflict, InvalidOption, KernelFeatureMissing, NotFound
-from cnm.osl.netns import create_named_netns, delete_named_netns, named_netns_path
+from netns_fixtures.netns import Namespace, unique_name, veth
 from tests.integration.bridge_helpers import ping, ping_eventually, unique
 
 pytestmark = pytest.mark.root
 
 LAN = "192.0.2.0/24"  # TEST-NET-1: lives only in this test's namespaces
+# Endpoints get addresses from here only, away from the LAN's own machines (as Docker's
+# documentation advises for macvlan: IPAM cannot know who else is on the wire).
+RANGE = "192.0.2.64/26"
 ROUTER = "192.0.2.1"  # the LAN's router as the user declares it; nobody here holds it
 HOST_IP = "192.0.2.2"  # the host's own address on the LAN, on the parent
 SERVER = "192.0.2.10"  # the "external server" on the LAN
@@ -34,37 +36,20 @@ SHIM_IP = "192.0.2.250"
 PARENT = "lan0"
 
 
-# --- namespaces (small local helpers; each test removes what it made, in finally) -------
-
-@dataclass
-class Node:
-    """A namespace of the emulated LAN."""
-
-    name: str
-
-    @property
-    def path(self) -> str:
-        return named_netns_path(self.name)
-
-    def run(self, argv: list[str], check: bool = False, timeout: float = 20
-            ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["ip", "netns", "exec", self.name, *argv], capture_output=True,
-                              text=True, check=check, timeout=timeout)
-
-
 @dataclass
 class Lan:
     ctl: Controller
-    store: Any
-    host: Node
-    switch: Node
-    server: Node
-    sandboxes: list[Any] = field(default_factory=list)
+    store_url: str
+    host: Namespace
+    switch: Namespace
+    server: Namespace
 
     def network(self, mode: str = "bridge", **kwargs: Any) -> Any:
         options = {"parent": PARENT, "macvlan_mode": mode, **kwargs.pop("options", {})}
         kwargs.setdefault("subnet", LAN)
         kwargs.setdefault("gateway", ROUTER)
+        if kwargs["subnet"] == LAN:
+            kwargs.setdefault("ip_range", RANGE)
         return self.ctl.new_network(unique("mv"), "macvlan", options=options, **kwargs)
 
     def sandbox(self) -> Any:
@@ -76,54 +61,22 @@ class Lan:
         return ep
 
 
-def _ip(*argv: str) -> None:
-    subprocess.run(["ip", *argv], check=True, capture_output=True, text=True, timeout=20)
-
-
-def open_store(tmp_path: Any) -> Any:
-    """A throwaway SQLite store (by URL once ``cnm.store.url`` exists)."""
-    try:
-        import cnm.store.url  # noqa: F401
-    except ImportError:
-        from cnm.store.sqlite import SQLiteStore
-
-        return SQLiteStore(tmp_path / "s.db")
-    return f"sqlite:///{tmp_path}/s.db"
-
-
 @pytest.fixture
-def lan(tmp_path: Any) -> Iterator[Lan]:
-    tag = unique("mv")
-    nodes = [Node(f"pclab-{tag}-{role}") for role in ("host", "switch", "server")]
-    host, switch, server = nodes
-    made: list[Node] = []
-    ctl = None
-    store = open_store(tmp_path)
+def lan(netns: Callable[..., Namespace], store_url: str) -> Iterator[Lan]:
+    """host --lan0-- [switch: br0] --eth0-- server; the host's lan0 is the parent."""
+    host, switch, server = netns("host"), netns("switch"), netns("server")
+    switch.run(["ip", "link", "add", "br0", "type", "bridge"], check=True)
+    switch.run(["ip", "link", "set", "br0", "up"], check=True)
+    for node, inside, address in ((host, PARENT, HOST_IP), (server, "eth0", SERVER)):
+        port = unique_name()
+        veth(node, inside, switch, port, f"{address}/24")
+        switch.run(["ip", "link", "set", port, "master", "br0"], check=True)
+    ctl = Controller(store_url, host_ns=host.path)
     try:
-        for node in nodes:
-            create_named_netns(node.name)
-            made.append(node)
-        switch.run(["ip", "link", "add", "br0", "type", "bridge"], check=True)
-        switch.run(["ip", "link", "set", "br0", "up"], check=True)
-        for node, inside, port in ((host, PARENT, "p-host"), (server, "eth0", "p-server")):
-            _ip("-n", node.name, "link", "add", inside, "type", "veth",
-                "peer", "name", port, "netns", switch.name)
-            switch.run(["ip", "link", "set", port, "master", "br0", "up"], check=True)
-            node.run(["ip", "link", "set", inside, "up"], check=True)
-        host.run(["ip", "addr", "add", f"{HOST_IP}/24", "dev", PARENT], check=True)
-        server.run(["ip", "addr", "add", f"{SERVER}/24", "dev", "eth0"], check=True)
-        ctl = Controller(store, host_ns=host.path)
-        yield Lan(ctl, store, host, switch, server)
+        yield Lan(ctl, store_url, host, switch, server)
     finally:
-        try:
-            if ctl is not None:
-                ctl.cleanup_all()
-                ctl.close()
-        finally:
-            if not isinstance(store, str):
-                store.close()
-            for node in made:
-                delete_named_netns(node.name)
+        ctl.cleanup_all()
+        ctl.close()
 
 
 # --- small observations -----------------------------------------------------------------
@@ -139,33 +92,36 @@ def mac_inside(sb: Any, ifname: str = "eth0") -> str:
     return match.group(1)
 
 
-def neighbour_mac(node: Node, address: str, deadline: float = 5.0) -> str | None:
+def neighbour_mac(node: Namespace, address: str, deadline: float = 5.0) -> str | None:
     """The MAC ``node`` has learnt for ``address`` (polled, bounded)."""
     end = time.monotonic() + deadline
     while True:
-        out = node.run(["ip", "neigh", "show", address]).stdout
-        match = re.search(r"lladdr ([0-9a-f:]{17})", out)
-        if match or time.monotonic() > end:
-            return match.group(1) if match else None
+        mac = node.neighbours().get(address)
+        if mac or time.monotonic() > end:
+            return mac
         time.sleep(0.05)
 
 
 def host_links(lan: Lan) -> list[str]:
-    out = lan.host.run(["ip", "-o", "link"]).stdout
-    return sorted(re.findall(r"^\d+: ([^:@]+)", out, re.M))
+    return sorted(lan.host.links())
 
 
 def snapshot(lan: Lan) -> tuple[Any, ...]:
     """Everything a failed call must leave as it found: host links, addresses and routes,
-    sandbox namespaces, every store record."""
-    spaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    records = {e.key: e.value for e in lan.ctl.store.list("")}
+    every store record, every allocated address."""
+    # (Namespaces: a failed call here never makes a sandbox, and other runs sharing the
+    # machine make theirs, so they are checked through the store's sandbox records.)
+    # IPAM's records by what they hold, not raw: its bookkeeping (an empty address space,
+    # a cursor) may legitimately change on a failed attempt.
+    records = {e.key: e.value for e in lan.ctl.store.list("") if "/ipam/" not in e.key}
+    held = sorted((p.id, sorted(map(str, lan.ctl.ipam.allocated(p.id))))
+                  for p in lan.ctl.ipam.list_pools())
     return (
         host_links(lan),
         lan.host.run(["ip", "-o", "addr"]).stdout,
         lan.host.run(["ip", "route"]).stdout,
-        sorted(line.split()[0] for line in spaces.splitlines() if line.startswith("pcsb-")),
         records,
+        held,
     )
 
 
@@ -266,13 +222,14 @@ def test_internal_network_has_no_gateway(lan: Lan) -> None:
     assert ping_eventually(a.netns_name, SERVER)  # the LAN itself is still there
 
 
-def test_docker_path_leaves_the_child_in_the_host(lan: Lan) -> None:
+def test_docker_path_leaves_the_child_in_the_host(
+    lan: Lan, netns: Callable[..., Namespace]
+) -> None:
     """Without OPT_JOIN_IFNAME (dockerd's join) the child waits in the host under its
     pcmv- name for dockerd to move, and leave removes it."""
     net = lan.network()
     ep = net.create_endpoint(unique("e"), mac="02:42:c0:00:02:63")
-    holder = Node(f"pclab-{unique('mv')}-ctr")
-    create_named_netns(holder.name)
+    holder = netns("container")  # stands for a container's namespace that dockerd owns
     try:
         info = ep.join_external(holder.path)
         assert info.src_name == f"pcmv-{ep.id[:10]}" and not info.placed
@@ -282,7 +239,6 @@ def test_docker_path_leaves_the_child_in_the_host(lan: Lan) -> None:
         ep.leave_external()
         assert info.src_name not in host_links(lan)
     finally:
-        delete_named_netns(holder.name)
         ep.delete(force=True)
 
 
@@ -294,7 +250,7 @@ def test_restart_rebuilds_the_shim_and_lost_children(lan: Lan) -> None:
     lan.host.run(["ip", "link", "del", f"pcsh-{net.id[:10]}"], check=True)
     a.run(["ip", "link", "del", "eth0"], check=True)
     assert not ping(lan.host.name, ip_of(ep), count=1)
-    with Controller(lan.store, host_ns=lan.host.path) as restarted:
+    with Controller(lan.store_url, host_ns=lan.host.path) as restarted:
         assert restarted.last_reconcile == []
     assert ping_eventually(lan.host.name, ip_of(ep))
     assert ping_eventually(a.netns_name, SERVER)
@@ -369,6 +325,9 @@ BAD: list[BadCase] = [
     ("parent already given to passthru", lambda lan: lan.network("passthru"),
      lambda lan, _: lan.network("bridge", subnet="198.51.100.0/24",
                                 gateway="198.51.100.1"), Conflict, "passthru"),
+    ("endpoint on the host's own address", lambda lan: lan.network(),
+     lambda lan, net: net.create_endpoint(unique("e"), ip=HOST_IP), Conflict,
+     "belongs to the host"),
     ("passthru with a second endpoint", _passthru_with_one_endpoint,
      lambda lan, net: net.create_endpoint(unique("e")), Conflict, "passthru"),
 ]
