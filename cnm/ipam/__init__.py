@@ -1,40 +1,56 @@
 """IPAM: address pools and addresses, kept entirely in the store.
 
 Shaped like libnetwork's ipamapi so the Docker IPAM plugin maps onto it one to one:
-address spaces ("local", "global"), pool ids ``SPACE/SUBNET[/RANGE]``, a gateway request
-that may take any address of the subnet (``whole_subnet``) while endpoints draw from the
-ip-range.
+address spaces ("local", "global"), pool ids ``SPACE/SUBNET[/RANGE]`` (libnetwork's
+AddressSpace/Pool/SubPool), a gateway request that may take any address of the subnet
+(``whole_subnet``) while endpoints draw from the ip-range.
 
-Concurrency: every change is a compare-and-swap on one store record (the pool for
-addresses; the address space's index, together with the pool, for pools), retried on
-conflict. Two threads, two Ipam objects or two processes on one store therefore never hand
-out one address or overlapping pools twice.
+Who does what: ``pools`` knows Docker's default pools and validates subnets and ranges;
+``runs`` is the run-length set of offsets a pool has handed out; ``allocator`` is one
+pool's record and the address operations on it; ``Ipam`` puts them in the store.
+
+Concurrency: every change is a compare-and-swap on store records, retried on conflict:
+an address change swaps the pool's record; a pool change commits the address space's
+index (``ipam/spaces/<space>``: every pool id and subnet) together with the pool's record,
+so two requests for overlapping subnets cannot both pass the overlap check. Two threads,
+two Ipam objects or two processes on one store therefore never hand out one address, or
+overlapping pools, twice.
 
 Allocation is serial, as libnetwork's bitmap: the next free address after the last one
 handed out, wrapping around, so a just-released address is not reused at once (stale ARP
-caches) but is reused once the range wraps. Allocated addresses are stored sparsely (a
-sorted list of offsets), so a /8 or an IPv6 /64 costs nothing until used.
+and neighbour caches elsewhere) but is reused once the range wraps. Addresses are stored
+as runs of offsets, so a /8 or an IPv6 /64 costs nothing until used and a thousand
+addresses handed out in order are one ``[first, last]`` pair.
 """
 
 from __future__ import annotations
 
-import bisect
 import ipaddress
-from collections.abc import Callable, Iterable
+import random
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TypeVar
 
-from cnm.errors import Conflict, InvalidOption, NotFound, PoolExhausted
+from cnm.errors import Conflict, InvalidOption, NotFound, PoolExhausted, StoreUnavailable
 from cnm.ipam import pools as P
+from cnm.ipam.allocator import RECORD_VERSION, PoolState, parse_address
 from cnm.store.base import Store, Txn
 
 IPNetwork = P.IPNetwork
 IPAddress = P.IPAddress
 ADDRESS_SPACES = ("local", "global")
+ATTEMPTS = 1000  # compare-and-swap rounds before giving up on a busy record
+
+T = TypeVar("T")
+
+__all__ = ["ADDRESS_SPACES", "IPAddress", "IPNetwork", "Ipam", "Pool"]
 
 
 @dataclass(frozen=True)
 class Pool:
+    """A reserved pool, as ``request_pool`` returns it and ``get_pool`` finds it."""
+
     id: str
     address_space: str
     subnet: IPNetwork
@@ -49,17 +65,22 @@ def _space_key(space: str) -> str:
     return f"ipam/spaces/{space}"
 
 
-def _pool_from(value: dict[str, Any]) -> Pool:
-    return Pool(
-        id=value["id"],
-        address_space=value["space"],
-        subnet=ipaddress.ip_network(value["subnet"]),
-        ip_range=ipaddress.ip_network(value["ip_range"]) if value.get("ip_range") else None,
-    )
+def _pool(state: PoolState) -> Pool:
+    return Pool(state.id, state.space, state.subnet, state.ip_range)
+
+
+def _attempts(what: str) -> Iterator[int]:
+    """Compare-and-swap rounds; after a few lost ones, a short random pause, so writers
+    in several processes stop colliding in step. Raises when they are used up."""
+    for attempt in range(ATTEMPTS):
+        if attempt >= 3:
+            time.sleep(random.uniform(0, min(0.005, 0.0001 * 2 ** min(attempt - 3, 6))))
+        yield attempt
+    raise StoreUnavailable(f"{what} kept changing under this request; try again")
 
 
 class Ipam:
-    """Address management for one store (already scoped to a host or the cluster)."""
+    """Address management for one store (already scoped to a host or to the cluster)."""
 
     def __init__(
         self, store: Store, host_prefixes: Callable[[], Iterable[IPNetwork]] = lambda: ()
@@ -78,7 +99,9 @@ class Ipam:
         address_space: str = "local",
         shared: bool = False,
     ) -> Pool:
-        """Reserve a pool: the user's ``subnet`` or the first free default pool.
+        """Reserve a pool: the user's ``subnet`` (of the family ``v6`` says) or the first
+        default pool that overlaps neither a pool of the address space nor a prefix the
+        host already routes or holds.
 
         ``shared``: an identical existing request (same subnet and range) returns the same
         pool with its reference count raised, as Docker's IPAM does; otherwise any overlap
@@ -88,98 +111,89 @@ class Ipam:
             raise InvalidOption(
                 f"unknown address space {address_space!r}: use {' or '.join(ADDRESS_SPACES)}"
             )
-        wanted = P.parse_subnet(subnet, v6 if subnet is None else None) if subnet else None
+        wanted = P.parse_subnet(subnet, v6) if subnet else None
         if ip_range and wanted is None:
-            raise InvalidOption("an ip-range needs a subnet that contains it")
-        rng = P.parse_subnet(ip_range) if ip_range else None
-        if rng is not None and wanted is not None and (
-            rng.version != wanted.version or not rng.subnet_of(wanted)  # type: ignore[arg-type]
-        ):
-            raise InvalidOption(f"ip-range {rng} is not inside subnet {wanted}")
+            raise InvalidOption(f"ip-range {ip_range} needs a subnet that contains it")
+        rng = P.parse_range(ip_range, wanted) if ip_range and wanted else None
         host = list(self.host_prefixes()) if wanted is None else []
-        for _ in range(200):
-            index = self.store.get(_space_key(address_space))
-            taken = {} if index is None else dict(index.value["pools"])
-            taken_nets = [ipaddress.ip_network(s) for s in taken.values()]
-            if wanted is None:
-                choice = next(
-                    (c for c in P.default_pools(v6)
-                     if P.overlapping(c, taken_nets) is None and P.overlapping(c, host) is None),
-                    None,
+        space_key = _space_key(address_space)
+        for _ in _attempts(f"the pools of address space {address_space}"):
+            index = self.store.get(space_key)
+            taken: dict[str, str] = {} if index is None else dict(index.value["pools"])
+            nets = {pid: ipaddress.ip_network(s) for pid, s in taken.items()}
+            choice = wanted or P.first_free_default(v6, [*nets.values(), *host])
+            if choice is None:
+                raise PoolExhausted(
+                    f"every default IPv{6 if v6 else 4} pool is in use or overlaps the "
+                    "host's routes: give a subnet (--subnet)"
                 )
-                if choice is None:
-                    raise PoolExhausted(
-                        f"every default IPv{6 if v6 else 4} pool is in use or overlaps the "
-                        "host's routes: give a subnet (--subnet)"
-                    )
-            else:
-                choice = wanted
             pool_id = f"{address_space}/{choice}" + (f"/{rng}" if rng else "")
-            if pool_id in taken and shared:
+            if shared and pool_id in taken:
                 if self._add_reference(pool_id):
                     return self.get_pool(pool_id)
                 continue
-            clash = P.overlapping(choice, taken_nets)
+            clash = next((pid for pid, net in nets.items() if P.overlapping(choice, [net])), None)
             if clash is not None:
                 raise Conflict(
-                    f"subnet {choice} overlaps subnet {clash}, already in use by another network"
+                    f"subnet {choice} overlaps subnet {nets[clash]} (pool {clash}), already in "
+                    "use by another network"
                 )
-            taken[pool_id] = str(choice)
-            record = {"id": pool_id, "space": address_space, "subnet": str(choice),
-                      "ip_range": str(rng) if rng else None, "allocated": [], "cursor": None,
-                      "refs": 1}
+            state = PoolState(pool_id, address_space, choice, rng, dirty=True)
             txn = Txn(
-                compares={_space_key(address_space): 0 if index is None else index.revision,
+                compares={space_key: 0 if index is None else index.revision,
                           _pool_key(pool_id): 0},
-                puts={_space_key(address_space): {"pools": taken}, _pool_key(pool_id): record},
+                puts={space_key: {"version": RECORD_VERSION,
+                                  "pools": {**taken, pool_id: str(choice)}},
+                      _pool_key(pool_id): state.to_value()},
             )
             if self.store.commit(txn):
-                return _pool_from(record)
-        raise Conflict("address pools kept changing under this request; try again")
+                return _pool(state)
+        raise AssertionError("unreachable")  # _attempts raises when the rounds run out
 
     def _add_reference(self, pool_id: str) -> bool:
         entry = self.store.get(_pool_key(pool_id))
         if entry is None:
             return False
-        value = dict(entry.value)
-        value["refs"] = value.get("refs", 1) + 1
-        return self.store.cas(_pool_key(pool_id), value, entry.revision)
+        state = PoolState.from_value(entry.value)
+        state.refs += 1
+        return self.store.cas(_pool_key(pool_id), state.to_value(), entry.revision)
 
     def release_pool(self, pool_id: str) -> None:
-        """Drop one reference to the pool; the last one frees it (whatever addresses it
-        still holds: the caller releases a network's pool after its endpoints). Unknown
-        pools are success, so rollback and retries are safe."""
-        for _ in range(200):
+        """Drop one reference to the pool; the last one frees it, with whatever addresses
+        it still holds (the caller owns those: a network releases its pool after its
+        endpoints). An unknown pool is success, so rollbacks and retries are safe."""
+        for _ in _attempts(f"pool {pool_id}"):
             entry = self.store.get(_pool_key(pool_id))
             if entry is None:
                 return
-            if entry.value.get("refs", 1) > 1:
-                value = dict(entry.value)
-                value["refs"] -= 1
-                if self.store.cas(_pool_key(pool_id), value, entry.revision):
+            state = PoolState.from_value(entry.value)
+            if state.refs > 1:
+                state.refs -= 1
+                if self.store.cas(_pool_key(pool_id), state.to_value(), entry.revision):
                     return
                 continue
-            space = entry.value["space"]
-            index = self.store.get(_space_key(space))
+            space_key = _space_key(state.space)
+            index = self.store.get(space_key)
             txn = Txn(compares={_pool_key(pool_id): entry.revision}, deletes=[_pool_key(pool_id)])
             if index is not None:
-                taken = dict(index.value["pools"])
-                taken.pop(pool_id, None)
-                txn.compares[_space_key(space)] = index.revision
-                txn.puts[_space_key(space)] = {"pools": taken}
+                rest = {k: v for k, v in index.value["pools"].items() if k != pool_id}
+                txn.compares[space_key] = index.revision
+                txn.puts[space_key] = {"version": RECORD_VERSION, "pools": rest}
             if self.store.commit(txn):
                 return
-        raise Conflict(f"pool {pool_id} kept changing; try again")
 
     def get_pool(self, pool_id: str) -> Pool:
+        """The pool called ``pool_id``; NotFound if it was never requested or is released."""
         entry = self.store.get(_pool_key(pool_id))
         if entry is None:
             raise NotFound(f"address pool {pool_id} not found")
-        return _pool_from(entry.value)
+        return _pool(PoolState.from_value(entry.value))
 
     def list_pools(self, address_space: str | None = None) -> list[Pool]:
-        found = [_pool_from(e.value) for e in self.store.list("ipam/pools/")]
-        return [p for p in found if address_space in (None, p.address_space)]
+        """Every pool (of one address space when given), ordered by id."""
+        found = [_pool(PoolState.from_value(e.value)) for e in self.store.list("ipam/pools/")]
+        return sorted((p for p in found if address_space in (None, p.address_space)),
+                      key=lambda p: p.id)
 
     # --- addresses --------------------------------------------------------------------
 
@@ -187,116 +201,53 @@ class Ipam:
         self, pool_id: str, address: str | IPAddress | None = None, *, whole_subnet: bool = False,
         gateway: bool = False,
     ) -> IPAddress:
-        """Reserve ``address``, or the next free one of the ip-range (of the whole subnet
-        with ``whole_subnet``, as for a gateway).
+        """Reserve ``address`` (anywhere in the subnet), or the next free one of the
+        ip-range after the last handed out (with ``whole_subnet``: the subnet's first free
+        address, as for a gateway).
 
         ``gateway``: the pool's gateway, one per pool however many networks share it (an
         overlay's pool is shared by its network on every host): the first request reserves
         it as ``whole_subnet`` would, later ones get the same address back; asking for a
-        different one is a Conflict."""
-        whole_subnet = whole_subnet or gateway
-        for _ in range(1000):
-            entry = self.store.get(_pool_key(pool_id))
-            if entry is None:
-                raise NotFound(f"address pool {pool_id} not found")
-            value = dict(entry.value)
-            subnet = ipaddress.ip_network(value["subnet"])
-            held = value.get("gateway")
-            if gateway and held:
-                if address is not None and P.offset_of(subnet, ipaddress.ip_address(held)) != \
-                        self._explicit_offset(subnet, address):
-                    raise Conflict(f"subnet {subnet} already has gateway {held} (shared with "
-                                   f"another network), not {address}")
-                return ipaddress.ip_address(held)
-            allocated: list[int] = list(value["allocated"])
-            if address is not None:
-                offset = self._explicit_offset(subnet, address)
-                at = bisect.bisect_left(allocated, offset)
-                if at < len(allocated) and allocated[at] == offset:
-                    raise Conflict(f"address {address} is already in use")
-                allocated.insert(at, offset)
-            else:
-                rng = None if whole_subnet or not value.get("ip_range") else \
-                    ipaddress.ip_network(value["ip_range"])
-                # A gateway (whole subnet) takes the first free address and leaves the
-                # endpoints' cursor alone.
-                cursor = None if whole_subnet else value.get("cursor")
-                offset = self._next_free(subnet, rng, allocated, cursor)
-                bisect.insort(allocated, offset)
-                if not whole_subnet:
-                    value["cursor"] = offset
+        different one is a Conflict.
+        """
+
+        def change(state: PoolState) -> int:
             if gateway:
-                value["gateway"] = str(P.address_at(subnet, offset))
-            value["allocated"] = allocated
-            if self.store.cas(_pool_key(pool_id), value, entry.revision):
-                return P.address_at(subnet, offset)
-        raise Conflict(f"pool {pool_id} is too busy; try again")
+                return state.take_gateway(address)
+            if address is not None:
+                return state.take(address)
+            return state.take_next(whole_subnet)
 
-    @staticmethod
-    def _explicit_offset(subnet: IPNetwork, address: str | IPAddress) -> int:
-        try:
-            ip = ipaddress.ip_address(str(address).split("/")[0])
-        except ValueError:
-            raise InvalidOption(f"{address!r} is not a valid IP address") from None
-        if ip not in subnet:
-            raise InvalidOption(f"address {ip} is not in subnet {subnet}")
-        offset = P.offset_of(subnet, ip)
-        if not P.first_offset(subnet) <= offset <= P.last_offset(subnet):
-            kind = "network" if offset == 0 else "broadcast"
-            raise InvalidOption(f"address {ip} is the {kind} address of {subnet}")
-        return offset
-
-    @staticmethod
-    def _next_free(
-        subnet: IPNetwork, rng: IPNetwork | None, allocated: list[int], cursor: int | None
-    ) -> int:
-        low, high = P.first_offset(subnet), P.last_offset(subnet)
-        if rng is not None:
-            low = max(low, P.offset_of(subnet, rng.network_address))
-            high = min(high, P.offset_of(subnet, rng.broadcast_address))
-        start = low if cursor is None or not low <= cursor < high else cursor + 1
-        # Walk the allocated offsets from the start, wrapping once: the first gap wins.
-        for begin, end in ((start, high), (low, start - 1)):
-            candidate = begin
-            at = bisect.bisect_left(allocated, candidate)
-            while candidate <= end:
-                if at < len(allocated) and allocated[at] == candidate:
-                    candidate += 1
-                    at += 1
-                    continue
-                return candidate
-        where = f"ip-range {rng}" if rng is not None else f"subnet {subnet}"
-        raise PoolExhausted(f"no free address left in {where}")
+        state, offset = self._change(pool_id, change)
+        return P.address_at(state.subnet, offset)
 
     def release_address(self, pool_id: str, address: str | IPAddress) -> None:
-        """Give an address back; an address not held (or a pool gone) is success."""
-        for _ in range(1000):
-            entry = self.store.get(_pool_key(pool_id))
-            if entry is None:
-                return
-            value = dict(entry.value)
-            subnet = ipaddress.ip_network(value["subnet"])
-            ip = ipaddress.ip_address(str(address).split("/")[0])
-            if ip not in subnet:
-                return
-            offset = P.offset_of(subnet, ip)
-            allocated: list[int] = list(value["allocated"])
-            at = bisect.bisect_left(allocated, offset)
-            if at == len(allocated) or allocated[at] != offset:
-                return
-            if value.get("gateway") == str(ip):
-                if value.get("refs", 1) > 1:
-                    return  # the other networks sharing the pool keep their gateway
-                value["gateway"] = None
-            del allocated[at]
-            value["allocated"] = allocated
-            if self.store.cas(_pool_key(pool_id), value, entry.revision):
-                return
-        raise Conflict(f"pool {pool_id} is too busy; try again")
+        """Give an address back; one not held, or a pool gone, is success (idempotent).
+        A shared pool's gateway is kept while another network still uses the pool."""
+        ip = parse_address(address)
+        try:
+            self._change(pool_id, lambda state: state.give_back(ip))
+        except NotFound:
+            return
 
     def allocated(self, pool_id: str) -> set[IPAddress]:
+        """Every address the pool has handed out and not got back (gateway included)."""
         entry = self.store.get(_pool_key(pool_id))
         if entry is None:
             raise NotFound(f"address pool {pool_id} not found")
-        subnet = ipaddress.ip_network(entry.value["subnet"])
-        return {P.address_at(subnet, o) for o in entry.value["allocated"]}
+        return PoolState.from_value(entry.value).addresses()
+
+    def _change(self, pool_id: str, change: Callable[[PoolState], T]) -> tuple[PoolState, T]:
+        """Apply ``change`` to the pool's record with compare-and-swap, retried until it
+        lands; ``change`` may raise to refuse. A change that changes nothing writes
+        nothing."""
+        key = _pool_key(pool_id)
+        for _ in _attempts(f"pool {pool_id}"):
+            entry = self.store.get(key)
+            if entry is None:
+                raise NotFound(f"address pool {pool_id} not found")
+            state = PoolState.from_value(entry.value)
+            result = change(state)
+            if not state.dirty or self.store.cas(key, state.to_value(), entry.revision):
+                return state, result
+        raise AssertionError("unreachable")  # _attempts raises when the rounds run out
