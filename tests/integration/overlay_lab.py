@@ -36,6 +36,7 @@ from cnm.osl.netns import (
     named_netns_path,
     write_sysctl,
 )
+from netns_fixtures.netns import FIXTURE_PREFIX
 
 T = TypeVar("T")
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -79,7 +80,8 @@ class OverlayLab:
     logdir: str = "/tmp"
 
     def __post_init__(self) -> None:
-        self.router = f"tovr{self.tag}"
+        # The fixtures' prefix: the session's leak check reports any of these left behind.
+        self.router = f"{FIXTURE_PREFIX}{self.tag}r"
         create_named_netns(self.router)
         write_sysctl(named_netns_path(self.router), "net/ipv4/ip_forward", "1")
 
@@ -88,7 +90,7 @@ class OverlayLab:
     def add_host(self, key: str, subnet: str) -> Host:
         """A host namespace on its own underlay ``subnet`` (.2 for the host, .1 the router)."""
         net = ipaddress.ip_network(subnet)
-        host = Host(name=f"tov{key}{self.tag}", underlay=str(net[2]),
+        host = Host(name=f"{FIXTURE_PREFIX}{self.tag}h{key}", underlay=str(net[2]),
                     router_address=str(net[1]), router_if=f"r{key}{self.tag}"[:15])
         create_named_netns(host.name)
         self.hosts[key] = host
