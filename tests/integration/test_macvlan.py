@@ -25,14 +25,14 @@ from tests.integration.bridge_helpers import ping, ping_eventually, unique
 
 pytestmark = pytest.mark.root
 
-LAN = "192.0.2.0/24"  # TEST-NET-1: lives only in this test's namespaces
+LAN = "203.0.113.0/24"  # TEST-NET-3: lives only in this test's namespaces
 # Endpoints get addresses from here only, away from the LAN's own machines (as Docker's
 # documentation advises for macvlan: IPAM cannot know who else is on the wire).
-RANGE = "192.0.2.64/26"
-ROUTER = "192.0.2.1"  # the LAN's router as the user declares it; nobody here holds it
-HOST_IP = "192.0.2.2"  # the host's own address on the LAN, on the parent
-SERVER = "192.0.2.10"  # the "external server" on the LAN
-SHIM_IP = "192.0.2.250"
+RANGE = "203.0.113.64/26"
+ROUTER = "203.0.113.1"  # the LAN's router as the user declares it; nobody here holds it
+HOST_IP = "203.0.113.2"  # the host's own address on the LAN, on the parent
+SERVER = "203.0.113.10"  # the "external server" on the LAN
+SHIM_IP = "203.0.113.250"
 PARENT = "lan0"
 
 
@@ -137,8 +137,8 @@ def test_sandbox_reaches_the_lan_with_its_own_mac(lan: Lan) -> None:
     net = lan.network()
     a, b = lan.sandbox(), lan.sandbox()
     ep_a = lan.attach(net, a)
-    ep_b = lan.attach(net, b, ip="192.0.2.77")  # a static address, through the core
-    assert ip_of(ep_b) == "192.0.2.77"
+    ep_b = lan.attach(net, b, ip="203.0.113.77")  # a static address, through the core
+    assert ip_of(ep_b) == "203.0.113.77"
     for sb, ep in ((a, ep_a), (b, ep_b)):
         assert ping_eventually(sb.netns_name, SERVER)
         # The server learnt the sandbox's own MAC (not the host's): it is a LAN machine.
@@ -269,7 +269,7 @@ def test_vlan_parent_is_made_and_removed_or_refused_clearly(lan: Lan) -> None:
         one_sentence(message)
         assert "8021q" in message and "802.1q" in message
         assert snapshot(lan) == before  # no sub-interface, no network, no claim
-        pytest.skip(f"this kernel lacks 802.1q VLAN support: {message}")
+        pytest.skip(message)
     # A kernel with 802.1q: the sub-interface lives exactly as long as its last network.
     assert vlan in host_links(lan)
     second = lan.network(subnet="198.51.100.0/24", gateway="198.51.100.1",
@@ -311,7 +311,7 @@ BAD: list[BadCase] = [
     ("unknown option", lambda lan: None,
      lambda lan, _: lan.network(options={"colour": "blue"}), InvalidOption, "colour"),
     ("shim address not reserved", lambda lan: None,
-     lambda lan, _: lan.network(options={"host_shim": "192.0.2.99"}), InvalidOption,
+     lambda lan, _: lan.network(options={"host_shim": "203.0.113.99"}), InvalidOption,
      "--aux-address"),
     ("shim in private mode", lambda lan: None,
      lambda lan, _: lan.network("private", aux_addresses={"host": SHIM_IP},
