@@ -1,131 +1,212 @@
-"""The pytest plugin: fixtures that hand out namespaces and always take them back, and a
-leak check that fails a test (and the session) that left pycnm objects in the kernel."""
+"""The pytest plugin: fixtures that hand out namespaces and always take them back, session
+servers (a real dockerd, a real etcd), and a leak check that fails the test, and the
+session, that left pycnm or fixture objects in the kernel.
+
+Loaded through the ``pytest11`` entry point of the installed package (or with
+``pytest_plugins = ["netns_fixtures.plugin"]``). Fixtures:
+
+- ``netns``: factory, ``netns("role")`` -> a fresh ``Namespace`` (loopback up);
+- ``host``: factory of ``Host`` namespaces (emulated machines), optionally with an uplink;
+- ``outside``: factory, ``outside(host)`` -> an ``Outside`` namespace wired to ``host``;
+- ``store_url``: a fresh embedded (SQLite) store URL for one test;
+- ``docker_engine`` (session): see ``netns_fixtures.docker``;
+- ``etcd_server`` (session): see ``netns_fixtures.etcd``.
+
+Every name is unique (``pt`` + 6 hex digits), and everything a test made is removed in
+``finally``, whether the test passed or not. ``PYCNM_LEAK_CHECK=0`` turns the leak check off
+for a developer whose machine runs other pycnm tests at the same time (their objects would
+look like ours); CI always checks.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
-from netns_fixtures.leaks import new_leaks, pycnm_kernel_objects
-from netns_fixtures.netns import Host, Namespace, unique_name, veth
+from netns_fixtures import leaks
+from netns_fixtures.docker import docker_engine  # noqa: F401 - a session fixture
+from netns_fixtures.netns import (
+    Host,
+    Namespace,
+    Outside,
+    delete_root_links_since,
+    root_links_made,
+    unique_name,
+    wire_outside,
+)
 
-# Servers for the session; each fixture fails by itself if its binary is missing.
-with contextlib.suppress(ImportError):  # an incomplete checkout
-    from netns_fixtures.etcd import etcd_server  # noqa: F401
+# Written separately: a checkout without it must still collect every other test.
 with contextlib.suppress(ImportError):
-    from netns_fixtures.docker import docker_engine  # noqa: F401
+    from netns_fixtures.etcd import etcd_server  # noqa: F401 - a session fixture
 
-_SESSION_BASELINE = pytest.StashKey[list[str]]()
-_SESSION_LEAKS = pytest.StashKey[list[str]]()
+log = logging.getLogger(__name__)
+
+MARKERS = (
+    "root: needs root and real network namespaces",
+    "docker: needs a real dockerd (started by the session fixture)",
+    "etcd: needs a real etcd server (started by the session fixture)",
+)
+_BASELINE = pytest.StashKey[set[str]]()
+_BLAME = pytest.StashKey[dict[str, str]]()  # leaked object -> the test after which it showed
 
 
-def _checking() -> bool:
-    # PYCNM_LEAK_CHECK=0 turns the check off for a developer sharing the machine with other
-    # runs (their objects would look like ours); CI always checks.
+def _leak_check_on() -> bool:
+    # Only root can see every namespace and nft table; PYCNM_LEAK_CHECK=0 opts out.
     return os.geteuid() == 0 and os.environ.get("PYCNM_LEAK_CHECK", "1") != "0"
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    for marker in ("root: needs root and real network namespaces",
-                   "docker: needs a real dockerd (started by the session fixture)",
-                   "etcd: needs a real etcd server (started by the session fixture)"):
+    for marker in MARKERS:
         config.addinivalue_line("markers", marker)
-    if _checking():
-        config.stash[_SESSION_BASELINE] = pycnm_kernel_objects()
-    config.stash[_SESSION_LEAKS] = []
+    config.stash[_BLAME] = {}
+    if _leak_check_on():
+        config.stash[_BASELINE] = leaks.snapshot()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if os.geteuid() == 0:
-        return
-    skip = pytest.mark.skip(reason="needs root: network namespaces and netlink")
+        return  # CI runs as root: nothing is skipped there
+    reasons = {
+        "root": "needs root (network namespaces, netlink, nftables): run as root",
+        "docker": "needs root to start its own dockerd: run as root",
+    }
     for item in items:
-        if any(item.iter_markers(name) for name in ("root", "docker", "etcd")):
-            item.add_marker(skip)
+        for marker, reason in reasons.items():
+            if item.get_closest_marker(marker):
+                item.add_marker(pytest.mark.skip(reason=reason))
+                break
 
 
 @pytest.fixture(autouse=True)
-def _no_leaked_kernel_objects(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Each root test must leave the kernel as it found it."""
-    if not _checking() or not any(request.node.iter_markers("root")):
+def _pycnm_leak_check(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Each test must leave the kernel as it found it; a leak is an error on that test."""
+    if not _leak_check_on():
         yield
         return
-    before = pycnm_kernel_objects()
+    before = leaks.snapshot()
     yield
-    leaked = new_leaks(before, pycnm_kernel_objects())
+    leaked = leaks.new_objects(before)
     if leaked:
-        request.config.stash[_SESSION_LEAKS].extend(leaked)
-        pytest.fail(f"test left kernel objects behind: {', '.join(leaked)}", pytrace=False)
+        blame = request.config.stash[_BLAME]
+        for item in leaked:
+            blame.setdefault(item, request.node.nodeid)
+        pytest.fail("test left kernel objects behind: " + ", ".join(leaked), pytrace=False)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run if anything of pycnm's (or this run's fixtures') is still in the
+    kernel that was not there when the session began."""
     config = session.config
-    if _SESSION_BASELINE not in config.stash:
+    if _BASELINE not in config.stash:
         return
-    leaked = new_leaks(config.stash[_SESSION_BASELINE], pycnm_kernel_objects())
-    if leaked:
-        reporter = config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None:
-            reporter.write_sep("=", "pycnm left kernel objects behind", red=True)
-            for item in leaked:
-                reporter.write_line(f"  {item}")
+    leaked = leaks.new_objects(config.stash[_BASELINE])
+    if not leaked:
+        return
+    blame = config.stash[_BLAME]
+    lines = [f"  {item}" + (f"   (first seen after {blame[item]})" if item in blame else "")
+             for item in leaked]
+    hint = ("remove them with `pycnm cleanup` (pycnm's), `ip netns delete NAME` or "
+            "`ip link delete NAME` (the fixtures')")
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_sep("=", "pycnm left kernel objects behind: the run FAILS", red=True)
+        for line in lines:
+            reporter.write_line(line, red=True)
+        reporter.write_line(hint)
+    else:
+        print("pycnm left kernel objects behind: the run FAILS", *lines, hint, sep="\n")
+    if session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+# --- fixtures ----------------------------------------------------------------------------
+
+
+def _remove(made: list[Namespace], mark: int) -> None:
+    """Delete namespaces (newest first), then the root-namespace veth ends made since
+    ``mark``; one failure does not stop the rest (the leak check reports what stays)."""
+    for ns in reversed(made):
+        try:
+            ns.delete()
+        except Exception:  # keep cleaning; the leak check will name what stays
+            log.exception("could not delete namespace %s", ns.name)
+    try:
+        delete_root_links_since(mark)
+    except Exception:  # noqa: BLE001
+        log.exception("could not delete root-namespace test links")
 
 
 @pytest.fixture
 def netns() -> Iterator[Callable[..., Namespace]]:
-    """Factory: ``netns("role")`` -> a fresh Namespace, removed after the test."""
+    """Factory: ``netns("role", forwarding=False)`` -> a fresh ``Namespace`` with
+    loopback up, deleted after the test (pass or fail)."""
     made: list[Namespace] = []
+    mark = root_links_made()
 
     def make(role: str = "ns", *, forwarding: bool = False) -> Namespace:
         ns = Namespace(unique_name(), forwarding=forwarding)
-        ns.role = role  # type: ignore[attr-defined]
+        ns.role = role
         made.append(ns)
         return ns
 
     try:
         yield make
     finally:
-        for ns in reversed(made):
-            ns.delete()
+        _remove(made, mark)
 
 
 @pytest.fixture
 def host() -> Iterator[Callable[..., Host]]:
-    """Factory of emulated machines (namespaces with forwarding on)."""
-    made: list[Host] = []
+    """Factory of emulated machines: ``host("role")`` -> a ``Host`` (loopback up,
+    forwarding on). With ``uplink=NS`` it is also wired to router/switch namespace NS
+    (``address``, ``peer_address``, ``bridge``, ``gateway`` as in ``Host.connect``)."""
+    made: list[Namespace] = []
+    mark = root_links_made()
 
-    def make(role: str = "host") -> Host:
-        h = Host(unique_name())
-        h.role = role  # type: ignore[attr-defined]
-        made.append(h)
-        return h
+    def make(role: str = "host", *, uplink: Namespace | None = None,
+             address: str | None = None, peer_address: str | None = None,
+             bridge: str | None = None, gateway: str | None = None) -> Host:
+        machine = Host(unique_name())
+        machine.role = role
+        made.append(machine)
+        if uplink is not None:
+            machine.connect(uplink, address, peer_address=peer_address, bridge=bridge,
+                            gateway=gateway)
+        return machine
 
     try:
         yield make
     finally:
-        for h in reversed(made):
-            h.delete()
+        _remove(made, mark)
 
 
 @pytest.fixture
-def outside(netns: Callable[..., Namespace]) -> Callable[..., Namespace]:
-    """Factory: ``outside(host_ns, host_addr, outside_addr)`` wires a far-end namespace
-    (the "internet" of a NAT test) to a host namespace with a veth."""
+def outside() -> Iterator[Callable[..., Outside]]:
+    """Factory: ``outside(host, host_addr=None, outside_addr=None)`` -> an ``Outside``
+    namespace ("the internet" of a NAT test) wired to ``host`` (a namespace, or None for
+    the root namespace) by a veth; addresses default to a random /30 of 198.18.0.0/15.
+    A host namespace without a default route gets one to the outside."""
+    made: list[Namespace] = []
+    mark = root_links_made()
 
-    def make(host_ns: Namespace, host_addr: str = "198.18.0.1/24",
-             outside_addr: str = "198.18.0.2/24") -> Namespace:
-        far = netns("outside")
-        veth(host_ns, unique_name(), far, "eth0", host_addr, outside_addr)
+    def make(host: Namespace | None, host_addr: str | None = None,
+             outside_addr: str | None = None, *, default_route: bool = True) -> Outside:
+        far = wire_outside(host, host_addr, outside_addr, default_route=default_route)
+        made.append(far)
         return far
 
-    return make
+    try:
+        yield make
+    finally:
+        _remove(made, mark)
 
 
 @pytest.fixture
-def store_url(tmp_path) -> str:
+def store_url(tmp_path: Path) -> str:
     """A fresh embedded store for one test."""
     return f"sqlite:///{tmp_path}/state.db"
