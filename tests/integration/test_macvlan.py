@@ -85,8 +85,9 @@ def ip_of(ep: Any) -> str:
     return str(ipaddress.ip_interface(ep.record.address).ip)
 
 
-def mac_inside(sb: Any, ifname: str = "eth0") -> str:
-    out = sb.run(["ip", "-o", "link", "show", ifname]).stdout
+def mac_inside(ns: Any, ifname: str = "eth0") -> str:
+    """The MAC of ``ifname`` in a sandbox or namespace (anything with ``run``)."""
+    out = ns.run(["ip", "-o", "link", "show", ifname]).stdout
     match = re.search(r"link/ether ([0-9a-f:]{17})", out)
     assert match, out
     return match.group(1)
@@ -143,19 +144,12 @@ def test_sandbox_reaches_the_lan_with_its_own_mac(lan: Lan) -> None:
         assert ping_eventually(sb.netns_name, SERVER)
         # The server learnt the sandbox's own MAC (not the host's): it is a LAN machine.
         assert neighbour_mac(lan.server, ip_of(ep)) == ep.record.mac == mac_inside(sb)
-    assert ep_a.record.mac != mac_inside_host_parent(lan)
+    assert ep_a.record.mac != mac_inside(lan.host, PARENT)
     # The gateway is the LAN's router: the sandbox routes through it, the host never has it.
     assert f"default via {ROUTER} dev eth0" in a.run(["ip", "route"]).stdout
     assert ROUTER not in lan.host.run(["ip", "-o", "addr"]).stdout
     # The child was born in the sandbox: nothing of the endpoint is left in the host.
     assert not [n for n in host_links(lan) if n.startswith("pcmv-")]
-
-
-def mac_inside_host_parent(lan: Lan) -> str:
-    out = lan.host.run(["ip", "-o", "link", "show", PARENT]).stdout
-    match = re.search(r"link/ether ([0-9a-f:]{17})", out)
-    assert match, out
-    return match.group(1)
 
 
 @pytest.mark.parametrize(("mode", "siblings_talk"), [("bridge", True), ("private", False)])
