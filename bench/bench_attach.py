@@ -41,7 +41,7 @@ def timed(action: Callable[[], object]) -> float:
 
 def kernel_floor(host: str, count: int, tag: str) -> dict[str, list[float]]:
     """Namespace + veth with the peer born inside: what any tool must pay."""
-    out: dict[str, list[float]] = {"netns": [], "veth": []}
+    out: dict[str, list[float]] = {"netns": [], "veth": [], "veth delete": []}
     names = [f"pf{tag}{i}" for i in range(count)]
     try:
         with iproute(host) as ipr:
@@ -53,7 +53,7 @@ def kernel_floor(host: str, count: int, tag: str) -> dict[str, list[float]]:
                     peer={"ifname": "eth0", "net_ns_fd": fd})))
                 os.close(fd)
             for i in range(count):
-                ipr.link("del", ifname=f"pf{tag}v{i}")
+                out["veth delete"].append(timed(lambda i=i: ipr.link("del", ifname=f"pf{tag}v{i}")))
     finally:
         for name in names:
             delete_named_netns(name)
@@ -135,7 +135,7 @@ def main() -> int:
     try:
         print(f"{'what':<38}{'N':>6}{'median ms':>12}{'p90 ms':>10}")
         floor = kernel_floor(host, 200, tag)
-        for key in ("netns", "veth"):
+        for key in ("netns", "veth", "veth delete"):
             print(f"{'kernel floor: ' + key:<38}{200:>6}{stats(floor[key])[0]:>12.2f}"
                   f"{stats(floor[key])[1]:>10.2f}")
         naive = naive_pyroute2(host_name, args.naive, tag)
