@@ -82,10 +82,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 break
 
 
+_KERNEL_FIXTURES = frozenset({"netns", "host", "outside", "docker_engine"})
+_SHARED_MACHINE_HINT = ("(another pycnm run on this machine at the same time? its objects "
+                        "look like ours: PYCNM_LEAK_CHECK=0 turns this check off)")
+
+
+def _touches_kernel(item: pytest.Item) -> bool:
+    # Tests that make kernel objects say so (a root or docker mark, or a namespace fixture);
+    # checking only those keeps the check cheap and keeps other runs' objects from being
+    # blamed on a unit test.
+    return (any(item.get_closest_marker(mark) for mark in ("root", "docker"))
+            or bool(_KERNEL_FIXTURES & set(getattr(item, "fixturenames", ()))))
+
+
 @pytest.fixture(autouse=True)
 def _pycnm_leak_check(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Each test must leave the kernel as it found it; a leak is an error on that test."""
-    if not _leak_check_on():
+    """Each test that touches the kernel must leave it as it found it; a leak is an error
+    on that test."""
+    if not _leak_check_on() or not _touches_kernel(request.node):
         yield
         return
     before = leaks.snapshot()
@@ -95,7 +109,8 @@ def _pycnm_leak_check(request: pytest.FixtureRequest) -> Iterator[None]:
         blame = request.config.stash[_BLAME]
         for item in leaked:
             blame.setdefault(item, request.node.nodeid)
-        pytest.fail("test left kernel objects behind: " + ", ".join(leaked), pytrace=False)
+        pytest.fail("test left kernel objects behind: " + ", ".join(leaked) + "\n"
+                    + _SHARED_MACHINE_HINT, pytrace=False)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -111,7 +126,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     lines = [f"  {item}" + (f"   (first seen after {blame[item]})" if item in blame else "")
              for item in leaked]
     hint = ("remove them with `pycnm cleanup` (pycnm's), `ip netns delete NAME` or "
-            "`ip link delete NAME` (the fixtures')")
+            "`ip link delete NAME` (the fixtures') " + _SHARED_MACHINE_HINT)
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
         reporter.write_sep("=", "pycnm left kernel objects behind: the run FAILS", red=True)
