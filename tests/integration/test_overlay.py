@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.integration.bridge_helpers import TcpServer, ping, ping_eventually, tcp_hello
+from tests.integration.bridge_helpers import TcpServer, in_ns, ping, ping_eventually, tcp_hello
 from tests.integration.overlay_lab import REPO, Host, OverlayLab, overlay_lab, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd]
@@ -88,6 +88,18 @@ def test_c1_and_c2_on_two_hosts_ping_and_talk_tcp(pair: Pair) -> None:
     assert ping_eventually(c2, ip1)
     with TcpServer(c2, "0.0.0.0", 7101):
         assert tcp_hello(c1, C2_IP, 7101) == f"from {ip1}"
+    assert mtu(c1) == mtu(c2) == 1450  # the underlay's 1500 minus VXLAN's 50
+    # A full-size packet crosses without fragmentation (don't-fragment set).
+    big = ["ping", "-M", "do", "-s", str(1450 - 28), "-c", "1", "-W", "2", C2_IP]
+    assert in_ns(c1, big).returncode == 0
+    too_big = ["ping", "-M", "do", "-s", str(1450 - 27), "-c", "1", "-W", "2", C2_IP]
+    assert "message too long" in in_ns(c1, too_big).stderr.lower()
+
+
+def mtu(netns_name: str) -> int:
+    out = subprocess.run(["ip", "-n", netns_name, "-o", "link", "show", "eth0"],
+                         capture_output=True, text=True, timeout=10).stdout
+    return int(out.split(" mtu ")[1].split()[0])
 
 
 def test_underlay_carries_vxlan_with_the_vni_and_the_inner_icmp(pair: Pair) -> None:
@@ -145,8 +157,9 @@ def test_a_third_host_joining_later_reaches_both(pair: Pair) -> None:
     c2, _ = pair.sandbox(pair.h2, "c2", ip=C2_IP)
     h3 = lab.add_host("3", UNDERLAYS["3"])
     lab.start_agent(h3)
-    create_overlay(lab, h3, pair.overlay, pair.net)
+    create_overlay(lab, h3, pair.overlay, pair.net, "-o", "mtu=1400")
     c3, ip3 = pair.sandbox(h3, "c3")
+    assert mtu(c3) == 1400
     assert len({ip1, C2_IP, ip3}) == 3
     wait_for(lambda: has_remote(lab, h3, pair.vni, C2_IP) and has_remote(lab, h3, pair.vni, ip1),
              10, what="h3 to learn C1 and C2")
