@@ -307,3 +307,20 @@ def test_etcd_down_fails_fast_keeps_forwarding_and_the_hosts_catch_up(tmp_path) 
                 assert host.agent is not None and host.agent.poll() is None
     finally:
         etcd.stop()
+
+
+def test_dual_stack_overlay_answers_neighbour_solicitations_locally(lab: OverlayLab) -> None:
+    h1, h2 = lab.add_host("1", UNDERLAYS["1"]), lab.add_host("2", UNDERLAYS["2"])
+    lab.start_agent(h1)
+    lab.start_agent(h2)
+    overlay = f"ov{lab.tag}"
+    for host in (h1, h2):
+        create_overlay(lab, host, overlay, "ovnet", "--ipv6", "--subnet", "fd00:10::/64")
+    pair = Pair(lab, h1, h2, overlay, "ovnet", lab.vni_of(overlay))
+    c1, _ = pair.sandbox(h1, "c1")
+    pair.sandbox(h2, "c2", ip=C2_IP)
+    info = lab.pycnm_json(h2, "sandbox", "inspect", f"c2{lab.tag}")[0]
+    ip6 = info["Interfaces"]["eth0"]["IPv6Address"].split("/")[0]
+    assert ip6.startswith("fd00:10::")
+    wait_for(lambda: has_remote(lab, h1, pair.vni, ip6), 10, what="h1 to learn C2's IPv6")
+    assert ping_eventually(c1, ip6)
