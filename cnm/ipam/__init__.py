@@ -100,8 +100,8 @@ class Ipam:
         shared: bool = False,
     ) -> Pool:
         """Reserve a pool: the user's ``subnet`` (of the family ``v6`` says) or the first
-        default pool that overlaps neither a pool of the address space nor a prefix the
-        host already routes or holds.
+        default pool of the address space (``pools``: Docker's lists) that overlaps neither
+        a pool of the address space nor a prefix the host already routes or holds.
 
         ``shared``: an identical existing request (same subnet and range) returns the same
         pool with its reference count raised, as Docker's IPAM does; otherwise any overlap
@@ -121,7 +121,7 @@ class Ipam:
             index = self.store.get(space_key)
             taken: dict[str, str] = {} if index is None else dict(index.value["pools"])
             nets = {pid: ipaddress.ip_network(s) for pid, s in taken.items()}
-            choice = wanted or P.first_free_default(v6, [*nets.values(), *host])
+            choice = wanted or P.first_free_default(v6, [*nets.values(), *host], address_space)
             if choice is None:
                 raise PoolExhausted(
                     f"every default IPv{6 if v6 else 4} pool is in use or overlaps the "

@@ -1,9 +1,12 @@
 """Default address pools, user subnets and ranges, and the arithmetic of offsets.
 
-Default pools are Docker's (libnetwork's ``ipamutils`` local-scope list, the same as
-dockerd's ``default-address-pools``): 172.17.0.0/16 .. 172.31.0.0/16, then 192.168.0.0/16
-cut into /20s. Docker has no default for IPv6; pycnm cuts /64s from a ULA /48 of its own,
-``fd42:7063:6e6d::/48`` ("pcnm" in hex after fd42), so ``--ipv6`` works without a subnet.
+Default pools are Docker's (libnetwork's ``ipamutils``): the local address space takes
+172.17.0.0/16 .. 172.31.0.0/16, then 192.168.0.0/16 cut into /20s (dockerd's
+``default-address-pools``); the global one takes 10.0.0.0/8 cut into /24s, as swarm's
+overlays do, so a multi-host network's default pool never coincides with a local one.
+Docker has no default for IPv6; pycnm cuts /64s from a ULA /48 of its own,
+``fd42:7063:6e6d::/48`` ("pcnm" in hex after fd42), so ``--ipv6`` works without a subnet
+(in both address spaces: their IPv6 defaults can coincide).
 
 An address is handled as its offset from the subnet's network address: an int, which the
 store keeps as JSON whatever the family or the pool's size.
@@ -33,13 +36,22 @@ class DefaultPool:
 DEFAULT_V4: tuple[DefaultPool, ...] = tuple(
     DefaultPool(ipaddress.IPv4Network(f"172.{second}.0.0/16"), 16) for second in range(17, 32)
 ) + (DefaultPool(ipaddress.IPv4Network("192.168.0.0/16"), 20),)
+GLOBAL_V4: tuple[DefaultPool, ...] = (DefaultPool(ipaddress.IPv4Network("10.0.0.0/8"), 24),)
 DEFAULT_V6_BASE = ipaddress.IPv6Network("fd42:7063:6e6d::/48")
 DEFAULT_V6: tuple[DefaultPool, ...] = (DefaultPool(DEFAULT_V6_BASE, 64),)
 
 
-def first_free_default(v6: bool, blockers: Iterable[IPNetwork]) -> IPNetwork | None:
-    """The first default pool, in order, that overlaps none of ``blockers`` (other pools,
-    the host's routes and addresses), or None if every one does.
+def default_pools(v6: bool, address_space: str = "local") -> tuple[DefaultPool, ...]:
+    if v6:
+        return DEFAULT_V6
+    return GLOBAL_V4 if address_space == "global" else DEFAULT_V4
+
+
+def first_free_default(
+    v6: bool, blockers: Iterable[IPNetwork], address_space: str = "local"
+) -> IPNetwork | None:
+    """The first default pool of the address space, in order, that overlaps none of
+    ``blockers`` (other pools, the host's routes and addresses), or None if every one does.
 
     Jumps past each blocker instead of trying the 65,536 IPv6 /64s one by one.
     """
@@ -50,7 +62,7 @@ def first_free_default(v6: bool, blockers: Iterable[IPNetwork]) -> IPNetwork | N
     )
     starts = [first for first, _ in spans]
     bits, network = (128, ipaddress.IPv6Network) if v6 else (32, ipaddress.IPv4Network)
-    for pool in DEFAULT_V6 if v6 else DEFAULT_V4:
+    for pool in default_pools(v6, address_space):
         step = 1 << (bits - pool.size)
         candidate, end = int(pool.base.network_address), int(pool.base.broadcast_address)
         while candidate + step - 1 <= end:

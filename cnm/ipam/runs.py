@@ -95,14 +95,18 @@ def offsets(runs: Runs) -> Iterator[int]:
 
 
 def encode(runs: Runs) -> str:
-    return ",".join(str(first) if first == last else f"{first}-{last}" for first, last in runs)
+    return ",".join([str(first) if first == last else f"{first}-{last}" for first, last in runs])
 
 
 def decode(text: str) -> Runs:
     runs: Runs = []
     for part in text.split(",") if text else ():
-        first, _, last = part.partition("-")
-        runs.append([int(first), int(last or first)])
+        if "-" in part:
+            first, last = part.split("-")
+            runs.append([int(first), int(last)])
+        else:
+            single = int(part)
+            runs.append([single, single])
     return runs
 
 

@@ -61,7 +61,18 @@ def test_default_pools_skip_existing_pools_of_the_same_space_only(ipam: Ipam) ->
     ipam.request_pool(subnet="172.18.128.0/17")
     ipam.request_pool(subnet="172.19.0.0/16", address_space="global")
     assert str(ipam.request_pool().subnet) == "172.19.0.0/16"
-    assert str(ipam.request_pool(address_space="global").subnet) == "172.17.0.0/16"
+    ipam.request_pool(subnet="10.0.0.0/23", address_space="global")
+    ipam.request_pool(subnet="10.0.3.0/24")  # local: does not block the global space
+    assert str(ipam.request_pool(address_space="global").subnet) == "10.0.2.0/24"
+    assert str(ipam.request_pool(address_space="global").subnet) == "10.0.3.0/24"
+
+
+def test_global_defaults_are_swarms_slash_24s_of_10_0_0_0_8() -> None:
+    ipam = Ipam(MemoryStore(), host_prefixes=lambda: [net("10.0.0.0/16")])
+    pool = ipam.request_pool(address_space="global")
+    assert (pool.id, pool.address_space) == ("global/10.1.0.0/24", "global")
+    assert str(ipam.request_pool(address_space="global", v6=True).subnet) == \
+        "fd42:7063:6e6d::/64"
 
 
 def test_default_pools_continue_into_192_168_slash_20s_then_run_out(ipam: Ipam) -> None:
@@ -105,11 +116,11 @@ def test_host_prefixes_are_asked_only_when_a_default_pool_is_chosen() -> None:
     assert calls == [1]
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 2**16 - 1), st.integers(8, 30)), max_size=12),
-       st.booleans())
+       st.booleans(), st.sampled_from(["local", "global"]))
 def test_first_free_default_matches_trying_every_pool_in_order(
-    blockers: list[tuple[int, int]], v6: bool
+    blockers: list[tuple[int, int]], v6: bool, space: str
 ) -> None:
     """The jumping search agrees with the plain one: each default pool in turn."""
     if v6:
@@ -117,13 +128,15 @@ def test_first_free_default_matches_trying_every_pool_in_order(
         nets = [ipaddress.IPv6Network((base + (a << 64), 56 + p % 9), strict=False)
                 for a, p in blockers]
     else:
-        nets = [ipaddress.IPv4Network(((172 << 24) + (a << 12), p), strict=False)
+        first = 10 if space == "global" else 172
+        nets = [ipaddress.IPv4Network(((first << 24) + (a << 8 if first == 10 else a << 12), p),
+                                      strict=False)
                 for a, p in blockers] + [net("192.168.0.0/19")][: len(blockers) % 2]
     spans = [(int(b.network_address), int(b.broadcast_address)) for b in nets]
     bits = 128 if v6 else 32
 
     def candidates():  # every default pool in order, as (first, last) integers
-        for pool in P.DEFAULT_V6 if v6 else P.DEFAULT_V4:
+        for pool in P.default_pools(v6, space):
             step = 1 << (bits - pool.size)
             for first in range(int(pool.base.network_address),
                                int(pool.base.broadcast_address), step):
@@ -131,7 +144,7 @@ def test_first_free_default_matches_trying_every_pool_in_order(
 
     expected = next(((first, size) for first, last, size in candidates()
                      if all(last < lo or hi < first for lo, hi in spans)), None)
-    found = P.first_free_default(v6, nets)
+    found = P.first_free_default(v6, nets, space)
     assert (None if found is None else (int(found.network_address), found.prefixlen)) == expected
 
 
