@@ -115,7 +115,9 @@ class Ipam:
         if ip_range and wanted is None:
             raise InvalidOption(f"ip-range {ip_range} needs a subnet that contains it")
         rng = P.parse_range(ip_range, wanted) if ip_range and wanted else None
-        host = list(self.host_prefixes()) if wanted is None else []
+        # Default routes say nothing about which prefixes are in use (libnetwork skips
+        # them too); the Controller leaves them out already, other callers may not.
+        host = [p for p in self.host_prefixes() if p.prefixlen] if wanted is None else []
         space_key = _space_key(address_space)
         for _ in _attempts(f"the pools of address space {address_space}"):
             index = self.store.get(space_key)

@@ -49,7 +49,8 @@ def assert_one_sentence(err: CNMError, *mentions: str) -> None:
 
 
 def test_default_pools_follow_dockers_order_and_skip_host_routes() -> None:
-    host = [net("172.17.0.0/16"), net("172.19.5.0/24"), net("192.168.0.0/24")]
+    host = [net("172.17.0.0/16"), net("172.19.5.0/24"), net("192.168.0.0/24"),
+            net("0.0.0.0/0")]  # a default route blocks nothing
     ipam = Ipam(MemoryStore(), host_prefixes=lambda: host)
     subnets = [str(ipam.request_pool().subnet) for _ in range(15)]
     assert subnets[:3] == ["172.18.0.0/16", "172.20.0.0/16", "172.21.0.0/16"]
