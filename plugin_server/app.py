@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
@@ -21,6 +21,9 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from cnm.errors import CNMError
 from plugin_server import handlers
 from plugin_server.protocol import CONTENT_TYPE, MAX_BODY, Body, decode
+
+if TYPE_CHECKING:
+    from cnm.controller import Controller
 
 log = logging.getLogger("plugin_server")
 
@@ -43,7 +46,7 @@ def _ids(body: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-def create_app(controller: Any) -> Flask:
+def create_app(controller: Controller) -> Flask:
     """A Flask app serving Docker's NetworkDriver and IpamDriver calls on ``controller``."""
     app = Flask("pycnm-plugin")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY

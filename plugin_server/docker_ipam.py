@@ -22,10 +22,13 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cnm.errors import InvalidOption, NotFound
 from cnm.ipam import Ipam
+
+if TYPE_CHECKING:
+    from cnm.controller import Controller
 
 LOCAL_SPACE = "pycnm-local"
 GLOBAL_SPACE = "pycnm-global"
@@ -42,7 +45,7 @@ class PoolAnswer:
 class DockerIpam:
     """Docker's IPAM calls on top of a Controller's two IPAMs."""
 
-    def __init__(self, controller: Any) -> None:
+    def __init__(self, controller: Controller) -> None:
         self.controller = controller
 
     @staticmethod

@@ -24,7 +24,7 @@ import ipaddress
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cnm.driverapi import OPT_ENABLE_IPV6, OPT_INTERNAL, OPT_MACADDRESS
 from cnm.endpoint import Endpoint
@@ -33,6 +33,9 @@ from cnm.network import Network
 from cnm.records import PoolRecord
 from plugin_server.docker_ipam import GLOBAL_SPACE, LOCAL_SPACE, DockerIpam
 from plugin_server.protocol import BadRequest, Body
+
+if TYPE_CHECKING:
+    from cnm.controller import Controller
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +80,7 @@ class KeyedLocks:
 class PluginContext:
     """What every handler gets: the Controller, the Docker IPAM layer, per-id locks."""
 
-    def __init__(self, controller: Any) -> None:
+    def __init__(self, controller: Controller) -> None:
         self.controller = controller
         self.ipam = DockerIpam(controller)
         self.locks = KeyedLocks()

@@ -23,9 +23,12 @@ import stat
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cnm.errors import CNMError, Conflict, InvalidOption
+
+if TYPE_CHECKING:
+    from cnm.controller import Controller
 
 log = logging.getLogger("plugin_server")
 
@@ -136,7 +139,7 @@ def _stop_on_signals() -> Iterator[threading.Event]:
             signal.signal(signum, old)
 
 
-def serve(controller: Any, options: ServeOptions) -> None:
+def serve(controller: Controller, options: ServeOptions) -> None:
     """Serve ``controller`` until SIGTERM or SIGINT; the socket file is removed at exit."""
     from waitress import wasyncore
     from waitress.server import create_server
