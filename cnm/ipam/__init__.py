@@ -180,7 +180,10 @@ class Ipam:
             if index is not None:
                 rest = {k: v for k, v in index.value["pools"].items() if k != pool_id}
                 txn.compares[space_key] = index.revision
-                txn.puts[space_key] = {"version": RECORD_VERSION, "pools": rest}
+                if rest:
+                    txn.puts[space_key] = {"version": RECORD_VERSION, "pools": rest}
+                else:  # the last pool: leave no empty record behind
+                    txn.deletes.append(space_key)
             if self.store.commit(txn):
                 return
 
