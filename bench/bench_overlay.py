@@ -141,7 +141,7 @@ def main() -> int:
     parser.add_argument("--hosts", type=int, default=3)
     parser.add_argument("--endpoints", type=int, default=100, help="per host")
     parser.add_argument("--iperf-seconds", type=int, default=5)
-    parser.add_argument("--iperf-runs", type=int, default=3)
+    parser.add_argument("--iperf-runs", type=int, default=5)
     args = parser.parse_args()
     if not 2 <= args.hosts <= len(UNDERLAYS):
         parser.error(f"--hosts must be 2..{len(UNDERLAYS)}")
