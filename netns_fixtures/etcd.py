@@ -59,7 +59,8 @@ class EtcdServer:
     """One etcd member; see the module docstring."""
 
     def __init__(self, workdir: str | Path, address: str = "127.0.0.1",
-                 netns: str | None = None, name: str = "pycnm-test") -> None:
+                 netns: str | None = None, name: str = "pycnm-test",
+                 die_with_parent: bool = True) -> None:
         binary = shutil.which("etcd")
         if binary is None:
             raise EtcdError(NOT_INSTALLED)
@@ -68,6 +69,8 @@ class EtcdServer:
         self.address = address
         self.netns = netns
         self.name = name
+        # False for a server that must outlive its starter (a lab's, stopped by its pid).
+        self.die_with_parent = die_with_parent
         self.data_dir = self.workdir / "data"
         self.log_path = self.workdir / "etcd.log"
         self.client_port, self.peer_port = _free_ports(address, netns)
@@ -119,7 +122,9 @@ class EtcdServer:
             logfile.flush()
             self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL,
                                          stdout=logfile, stderr=subprocess.STDOUT,
-                                         preexec_fn=_die_with_parent)
+                                         preexec_fn=_die_with_parent if self.die_with_parent
+                                         else None,
+                                         start_new_session=not self.die_with_parent)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -185,14 +190,14 @@ class EtcdServer:
 
 
 def start_etcd(workdir: str | Path, address: str = "127.0.0.1", netns: str | None = None,
-               timeout: float = START_TIMEOUT) -> EtcdServer:
+               timeout: float = START_TIMEOUT, die_with_parent: bool = True) -> EtcdServer:
     """Start a fresh etcd with its data in ``workdir``; see the module docstring.
 
     Ports are picked free just before the start; if another process grabs one in between,
     the start is retried on new ports."""
     ipaddress.ip_address(address)  # a clear error for a typo, before etcd gives a vague one
     for attempt in range(3):
-        server = EtcdServer(workdir, address, netns)
+        server = EtcdServer(workdir, address, netns, die_with_parent=die_with_parent)
         try:
             server.start(timeout)
             return server
