@@ -684,8 +684,13 @@ def test_server_socket_stale_socket_tcp_and_sigterm(tmp_path: Path, store_url: s
     proc = _serve(store_url, host, sock, "--tcp", f"127.0.0.1:{port}")
     try:
         _wait_for_socket(proc, sock)
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        conn.request("POST", "/Plugin.Activate", body=b"")
+        for _ in range(50):  # bounded: the TCP listener comes right after the socket
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                conn.request("POST", "/Plugin.Activate", body=b"")
+                break
+            except ConnectionRefusedError:
+                time.sleep(0.1)
         answer = conn.getresponse()
         assert answer.status == 200 and b"NetworkDriver" in answer.read()
         conn.close()
