@@ -1,10 +1,9 @@
-"""Fixtures come from the netns_fixtures pytest plugin (an installed entry point); this
-keeps the suite runnable from a checkout that is not installed."""
+"""The fixtures come from the netns_fixtures pytest plugin, loaded through the installed
+package's entry point (scripts/setup.sh installs it); this loads it by name only in a
+checkout that is not installed."""
 
 import importlib.metadata
 
-_installed = any(
-    ep.name == "netns_fixtures"
-    for ep in importlib.metadata.entry_points(group="pytest11")
-)
-pytest_plugins = [] if _installed else ["netns_fixtures.plugin"]
+if not any(ep.name == "netns_fixtures"
+           for ep in importlib.metadata.entry_points(group="pytest11")):
+    pytest_plugins = ["netns_fixtures.plugin"]

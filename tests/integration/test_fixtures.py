@@ -212,6 +212,7 @@ def test_leak_check_names_a_leaked_link_and_fails_the_run(tmp_path: Path) -> Non
                 veth("{per_session}")  # before the per-test snapshots: only the session sees it
                 yield
 
+            @pytest.mark.root  # checked per test: it says it touches the kernel
             def test_leaks():
                 veth("{per_test}")
 
