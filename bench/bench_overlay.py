@@ -165,6 +165,7 @@ def main() -> int:
 
 def run(lab: OverlayLab, args: argparse.Namespace, controllers: list[Controller],
         probers: list[Prober]) -> int:
+    print("load average at the start: " + " ".join(f"{x:.1f}" for x in os.getloadavg()))
     hosts = [lab.add_host(str(i + 1), UNDERLAYS[i]) for i in range(args.hosts)]
     for host in hosts:
         lab.start_agent(host)
@@ -203,11 +204,14 @@ def run(lab: OverlayLab, args: argparse.Namespace, controllers: list[Controller]
             attach_times.append(attached - start)
     ms = [s * 1000 for s in samples]
     attach_ms = [s * 1000 for s in attach_times]
+    after_ms = [(s - a) * 1000 for s, a in zip(samples, attach_times, strict=True)]
     print(f"convergence, {args.hosts} hosts x {args.endpoints} endpoints "
           f"(create+join on one host -> first echo reply seen from the next host):")
     print(f"  p50 {percentile(ms, 0.5):.1f} ms   p99 {percentile(ms, 0.99):.1f} ms   "
-          f"max {max(ms):.1f} ms   (of which create+join itself: p50 "
-          f"{percentile(attach_ms, 0.5):.1f} ms)")
+          f"max {max(ms):.1f} ms")
+    print(f"  of which create+join itself: p50 {percentile(attach_ms, 0.5):.1f} ms; "
+          f"join -> reply (etcd watch, VTEP entries, ARP, echo): p50 "
+          f"{percentile(after_ms, 0.5):.1f} ms, p99 {percentile(after_ms, 0.99):.1f} ms")
 
     a, b = probes[0][0], probes[1][0]
     overlay_runs, underlay_runs = [], []
@@ -220,7 +224,10 @@ def run(lab: OverlayLab, args: argparse.Namespace, controllers: list[Controller]
     print(f"iperf3 TCP, 1 stream, {args.iperf_seconds} s, median of {args.iperf_runs}:")
     print(f"  overlay  {over:.2f} Gbit/s  (sandbox h1 -> sandbox h2, MTU 1450)")
     print(f"  underlay {under:.2f} Gbit/s  (host h1 -> host h2 through the router, MTU 1500)")
-    print(f"  overlay / underlay = {100 * over / under:.0f}%")
+    print(f"  overlay / underlay = {100 * over / under:.0f}%   (runs: overlay "
+          f"{', '.join(f'{g:.1f}' for g in overlay_runs)}; underlay "
+          f"{', '.join(f'{g:.1f}' for g in underlay_runs)})")
+    print("load average at the end: " + " ".join(f"{x:.1f}" for x in os.getloadavg()))
     for i, ctl in enumerate(controllers):
         for sb in ctl.sandboxes():
             sb.delete()
