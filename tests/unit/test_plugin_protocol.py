@@ -420,6 +420,28 @@ def test_retried_calls_are_idempotent(populated: tuple[Lab, str, str]) -> None:
     assert lab.ctl.networks() == [] and not any(n.startswith("pc") for n in lab.links())
 
 
+def test_a_create_retried_while_the_first_runs(lab: Lab) -> None:
+    """Docker may send CreateNetwork again before the first answer (a timed-out client):
+    both succeed and one network exists."""
+    nid = new_id()
+    body = _net(nid, pool="10.77.0.0/24", gateway="10.77.0.1/24")
+    answers: list[int] = []
+
+    def create() -> None:
+        response = lab.app.test_client().post("/NetworkDriver.CreateNetwork",
+                                              data=json.dumps(body))
+        answers.append(response.status_code)
+
+    threads = [threading.Thread(target=create) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert answers == [200] * 4
+    assert [n.id for n in lab.ctl.networks()] == [nid]
+    assert lab.links().count("pcbr-" + nid[:10]) == 1
+
+
 def test_delete_network_takes_orphaned_endpoints(populated: tuple[Lab, str, str]) -> None:
     """Docker deletes a network only when it holds no containers: endpoints we still have
     then are orphans of a crash, and go with the network."""
