@@ -1,0 +1,111 @@
+"""The reachability matrix: run every expectation of a lab and tabulate pass and fail.
+
+Who does what: each expectation sends a little real traffic from one node's namespace to
+an address looked up live (ping for icmp; for tcp, a short-lived server on the listening
+node and one connection), and compares what happened with what the file expects. Every
+probe is bounded: a blocked path costs about a second, a reachable one a few
+milliseconds. Traffic goes only between the lab's own namespaces.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from netns_fixtures.lab.model import Expectation
+
+if TYPE_CHECKING:
+    from netns_fixtures.lab.handle import Lab
+
+REACH_TRIES = 3  # a first packet may wait for ARP; retry before calling a path blocked
+PROBE_TIMEOUT = 1.0  # seconds a single ping or connect waits for an answer
+SERVER_LIFETIME = 15.0  # a TCP check's server exits by itself after this long
+
+
+@dataclass
+class Outcome:
+    """What one expectation found: ``got`` is reach, blocked or error."""
+
+    index: int
+    expectation: Expectation
+    target: str  # the address probed
+    got: str
+    detail: str
+    seconds: float
+
+    @property
+    def passed(self) -> bool:
+        return self.got == self.expectation.expect
+
+
+def run_checks(lab: Lab, progress: Callable[[Outcome], None] | None = None) -> list[Outcome]:
+    """Run the lab's whole matrix, in file order."""
+    outcomes = []
+    for index, exp in enumerate(lab.topology.expect, 1):
+        started = time.monotonic()
+        address = lab.address(exp.dst)
+        if address is None:
+            outcome = Outcome(index, exp, "?", "error", f"{exp.dst} has no IPv4 address",
+                              0.0)
+        elif exp.proto == "icmp":
+            got, detail = _icmp(lab, exp, address)
+            outcome = Outcome(index, exp, address, got, detail, time.monotonic() - started)
+        else:
+            got, detail = _tcp(lab, exp, address)
+            outcome = Outcome(index, exp, address, got, detail, time.monotonic() - started)
+        outcomes.append(outcome)
+        if progress is not None:
+            progress(outcome)
+    return outcomes
+
+
+def _icmp(lab: Lab, exp: Expectation, address: str) -> tuple[str, str]:
+    source = lab.namespace(exp.src)
+    tries = REACH_TRIES if exp.expect == "reach" else 1
+    for _ in range(tries):
+        if source.ping(address, count=1, timeout=PROBE_TIMEOUT):
+            return "reach", f"{address} answered"
+    return "blocked", f"no echo reply from {address}"
+
+
+def _tcp(lab: Lab, exp: Expectation, address: str) -> tuple[str, str]:
+    assert exp.listen is not None and exp.port is not None
+    node, port = exp.listen
+    source = lab.namespace(exp.src)
+    where = f"{address}:{exp.port}" + (f" (served by {node}:{port})"
+                                       if (node, port) != (exp.dst.node, exp.port) else "")
+    with lab.namespace(node).tcp_server(port, reply=b"{peer}", connections=REACH_TRIES,
+                                        timeout=SERVER_LIFETIME):
+        tries = REACH_TRIES if exp.expect == "reach" else 1
+        for _ in range(tries):
+            answer = source.tcp_connect(address, exp.port, timeout=PROBE_TIMEOUT)
+            if answer:
+                break
+        else:
+            return "blocked", f"no connection to {where}"
+    peer = answer.decode(errors="replace")
+    detail = f"connected to {where}; the server saw the client as {peer}"
+    if exp.seen_as is not None:
+        wanted = lab.address(exp.seen_as)
+        if peer != wanted:
+            return "error", f"{detail}, not as {wanted} ({exp.seen_as})"
+    return "reach", detail
+
+
+def table(outcomes: list[Outcome]) -> str:
+    """A pass/fail table, one row per expectation, and a summary line."""
+    from cnm.cli.output import table as render
+
+    rows = []
+    for o in outcomes:
+        exp = o.expectation
+        proto = exp.proto if exp.port is None else f"{exp.proto}/{exp.port}"
+        rows.append((o.index, exp.src, f"{exp.dst} ({o.target})", proto, exp.expect, o.got,
+                     "PASS" if o.passed else "FAIL", o.detail))
+    text = render(("#", "FROM", "TO", "PROTO", "EXPECT", "GOT", "RESULT", "DETAIL"), rows)
+    failed = sum(not o.passed for o in outcomes)
+    summary = (f"{len(outcomes) - failed}/{len(outcomes)} passed"
+               + (f", {failed} FAILED" if failed else ""))
+    return f"{text}\n{summary}"

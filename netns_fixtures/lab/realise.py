@@ -1,0 +1,417 @@
+"""Bringing a lab up and taking it down: the object that realises a ``Topology``.
+
+Who does what: ``up`` turns the pure data of a topology into kernel state as a queue of
+small named steps (namespaces, links, routes, the cluster store and agents if an overlay
+needs them, networks, sandboxes, then a wait until every VTEP knows its peers), printing
+one progress line per step. Each host of kind ``host`` gets its own pycnm Controller,
+acting on that host's namespace (``host_ns``) with the lab's own store: a SQLite file in
+the lab's folder, or an etcd the lab starts on loopback (every pycnm process of the lab
+keeps its sockets in the root namespace and reaches the hosts through netlink). Before it
+makes a namespace or starts a process, ``up`` notes it in the lab's state file; if a step
+fails, ``up`` removes everything and re-raises.
+
+``down`` removes a lab whatever state it is in (up, half-built by a killed process, half
+removed): it stops the lab's processes, asks pycnm to remove what it made (the orderly
+way: leave, delete endpoints, delete networks) when the lab was complete, then deletes
+every namespace the state file names or whose name carries the lab's own prefix, and
+finally the lab's folder. Removing a lab that is not there is success.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from cnm import names
+from cnm.errors import CNMError, Conflict
+from cnm.osl.netns import delete_named_netns, list_named_netns, named_netns_path
+from netns_fixtures.lab import kernel
+from netns_fixtures.lab.model import (
+    SWITCH_BRIDGE,
+    Topology,
+    TopologyError,
+    host_netns,
+    lab_netns_prefix,
+    sandbox_name,
+    validate,
+)
+from netns_fixtures.lab.state import (
+    REMOVING,
+    UP,
+    LabState,
+    is_ours,
+    labs_dir,
+    processes_with,
+    stop,
+)
+from netns_fixtures.netns import Namespace, add_route, bridge, veth
+
+Progress = Callable[[str], None]
+OVERLAY_HOSTS_KEY = "global/drivers/overlay/hosts/"
+AGENT_TIMEOUT = 20.0  # for an agent to register its host in etcd
+PEERS_TIMEOUT = 20.0  # for every VTEP to learn the other hosts' endpoints
+
+
+def _quiet(_line: str) -> None:
+    pass
+
+
+class LabBuildError(CNMError):
+    """A step of ``up`` failed; the lab was removed again."""
+
+
+@dataclass
+class Step:
+    """One named piece of work; ``action`` returns a detail for the progress line."""
+
+    text: str
+    action: Callable[[], str | None]
+
+
+def _die_with_parent() -> None:
+    """In a child of an in-process lab (pytest): SIGKILL when the parent goes."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+class _Builder:
+    """Plans and runs the steps of one ``up``; holds the Controllers while it runs."""
+
+    def __init__(self, topo: Topology, state: LabState, detach: bool) -> None:
+        self.topo = topo
+        self.state = state
+        self.detach = detach
+        self.controllers: dict[str, Any] = {}
+        self.endpoint_ips: dict[tuple[str, str], list[str]] = {}  # (network, host) -> IPs
+        self.vteps: dict[tuple[str, str], tuple[str, int]] = {}  # (network, host) -> (ns, vni)
+
+    def ns(self, node: str) -> Namespace:
+        return Namespace(self.topo.netns(node), create=False)
+
+    def controller(self, host: str) -> Any:
+        if host not in self.controllers:
+            from cnm.controller import Controller
+
+            ns = host_netns(self.topo.name, host)
+            self.controllers[host] = Controller(self.state.store, host_ns=named_netns_path(ns),
+                                                host_id=ns, reconcile=False)
+        return self.controllers[host]
+
+    def close(self) -> None:
+        for ctl in self.controllers.values():
+            with contextlib.suppress(Exception):
+                ctl.close()
+        self.controllers.clear()
+
+    # --- the plan ---------------------------------------------------------------------
+
+    def steps(self) -> list[Step]:
+        topo = self.topo
+        steps = [Step(f"{h.kind} {h.name}", lambda h=h: self.make_node(h.name, h.kind))
+                 for h in topo.hosts]
+        steps += [Step(f"link {lk.a.node}:{lk.a.iface} <-> {lk.b.node}:{lk.b.iface}",
+                       lambda lk=lk: self.make_link(lk)) for lk in topo.links]
+        steps += [Step(f"route on {h.name}: {r.to} via {r.via}",
+                       lambda h=h, r=r: self.make_route(h.name, r.to, r.via))
+                  for h in topo.hosts for r in h.routes]
+        if topo.needs_etcd():
+            steps.append(Step("etcd", self.start_etcd))
+            hosts = sorted({h for n in topo.networks if n.driver == "overlay" for h in n.hosts})
+            steps += [Step(f"agent on {h}", lambda h=h: self.start_agent(h)) for h in hosts]
+        else:
+            self.state.store = f"sqlite:///{self.state.dir}/store.db"
+            self.state.save()
+        steps += [Step(f"network {n.name} on {h}", lambda n=n, h=h: self.make_network(n, h))
+                  for n in topo.networks for h in n.hosts]
+        steps += [Step(f"sandbox {s.name} on {s.host}", lambda s=s: self.make_sandbox(s))
+                  for s in topo.sandboxes]
+        if any(n.driver == "overlay" for n in topo.networks) and topo.sandboxes:
+            steps.append(Step("overlay peers", self.wait_for_peers))
+        return steps
+
+    # --- underlay -----------------------------------------------------------------------
+
+    def make_node(self, node: str, kind: str) -> str:
+        name = self.topo.netns(node)
+        self.state.note_namespace(name)
+        ns = Namespace(name, forwarding=kind in ("host", "router"))
+        if kind == "switch":
+            bridge(ns, SWITCH_BRIDGE)
+        what = {"host": "forwarding on, runs pycnm", "router": "forwarding on",
+                "switch": f"bridge {SWITCH_BRIDGE}", "server": "an ordinary machine"}[kind]
+        return f"namespace {name} ({what})"
+
+    def make_link(self, link: Any) -> str:
+        a, b = link.a, link.b
+        veth(self.ns(a.node), a.iface, self.ns(b.node), b.iface, a.address, b.address,
+             mtu=link.mtu)
+        for end in (a, b):
+            if self.topo.host(end.node).kind == "switch":  # type: ignore[union-attr]
+                subprocess.run(["ip", "-n", self.topo.netns(end.node), "link", "set", end.iface,
+                                "master", SWITCH_BRIDGE], check=True, capture_output=True,
+                               timeout=30)
+        return f"veth {a.address or '(port)'} <-> {b.address or '(port)'}"
+
+    def make_route(self, node: str, to: str, via: str) -> None:
+        add_route(self.ns(node), to, via)
+
+    # --- the cluster store and the agents (overlay labs) --------------------------------
+
+    def start_etcd(self) -> str:
+        from netns_fixtures.etcd import start_etcd
+
+        workdir = self.state.dir / "etcd"
+        server = start_etcd(workdir, die_with_parent=not self.detach)
+        assert server.proc is not None
+        self.state.store = server.url
+        self.state.note_process("etcd", server.proc.pid, str(workdir / "data"))
+        return f"{server.client_url} (pid {server.proc.pid}), the overlay's shared store"
+
+    def start_agent(self, host: str) -> str:
+        ns = host_netns(self.topo.name, host)
+        argv = [sys.executable, "-m", "cnm.cli", "--store", self.state.store, "--host-ns", ns,
+                "--host-id", ns, "-v", "agent"]
+        log_path = self.state.dir / f"agent-{host}.log"
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=self.detach,
+                                    preexec_fn=None if self.detach else _die_with_parent)
+        self.state.note_process(f"agent {host}", proc.pid, f"--host-ns {ns} ")
+        store = self.controller(host).store
+        deadline = time.monotonic() + AGENT_TIMEOUT
+        while store.get(f"{OVERLAY_HOSTS_KEY}{ns}") is None:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = log_path.read_text(errors="replace")[-1500:]
+                raise LabBuildError(f"the pycnm agent of {host} did not register in etcd "
+                                    f"(see {log_path}): {tail}")
+            time.sleep(0.05)
+        return f"pycnm agent (pid {proc.pid}): lease and watches, VTEP entries from etcd"
+
+    # --- pycnm objects ----------------------------------------------------------------
+
+    def make_network(self, net: Any, host: str) -> str:
+        ctl = self.controller(host)
+        network = ctl.new_network(net.name, net.driver, subnet=net.subnet, gateway=net.gateway,
+                                  ip_range=net.ip_range, internal=net.internal,
+                                  options=dict(net.options))
+        pool = network.record.pools(4)[0]
+        gateway = pool.gateway.split("/")[0] if pool.gateway else "none"
+        return f"{net.driver} {pool.subnet}, gateway {gateway}"
+
+    def make_sandbox(self, spec: Any) -> str:
+        from cnm.cli.endpoint import parse_publish
+        from cnm.driverapi import OPT_PORTMAP
+
+        ctl = self.controller(spec.host)
+        name = sandbox_name(self.topo.name, spec.name)
+        self.state.note_namespace(names.sandbox_netns(name))
+        sandbox = ctl.new_sandbox(name, ip_forward=spec.ip_forward)
+        details = [names.sandbox_netns(name)]
+        for i, att in enumerate(spec.networks):
+            options = {}
+            if i == 0 and spec.ports:
+                options[OPT_PORTMAP] = parse_publish(list(spec.ports))
+            net = ctl.network(att.network)
+            endpoint = net.create_endpoint(spec.name, ip=att.ip, options=options)
+            ifname = endpoint.join(sandbox)
+            address = endpoint.record.address or "no address"
+            details.append(f"{ifname} {address} on {att.network}")
+            if net.record.driver == "overlay":
+                info = endpoint.operational_info()
+                self.vteps[(att.network, spec.host)] = (info["Namespace"], int(info["VNI"]))
+            self.endpoint_ips.setdefault((att.network, spec.host), []).append(
+                address.split("/")[0])
+        for route in spec.routes:
+            add_route(self.ns(spec.name), route.to, route.via)
+            details.append(f"route {route.to} via {route.via}")
+        if spec.ports:
+            details.append(f"publishes {', '.join(spec.ports)}")
+        if spec.ip_forward:
+            details.append("forwards (a router)")
+        return ", ".join(details)
+
+    def wait_for_peers(self) -> str:
+        """Until each host's VTEP has a neighbour entry for every endpoint on the other
+        hosts (programmed by the agents from etcd), so a check right after ``up`` passes."""
+        wanted: dict[tuple[str, str], set[str]] = {}
+        for (network, host), _ in self.vteps.items():
+            wanted[(network, host)] = {ip for (n, h), ips in self.endpoint_ips.items()
+                                       if n == network and h != host for ip in ips}
+        deadline = time.monotonic() + PEERS_TIMEOUT
+        while True:
+            missing = {key: want - kernel.neighbour_ips(ns, f"{names.VXLAN_PREFIX}{vni}")
+                       for key, want in wanted.items()
+                       for ns, vni in [self.vteps[key]]}
+            missing = {k: v for k, v in missing.items() if v}
+            if not missing:
+                break
+            if time.monotonic() > deadline:
+                text = "; ".join(f"{h} on {n} lacks {', '.join(sorted(ips))}"
+                                 for (n, h), ips in missing.items())
+                raise LabBuildError(f"VTEPs did not learn their peers in {PEERS_TIMEOUT:g} s: "
+                                    f"{text}")
+            time.sleep(0.1)
+        return "; ".join(f"{h}'s VTEP ({self.vteps[(n, h)][0]}, VNI {self.vteps[(n, h)][1]}) "
+                         f"knows {', '.join(sorted(ips)) or 'no remote endpoint'}"
+                         for (n, h), ips in sorted(wanted.items()))
+
+
+# --- up -------------------------------------------------------------------------------------
+
+
+def leftovers(name: str) -> list[str]:
+    """Namespaces that carry lab ``name``'s own prefix (ours alone: lab names have no '-')."""
+    prefix = lab_netns_prefix(name)
+    overlay = re.compile(rf"^{names.OVERLAY_NETNS_PREFIX}\d+-{re.escape(prefix)}")
+    return [ns for ns in list_named_netns() if ns.startswith(prefix) or overlay.match(ns)]
+
+
+def up(topo: Topology, *, source: str | None = None, progress: Progress = print,
+       detach: bool = True) -> LabState:
+    """Build ``topo``; return its state. ``detach``: the lab's processes (etcd, agents)
+    outlive this one (the CLI); otherwise they die with it (pytest).
+
+    A lab already up with the same topology is left as it is; one left half-built by a
+    killed process is removed first; on any failure everything is removed again."""
+    existing = LabState.load(topo.name)
+    if existing is not None and existing.status == UP and not _missing(existing):
+        if existing.data == dict(topo.data):
+            progress(f"lab {topo.name} is already up")
+            return existing
+        raise Conflict(f"lab {topo.name} is up with a different topology (from "
+                       f"{existing.source}): run 'pycnm lab down {topo.name}' first")
+    if existing is not None or leftovers(topo.name):
+        progress(f"lab {topo.name}: removing what an earlier run left behind")
+        down(topo.name, progress=progress)
+    state = LabState(name=topo.name, source=source, data=dict(topo.data))
+    state.save()
+    builder = _Builder(topo, state, detach)
+    started = time.monotonic()
+    progress(f"lab {topo.name}: building from {source or 'a topology'} "
+             f"(state in {state.dir})")
+    steps: list[Step] = []
+    index = 0
+    try:
+        steps = builder.steps()
+        for index, step in enumerate(steps, 1):
+            detail = step.action()
+            progress(f"[{index:>2}/{len(steps)}] {step.text}" + (f": {detail}" if detail else ""))
+        state.set_status(UP)
+    except BaseException as exc:
+        builder.close()
+        what = steps[index - 1].text if 0 < index <= len(steps) else "planning"
+        progress(f"lab {topo.name}: {what} failed ({_one_line(exc)}); removing what was built")
+        with contextlib.suppress(Exception):
+            down(topo.name, progress=_quiet)
+        if isinstance(exc, CNMError | KeyboardInterrupt):
+            raise
+        raise LabBuildError(f"lab {topo.name}: {what} failed: {_one_line(exc)}") from exc
+    finally:
+        builder.close()
+    progress(f"lab {topo.name} is up in {time.monotonic() - started:.1f} s: "
+             f"{len(state.namespaces)} namespaces; try 'pycnm lab check {topo.name}'")
+    return state
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _missing(state: LabState) -> list[str]:
+    present = set(list_named_netns())
+    return [ns for ns in state.namespaces if ns not in present]
+
+
+# --- down -----------------------------------------------------------------------------------
+
+
+def down(name: str, *, progress: Progress = print) -> list[str]:
+    """Remove lab ``name`` completely; return what was removed. Idempotent."""
+    state = LabState.load(name)
+    found = leftovers(name)
+    folder = labs_dir() / name
+    if state is None and not found and not folder.exists():
+        progress(f"lab {name} is not up: nothing to remove")
+        return []
+    removed: list[str] = []
+    topo = None
+    if state is not None:
+        with contextlib.suppress(TopologyError):
+            topo = validate(state.data) if state.data else None
+        was_up = state.status == UP
+        state.set_status(REMOVING)
+    else:
+        was_up = False
+        state = LabState(name=name, status=REMOVING)
+    prefix = lab_netns_prefix(name)
+    for proc in state.processes:
+        if proc.role.startswith("agent") and stop(proc.pid, proc.marker):
+            removed.append(f"process {proc.role} ({proc.pid})")
+    for pid in processes_with(f"--host-ns {prefix}"):
+        if stop(pid, f"--host-ns {prefix}"):
+            removed.append(f"process agent ({pid})")
+    if was_up and topo is not None:
+        removed += _orderly(topo, state, progress)
+    etcd_marker = str(folder / "etcd" / "data")
+    for proc in state.processes:
+        if proc.role == "etcd" and stop(proc.pid, proc.marker):
+            removed.append(f"process etcd ({proc.pid})")
+    for pid in processes_with(etcd_marker):
+        if stop(pid, etcd_marker):
+            removed.append(f"process etcd ({pid})")
+    doomed = sorted(set(state.namespaces) | set(leftovers(name)), key=_removal_order)
+    present = set(list_named_netns())
+    for ns in doomed:
+        delete_named_netns(ns)  # also its /etc/netns files; a namespace gone is success
+        if ns in present:
+            removed.append(f"namespace {ns}")
+    shutil.rmtree(folder, ignore_errors=True)
+    gone = [r.split(" ", 1)[1] for r in removed if r.startswith(("namespace ", "process "))]
+    progress(f"lab {name} removed" + (f" ({', '.join(gone)})" if gone else ""))
+    return removed
+
+
+def _removal_order(ns: str) -> tuple[int, str]:
+    """Sandboxes first, then overlay namespaces, then the hosts they hang off."""
+    for rank, prefix in enumerate((names.SANDBOX_NETNS_PREFIX, names.OVERLAY_NETNS_PREFIX)):
+        if ns.startswith(prefix):
+            return rank, ns
+    return 2, ns
+
+
+def _orderly(topo: Topology, state: LabState, progress: Progress) -> list[str]:
+    """pycnm removes what it made on each host (sandboxes leave and go, endpoints and
+    networks are deleted): the CNM life cycle backwards. Failures fall through to the
+    sweep by name."""
+    from cnm.controller import Controller
+
+    if topo.needs_etcd() and not any(p.role == "etcd" and is_ours(p.pid, p.marker)
+                                     for p in state.processes):
+        return []  # the store is gone: nothing to ask pycnm, sweep instead
+    done = []
+    for host in topo.pycnm_hosts():
+        ns = host_netns(topo.name, host.name)
+        if ns not in list_named_netns():
+            continue
+        try:
+            with Controller(state.store, host_ns=named_netns_path(ns), host_id=ns,
+                            reconcile=False) as ctl:
+                counts = (len(ctl.sandboxes()), len(ctl.networks()))
+                ctl.cleanup_all()
+            done.append(f"pycnm objects on {host.name}")
+            progress(f"host {host.name}: {counts[0]} sandboxes and {counts[1]} networks "
+                     "removed through pycnm")
+        except Exception as exc:  # noqa: BLE001 - the sweep below removes the rest
+            progress(f"host {host.name}: orderly removal stopped ({_one_line(exc)}); "
+                     "sweeping by name")
+    return done
