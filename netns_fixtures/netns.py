@@ -408,10 +408,16 @@ def veth(ns_a: Namespace | None, name_a: str, ns_b: Namespace | None, name_b: st
         _root_links.append(name_a)
     if ns_b is None:
         _root_links.append(name_b)
-    for ns, name, addr in ((ns_a, name_a, addr_a), (ns_b, name_b, addr_b)):
+    ends = ((ns_a, name_a, addr_a), (ns_b, name_b, addr_b))
+    for ns, name, addr in ends:
         if addr:
             add_address(ns, name, addr)
         _ip(*_in(ns), "link", "set", name, "up")
+    # Routes over the pair (IPv6's above all) work once the carrier is up, a moment later.
+    for ns, name, _ in ends:
+        if not wait_for(lambda ns=ns, name=name: "LOWER_UP" in _ip(
+                *_in(ns), "-o", "link", "show", "dev", name).stdout, timeout=5):
+            raise RuntimeError(f"veth {name} has no carrier after 5 s")
     return VethPair(name_a, name_b)
 
 
