@@ -87,10 +87,10 @@ class Lab:
     def snapshot(self) -> tuple:
         store = sorted((e.key, json.dumps(e.value, sort_keys=True))
                        for e in self.ctl.store.list(""))
-        # Names, MACs and addresses, not operational states (a new bridge's carrier
-        # settles on its own).
-        links = [(f[0], f[2:]) for f in map(str.split, self.run("ip", "-br", "link")
-                                            .splitlines())]
+        # Names, MACs and addresses, not states or flags (a new bridge's carrier settles
+        # on its own).
+        links = [(f[0], f[2]) for f in map(str.split, self.run("ip", "-br", "link")
+                                           .splitlines())]
         addrs = [(f[0], f[2:]) for f in map(str.split, self.run("ip", "-br", "addr")
                                             .splitlines())]
         return store, links, addrs, self.run("nft", "list", "ruleset")
