@@ -38,11 +38,12 @@ pytestmark = pytest.mark.root
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _run_pytest(tmp_path: Path, source: str) -> subprocess.CompletedProcess[str]:
+def _run_pytest(tmp_path: Path, source: str, *args: str) -> subprocess.CompletedProcess[str]:
     """Run pytest on ``source`` in a child process (the plugin loaded as in the suite)."""
     test_file = tmp_path / "test_child.py"
     test_file.write_text(textwrap.dedent(source))
-    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(test_file)]
+    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args,
+            str(test_file)]
     if not any(ep.name == "netns_fixtures"
                for ep in importlib.metadata.entry_points(group="pytest11")):
         argv[3:3] = ["-p", "netns_fixtures.plugin"]  # a checkout that is not installed
@@ -199,8 +200,7 @@ def test_a_failing_test_still_cleans_up(tmp_path: Path) -> None:
 def test_leak_check_names_a_leaked_link_and_fails_the_run(tmp_path: Path) -> None:
     stem = unique_name()
     per_test, per_session = f"pcbr-{stem}", f"pcv-{stem}s"
-    try:
-        result = _run_pytest(tmp_path, f"""
+    source = f"""
             import subprocess
             import pytest
 
@@ -219,7 +219,9 @@ def test_leak_check_names_a_leaked_link_and_fails_the_run(tmp_path: Path) -> Non
 
             def test_clean(leaky_session):
                 pass
-        """)
+        """
+    try:
+        result = _run_pytest(tmp_path, source)
         output = result.stdout + result.stderr
         assert result.returncode == 1, output
         assert "ERROR at teardown of test_leaks" in output, output
@@ -228,6 +230,16 @@ def test_leak_check_names_a_leaked_link_and_fails_the_run(tmp_path: Path) -> Non
         report = output.split("pycnm left kernel objects behind: the run FAILS")[1]
         assert f"link {per_test}" in report and "first seen after" in report
         assert f"link {per_session}" in report  # ... but the session fails on its leak
+        delete_link(None, per_test)
+        delete_link(None, per_session)
+
+        # The session check alone fails a run whose every test passed.
+        result = _run_pytest(tmp_path, source, "-k", "test_clean")
+        output = result.stdout + result.stderr
+        assert result.returncode == 1, output
+        assert "1 passed, 1 deselected" in output and "error" not in output, output
+        report = output.split("pycnm left kernel objects behind: the run FAILS")[1]
+        assert f"link {per_session}" in report and per_test not in report
     finally:
         delete_link(None, per_test)
         delete_link(None, per_session)
