@@ -30,6 +30,7 @@ import pytest
 
 from netns_fixtures import leaks
 from netns_fixtures.docker import docker_engine  # noqa: F401 - a session fixture
+from netns_fixtures.lab.fixture import lab  # noqa: F401 - the lab fixture (topology files)
 from netns_fixtures.netns import (
     Host,
     Namespace,

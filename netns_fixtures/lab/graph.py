@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from netns_fixtures.lab.handle import Lab
 
 COLOURS = {"veth": "#dbeafe", "bridge": "#fde68a", "vxlan": "#f5d0fe", "macvlan": "#bbf7d0"}
+ROLE_ORDER = {"switch": 0, "router": 1, "host": 2, "server": 3, "overlay": 4, "sandbox": 5}
 CLUSTER = {"host": "#f3f4f6", "router": "#fef3c7", "switch": "#fef9c3", "server": "#e0f2fe",
            "sandbox": "#ffffff", "overlay": "#faf5ff"}
 
@@ -55,6 +56,7 @@ class Iface:
     local: str | None = None  # a VTEP's underlay address
     port: int | None = None
     remotes: list[str] = field(default_factory=list)  # VTEPs this one floods to
+    peers: list[str] = field(default_factory=list)  # "ip at mac via vtep" it answers for
 
     @property
     def key(self) -> str:
@@ -112,7 +114,13 @@ def scan(lab: Lab) -> list[NsView]:
             ifaces.append(_iface(ns, link, nsids, addrs))
         for iface in ifaces:
             if iface.kind == "vxlan":
-                iface.remotes = sorted({e["dst"] for e in _fdb(ns, iface.name) if e.get("dst")})
+                fdb = _fdb(ns, iface.name)
+                iface.remotes = sorted({e["dst"] for e in fdb if e.get("dst")
+                                        and e.get("mac") == "00:00:00:00:00:00"})
+                where = {e.get("mac"): e.get("dst") for e in fdb if e.get("dst")}
+                iface.peers = [f"{n['dst']} at {n['lladdr']} via {where.get(n['lladdr'], '?')}"
+                               for n in kernel.ip_json(ns, "neigh", "show", "dev", iface.name)
+                               if n.get("lladdr")]
         routes = [f"{r.get('dst')} via {r['gateway']}"
                   for r in kernel.ip_json(ns, "-4", "route", "show") if r.get("gateway")]
         forwarding = read_sysctl(named_netns_path(ns), "net/ipv4/ip_forward") == "1"
@@ -185,6 +193,7 @@ def _label(iface: Iface) -> str:
     if iface.kind == "vxlan" and iface.local:
         lines.append(f'<font point-size="9">local {html.escape(iface.local)} '
                      f'UDP {iface.port}</font>')
+        lines += [f'<font point-size="9">{html.escape(p)}</font>' for p in iface.peers]
     lines += [html.escape(a) for a in iface.addresses]
     return "<" + "<br/>".join(lines) + ">"
 
@@ -234,6 +243,7 @@ def _cluster(view: NsView, inner: list[NsView], indent: str) -> list[str]:
 
 def _edges(views: list[NsView]) -> list[str]:
     by_index = {(i.ns, i.ifindex): i for v in views for i in v.ifaces}
+    rank = {v.name: ROLE_ORDER.get(v.role, 9) for v in views}
     by_name = {(i.ns, i.name): i for v in views for i in v.ifaces}
     by_address = {a.split("/")[0]: i for v in views if v.role != "overlay"
                   for i in v.ifaces for a in i.addresses}
@@ -244,7 +254,9 @@ def _edges(views: list[NsView]) -> list[str]:
         for iface in view.ifaces:
             peer = by_index.get(iface.peer) if iface.peer else None
             if iface.kind == "veth" and peer is not None:
-                pair = tuple(sorted((iface.key, peer.key)))
+                # Switches and routers to the left, then hosts, servers and sandboxes.
+                pair = tuple(k for _, k in sorted(((rank[iface.ns], iface.key),
+                                                   (rank[peer.ns], peer.key))))
                 if pair not in drawn:
                     drawn.add(pair)  # type: ignore[arg-type]
                     lines.append(f"  {_q(pair[0])} -> {_q(pair[1])} [dir=none, penwidth=2.5, "
@@ -256,12 +268,14 @@ def _edges(views: list[NsView]) -> list[str]:
             if iface.kind == "macvlan":
                 parent = peer or by_name.get((iface.ns, iface.parent_name or ""))
                 if parent is not None:
-                    lines.append(f"  {_q(iface.key)} -> {_q(parent.key)} [style=dotted, "
-                                 f"penwidth=2, color=\"#15803d\", label={_q('macvlan')}];")
+                    lines.append(f"  {_q(parent.key)} -> {_q(iface.key)} [dir=back, "
+                                 "style=dotted, penwidth=2, color=\"#15803d\", "
+                                 f"label={_q('macvlan')}];")
             if iface.kind == "vxlan" and iface.local in by_address:
                 carrier = by_address[iface.local]
-                lines.append(f"  {_q(iface.key)} -> {_q(carrier.key)} [style=dotted, "
-                             f"penwidth=2, color=\"#7e22ce\", label={_q('UDP 4789')}];")
+                lines.append(f"  {_q(carrier.key)} -> {_q(iface.key)} [dir=back, "
+                             "style=dotted, penwidth=2, color=\"#7e22ce\", "
+                             f"label={_q(f'UDP {iface.port or 4789}')}];")
             for remote in iface.remotes:
                 other = vteps.get(remote)
                 if other is None:
