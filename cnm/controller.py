@@ -28,7 +28,7 @@ from cnm.endpoint import Endpoint
 from cnm.errors import Busy, CNMError, Conflict, InvalidOption, NotFound
 from cnm.ipam import Ipam
 from cnm.network import Network
-from cnm.osl import plumbing
+from cnm.osl import plumbing, reaper
 from cnm.osl.netns import create_named_netns, delete_named_netns, netns_exists
 from cnm.records import EndpointRecord, NetworkRecord, PoolRecord, SandboxRecord
 from cnm.sandbox import Sandbox
@@ -367,6 +367,7 @@ class Controller:
     def close(self) -> None:
         for drv in self._drivers.values():
             drv.close()
+        reaper.flush()  # links queued for deletion are gone before we return
         if self._owns_store:
             self.store.close()
 

@@ -29,7 +29,7 @@ from cnm.driverapi import (
     JoinInfo,
 )
 from cnm.errors import Conflict, InvalidOption, NotFound
-from cnm.osl import iproute
+from cnm.osl import iproute, reaper
 from cnm.osl import links as osl_links
 from cnm.osl.netns import read_sysctl, write_sysctl
 from cnm.osl.nft import ruleset_lock
@@ -175,8 +175,7 @@ class BridgeDriver(Driver):
             return
         if entry.value["ports"]:
             self.revoke_external_connectivity(nid, eid)
-        with iproute(self.ctx.host_ns) as ipr:
-            osl_links.delete_link(ipr, entry.value["host_veth"])
+        reaper.delete_later(self.ctx.host_ns, entry.value["host_veth"])
         self.ctx.store.delete(key)
 
     def endpoint_info(self, nid: str, eid: str) -> dict[str, Any]:
@@ -201,7 +200,10 @@ class BridgeDriver(Driver):
                 )
                 try:
                     make()
-                except Conflict:  # a half-made pair from an interrupted try: start again
+                except Conflict:
+                    # A half-made pair from an interrupted try, or a name still held by a
+                    # link whose deletion is queued: finish those, then start again.
+                    reaper.flush()
                     osl_links.delete_link(ipr, ep["host_veth"])
                     make()
             finally:
@@ -224,9 +226,9 @@ class BridgeDriver(Driver):
         entry = self.ctx.store.get(f"endpoints/{nid}/{eid}")
         if entry is None:
             return
-        # Deleting our end removes the peer too, wherever it is by now.
-        with iproute(self.ctx.host_ns) as ipr:
-            osl_links.delete_link(ipr, entry.value["host_veth"])
+        # Deleting our end removes the peer too, wherever it is by now; in the background,
+        # as it costs the kernel an RCU grace period (see cnm.osl.reaper).
+        reaper.delete_later(self.ctx.host_ns, entry.value["host_veth"])
 
     # --- published ports -----------------------------------------------------------
 

@@ -28,8 +28,9 @@ def ctl(netns, store_url) -> Iterator[Controller]:
 
 def snapshot(ctl: Controller) -> tuple:
     host = ctl.test_host  # type: ignore[attr-defined]
-    links = host.run(["ip", "-o", "link"]).stdout
-    addrs = host.run(["ip", "-o", "addr"]).stdout
+    # Names and addresses, not flags: a new veth's carrier settles a moment after join.
+    links = sorted(host.links())
+    addrs = sorted(host.addresses())
     rules = host.run(["nft", "list", "ruleset"]).stdout
     spaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     keys = sorted(e.key for e in ctl.store.list(""))
