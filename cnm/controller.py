@@ -190,6 +190,8 @@ class Controller:
             v6=request.version == 6,
             # An overlay's pool is requested by its network on every host: share it.
             shared=scope == "global",
+            # Cluster-wide default pools (10.0.0.0/8) never collide with this host's own.
+            address_space="global" if scope == "global" else "local",
         )
         undo.callback(ipam.release_pool, pool.id)
         gw = ipam.request_address(

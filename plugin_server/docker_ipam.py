@@ -19,7 +19,6 @@ any address of the subnet), so this layer only names things the way Docker sees 
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -34,6 +33,12 @@ LOCAL_SPACE = "pycnm-local"
 GLOBAL_SPACE = "pycnm-global"
 GATEWAY_REQUEST = "com.docker.network.gateway"
 SCOPE_OPTION = "scope"
+
+
+def _pycnm_space(docker_space: str) -> str:
+    """pycnm's address space for Docker's: the cluster-wide one draws its default pools
+    from 10.0.0.0/8, away from the local pools (172.17-31, 192.168) of every host."""
+    return "global" if docker_space == GLOBAL_SPACE else "local"
 
 
 @dataclass(frozen=True)
@@ -63,7 +68,7 @@ class DockerIpam:
                 f"PoolID {pool_id!r} is not one of pycnm's (they look like "
                 f"{LOCAL_SPACE}/10.1.0.0/24)"
             )
-        return self._ipam(space), f"local/{rest}"
+        return self._ipam(space), f"{_pycnm_space(space)}/{rest}"
 
     # --- pools ------------------------------------------------------------------------
 
@@ -72,10 +77,9 @@ class DockerIpam:
     ) -> PoolAnswer:
         """Docker's RequestPool; ``pool`` empty means "choose one"."""
         space = self._choose_space(space, options)
-        if pool and (ipaddress.ip_network(pool).version == 6) != v6:
-            raise InvalidOption(f"subnet {pool} is not an IPv{6 if v6 else 4} subnet")
         made = self._ipam(space).request_pool(
-            subnet=pool or None, ip_range=sub_pool or None, v6=v6, shared=bool(pool)
+            subnet=pool or None, ip_range=sub_pool or None, v6=v6, shared=bool(pool),
+            address_space=_pycnm_space(space),
         )
         return PoolAnswer(f"{space}/{made.id.partition('/')[2]}", str(made.subnet))
 

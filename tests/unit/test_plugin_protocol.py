@@ -328,7 +328,7 @@ BAD_REQUESTS: list[tuple[str, Any, str]] = [
     ("IpamDriver.RequestPool", {"AddressSpace": "pycnm-local", "Pool": "10.64.0.0/24",
                                 "Options": {"colour": "blue"}}, "unknown --ipam-opt"),
     ("IpamDriver.RequestPool", {"AddressSpace": "pycnm-local", "Pool": "10.64.0.0/24",
-                                "V6": True}, "not an IPv6 subnet"),
+                                "V6": True}, "an IPv6 pool was requested"),
     ("IpamDriver.RequestPool", {"AddressSpace": "pycnm-local", "Pool": "10.64.0.0/24",
                                 "SubPool": "10.65.0.0/25"}, "not inside subnet"),
     ("IpamDriver.RequestAddress", {"PoolID": "pycnm-local/10.66.0.0/24"}, "not found"),
@@ -488,7 +488,7 @@ def test_pools_are_shared_by_identical_requests_and_counted(lab: Lab) -> None:
     glob = lab.ok("IpamDriver.RequestPool", dict(ask, Pool="10.72.0.0/24",
                                                  Options={"scope": "global"}))
     assert glob["PoolID"] == "pycnm-global/10.72.0.0/24"
-    assert [p.id for p in lab.ctl.global_ipam.list_pools()] == ["local/10.72.0.0/24"]
+    assert [p.id for p in lab.ctl.global_ipam.list_pools()] == ["global/10.72.0.0/24"]
     for pool in (a, b, v6, ranged, glob):
         lab.ok("IpamDriver.ReleasePool", {"PoolID": pool["PoolID"]})
     assert lab.ctl.ipam.list_pools() == [] and lab.ctl.global_ipam.list_pools() == []
