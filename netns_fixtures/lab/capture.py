@@ -141,8 +141,11 @@ class Capture:
         self._errors = b""
 
     def start(self) -> Capture:
-        argv = ["ip", "netns", "exec", self.netns, "tcpdump", "-i", self.iface, "-n", "-U",
-                "-c", str(self.count), "-w", "-", *(self.bpf.split() if self.bpf else [])]
+        # --immediate-mode: hand over each packet at once, or a SIGINT would drop the
+        # packets still waiting in the kernel's capture buffer.
+        argv = ["ip", "netns", "exec", self.netns, "tcpdump", "-i", self.iface, "-n",
+                "--immediate-mode", "-U", "-c", str(self.count), "-w", "-",
+                *(self.bpf.split() if self.bpf else [])]
         try:
             self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)

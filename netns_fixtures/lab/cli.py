@@ -143,6 +143,9 @@ def _check(args: argparse.Namespace) -> int:
     from netns_fixtures.lab.handle import find
 
     lab = find(args.lab)
+    if args.lab and os.path.isfile(args.lab) and _changed(args.lab, lab.state.data):
+        _say(f"note: {args.lab} changed since lab {lab.name} was built; checking the lab as "
+             "built (pycnm lab down, then up, to use the new file)")
     if not lab.topology.expect:
         print(f"lab {lab.name} has no 'expect' matrix to check")
         return 0
@@ -158,6 +161,15 @@ def _check(args: argparse.Namespace) -> int:
     else:
         print(table(outcomes))
     return 0 if all(o.passed for o in outcomes) else 1
+
+
+def _changed(path: str, built: dict[str, object]) -> bool:
+    from netns_fixtures.lab.loader import LabFileError, load
+
+    try:
+        return {**load(path).data, "name": built.get("name")} != built  # --name aside
+    except LabFileError:
+        return True
 
 
 def _graph(args: argparse.Namespace) -> int:

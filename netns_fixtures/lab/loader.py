@@ -78,7 +78,11 @@ def load_text(text: str, filename: str = "<topology>") -> Topology:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 1
-        raise LabFileError([f"{filename}:{line}: YAML syntax: {exc.problem or exc}"]) from None
+        context = ""
+        if exc.context and exc.context_mark is not None and exc.context_mark.line + 1 != line:
+            context = f" ({exc.context} that starts at line {exc.context_mark.line + 1})"
+        raise LabFileError([f"{filename}:{line}: YAML syntax: {exc.problem or exc}"
+                            f"{context}"]) from None
     except yaml.YAMLError as exc:
         raise LabFileError([f"{filename}:1: YAML: {exc}"]) from None
     if node is None:

@@ -1,0 +1,303 @@
+"""Labs: the example topologies come up, pass their checks, are drawn from the live kernel
+and go down leaving nothing; a lab killed half-way is removed by ``lab down``; bad
+topology files are refused, with file, line and field, before anything is made.
+
+Every lab here is built under a unique name (``name=``), so a learner's lab of the same
+file on this machine is never touched; the ``lab`` fixture takes each one down in
+``finally``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cnm.osl.netns import list_named_netns
+from netns_fixtures.lab import LabFileError, load, load_text
+from netns_fixtures.lab.realise import leftovers
+from netns_fixtures.lab.state import LabState, labs_dir, processes_with
+
+pytestmark = pytest.mark.root
+
+REPO = Path(__file__).resolve().parents[2]
+LABS = REPO / "labs"
+F_SETPIPE_SZ = 1031  # fcntl: set a pipe's capacity (Linux)
+
+
+def unique_lab() -> str:
+    return "t" + secrets.token_hex(4)
+
+
+def lab_objects(name: str) -> list[str]:
+    """Every namespace, /etc/netns folder, process and state folder of lab ``name``."""
+    found = [f"namespace {ns}" for ns in list_named_netns()
+             if ns.startswith((f"pclab-{name}-", f"pcsb-{name}-")) or f"-pclab-{name}-" in ns]
+    if os.path.isdir("/etc/netns"):
+        found += [f"/etc/netns/{e}" for e in os.listdir("/etc/netns") if f"{name}-" in e]
+    found += [f"process {pid}" for pid in processes_with(f"pclab-{name}-")]
+    found += [f"process {pid}" for pid in processes_with(str(labs_dir() / name))]
+    if (labs_dir() / name).exists():
+        found.append(f"folder {labs_dir() / name}")
+    return found
+
+
+def pycnm(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "cnm.cli", *args], capture_output=True,
+                            text=True, timeout=timeout, cwd=REPO)
+    if check and result.returncode != 0:
+        raise AssertionError(f"pycnm {' '.join(args)} exited {result.returncode}: "
+                             f"{result.stdout}{result.stderr}")
+    return result
+
+
+@pytest.fixture
+def named() -> Iterator[list[str]]:
+    """Lab names a test builds through the CLI; removed after it, pass or fail."""
+    made: list[str] = []
+    try:
+        yield made
+    finally:
+        for name in made:
+            pycnm("lab", "down", name, check=False)
+
+
+# --- the examples -----------------------------------------------------------------------------
+
+EXAMPLES = [
+    pytest.param("01-bridge", ["host1", "c1", "c2", "outside", "pcbr-", "10.1.0.1/24",
+                               "10.1.0.2/24", "203.0.113.1/24", "masquerade", "dnat"],
+                 id="bridge"),
+    pytest.param("02-two-networks", ["multi", "router", "ip_forward on", "ip_forward off",
+                                     "10.2.0.0/24 via 10.1.0.254", "10.2.0.10/24"],
+                 id="two-networks"),
+    pytest.param("03-overlay", ["pcvx-4096", "VNI 4096", "local 172.31.1.2",
+                                "10.0.0.4/24", "VXLAN tunnel", "10.0.0.4 at 02:42:0a:00:00:04"],
+                 id="overlay", marks=pytest.mark.etcd),
+    pytest.param("04-macvlan", ["macvlan bridge", "br0", "192.168.50.21/24", "srv", "gw"],
+                 id="macvlan"),
+]
+
+
+@pytest.mark.parametrize(("folder", "drawn"), EXAMPLES)
+def test_example_lab_checks_draws_and_leaves_nothing(lab, tmp_path: Path, folder: str,
+                                                     drawn: list[str]) -> None:
+    name = unique_lab()
+    handle = lab(LABS / folder / "lab.yaml", name=name)
+    assert (LABS / folder / "GUIDE.md").is_file()
+    outcomes = handle.check()
+    from netns_fixtures.lab.check import table
+
+    assert outcomes and all(o.passed for o in outcomes), table(outcomes)
+    files = handle.graph(tmp_path)
+    assert files.png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    svg = files.svg.read_text()
+    assert svg.lstrip().startswith("<?xml") and "</svg>" in svg
+    for ns in [handle.netns(n) for n in handle.topology.node_names()]:
+        assert ns in svg, f"{ns} missing from the picture"
+    for text in drawn:
+        assert text in svg, f"{text!r} missing from the picture"
+    handle.down()
+    assert lab_objects(name) == []
+
+
+@pytest.mark.etcd
+def test_overlay_capture_shows_the_encapsulation(lab, tmp_path: Path) -> None:
+    handle = lab(LABS / "03-overlay" / "lab.yaml", name=unique_lab())
+    pcap = tmp_path / "r1-eth2.pcap"
+    with handle.capture("r1", "eth2", count=40, seconds=8, pcap=pcap,
+                        bpf="udp port 4789") as cap:
+        assert handle.exec("c1", ["ping", "-c", "2", "-i", "0.2", "-W", "2", "10.0.0.4"]
+                           ).returncode == 0
+    wanted = re.compile(r"172\.31\.1\.2:\d+ > 192\.168\.1\.2:4789 VXLAN vni 4096 \| "
+                        r"02:42:0a:00:00:02 > 02:42:0a:00:00:04 \| "
+                        r"10\.0\.0\.2 > 10\.0\.0\.4 ICMP echo-request")
+    assert any(wanted.search(line) for line in cap.lines), "\n".join(cap.lines)
+    assert any("10.0.0.4 > 10.0.0.2 ICMP echo-reply" in line for line in cap.lines)
+    from scapy.layers.vxlan import VXLAN
+    from scapy.utils import rdpcap
+
+    packets = rdpcap(str(pcap))
+    assert len(packets) == cap.packets and any(p.haslayer(VXLAN) for p in packets)
+
+
+# --- the command line -------------------------------------------------------------------------
+
+
+def test_cli_up_ls_exec_check_graph_down(named: list[str], tmp_path: Path) -> None:
+    name = unique_lab()
+    named.append(name)
+    source = LABS / "02-two-networks" / "lab.yaml"
+    out = pycnm("lab", "up", str(source), "--name", name).stdout
+    assert re.search(r"\[ 1/\d+\] host host1: namespace pclab-" + name + "-host1", out)
+    assert f"lab {name} is up" in out
+    assert "already up" in pycnm("lab", "up", str(source), "--name", name).stdout
+    assert re.search(rf"^{name}\s+up\s+7\s", pycnm("lab", "ls").stdout, re.M)
+    routes = pycnm("lab", "exec", "--lab", name, "alice", "--", "ip", "route").stdout
+    assert "10.2.0.0/24 via 10.1.0.10" in routes
+    failed = pycnm("lab", "exec", "--lab", name, "alice", "--", "false", check=False)
+    assert failed.returncode == 1
+    check = pycnm("lab", "check", name).stdout
+    assert "7/7 passed" in check and "FAIL " not in check and re.search(r"RESULT", check)
+    graph = pycnm("lab", "graph", name, "-o", str(tmp_path)).stdout
+    assert str(tmp_path / f"{name}.png") in graph and (tmp_path / f"{name}.svg").is_file()
+    # A lab whose matrix is wrong fails its check with a non-zero exit.
+    wrong_name = unique_lab()
+    named.append(wrong_name)
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text((LABS / "01-bridge" / "lab.yaml").read_text().replace(
+        "{from: outside, to: c1, expect: blocked}", "{from: outside, to: c1}"))
+    pycnm("lab", "up", str(wrong), "--name", wrong_name)
+    result = pycnm("lab", "check", wrong_name, check=False)
+    assert result.returncode == 1 and "FAIL" in result.stdout and "1 FAILED" in result.stdout
+    for lab_name in (name, wrong_name):
+        assert f"lab {lab_name} removed" in pycnm("lab", "down", lab_name).stdout
+        assert "nothing to remove" in pycnm("lab", "down", lab_name).stdout
+        assert lab_objects(lab_name) == []
+
+
+# --- crash safety -----------------------------------------------------------------------------
+
+
+def many_sandboxes(base: str, host: str, network: str, count: int) -> str:
+    """``base`` with ``count`` more sandboxes on ``host``, joined to ``network``, and no
+    matrix: a build long enough to be killed in the middle."""
+    text = base.split("\nexpect:")[0] + "\n"
+    if "\nsandboxes:" not in text:
+        text += "sandboxes:\n"
+    for i in range(count):
+        text += f"  - {{name: s{i}, host: {host}, networks: [{network}]}}\n"
+    return text
+
+
+CRASHES = [
+    pytest.param("02-two-networks", "host1", "red", id="bridge"),
+    pytest.param("03-overlay", "h1", "ov", id="overlay", marks=pytest.mark.etcd),
+]
+
+
+@pytest.mark.parametrize(("folder", "host", "network"), CRASHES)
+def test_lab_killed_half_way_is_removed_by_down(named: list[str], tmp_path: Path,
+                                                folder: str, host: str, network: str) -> None:
+    name = unique_lab()
+    named.append(name)
+    topology = tmp_path / "big.yaml"
+    topology.write_text(many_sandboxes((LABS / folder / "lab.yaml").read_text(), host,
+                                       network, 80))
+    # A small pipe: once it holds ~50 progress lines, the build blocks on its next line,
+    # so when we read the 3rd sandbox's line it cannot have finished the 80.
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, F_SETPIPE_SZ, 4096)
+    proc = subprocess.Popen([sys.executable, "-m", "cnm.cli", "lab", "up", str(topology),
+                             "--name", name], stdout=write_end, stderr=subprocess.DEVNULL,
+                            cwd=REPO)
+    os.close(write_end)
+    seen: list[str] = []
+    try:
+        with os.fdopen(read_end, "r") as lines:
+            for line in lines:
+                seen.append(line)
+                if re.search(r"\] sandbox s2 on ", line):
+                    proc.send_signal(signal.SIGKILL)
+                    break
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, "".join(seen)
+    state = LabState.load(name)
+    assert state is not None and state.status == "building"
+    assert leftovers(name) and any(ns.startswith(f"pcsb-{name}-") for ns in list_named_netns())
+    if folder == "03-overlay":
+        assert processes_with(str(labs_dir() / name / "etcd" / "data"))
+    out = pycnm("lab", "down", name).stdout
+    assert f"lab {name} removed" in out
+    assert lab_objects(name) == [], out
+
+
+# --- bad files --------------------------------------------------------------------------------
+
+GOOD = (LABS / "01-bridge" / "lab.yaml").read_text()
+
+# (what to change in lab 1, the text on the offending line, the message after "FILE:LINE: ")
+BAD = [
+    pytest.param("networks: [{name: web, ip: 10.1.0.3}]", "networks: [bakcend]",
+                 "bakcend", "sandboxes[1].networks[0]: unknown network 'bakcend'",
+                 id="unknown-network"),
+    pytest.param("    gateway: 10.1.0.1", "    gateway: 10.9.0.1", "10.9.0.1",
+                 "networks[0].gateway: 10.9.0.1 is not inside the subnet 10.1.0.0/24",
+                 id="gateway-outside-subnet"),
+    pytest.param("    driver: bridge", "    driver: bridge\n    options: {colour: red}",
+                 "colour", "networks[0].options: unknown option 'colour'", id="driver-option"),
+    pytest.param("[host1:eth0, outside:eth0]", "[host1:eth0, outsdie:eth0]", "outsdie",
+                 "links[0].endpoints[1]: unknown node 'outsdie'", id="link-to-unknown-node"),
+    pytest.param("[203.0.113.1/24, 203.0.113.2/24]", "[203.0.113.1, 203.0.113.2/24]",
+                 "[203.0.113.1,", "links[0].addresses[0]: '203.0.113.1' needs a prefix length",
+                 id="address-without-prefix"),
+    pytest.param("    ports: [\"8080:80\"]", "    ports: [\"8080:80\"]\n    prots: 1", "prots",
+                 "sandboxes[0].prots: unknown key 'prots'; did you mean 'ports'?",
+                 id="unknown-key"),
+    pytest.param("{from: c1, to: c2}", "{from: c1, to: c2, proto: tcp}",
+                 "proto: tcp}", "expect[0]: a tcp check needs 'port'", id="tcp-without-port"),
+    pytest.param("      - {to: default, via: 203.0.113.2}", "      - {to: default, via: 10.7.0.1}",
+                 "via: 10.7.0.1", "hosts[0].routes[0].via: 10.7.0.1 is not on any subnet",
+                 id="route-via-a-stranger"),
+    pytest.param("  - name: c2\n", "  - name: c2\n  - name: c2\n", "name: c2",
+                 "sandboxes[1]: 'host' is required", id="missing-field"),
+    pytest.param("subnet: 10.1.0.0/24", "subnet: [10.1.0.0/24", "gateway: 10.1.0.1",
+                 "YAML syntax: expected ',' or ']', but got ':' (while parsing a flow "
+                 "sequence that starts at line {line_of:subnet: [})", id="yaml-syntax"),
+]
+
+
+def lab_kernel_view() -> tuple[list[str], list[str]]:
+    """Lab namespaces of any lab, and root-namespace links named like pycnm's: a refused
+    file must add neither (other tests on the machine may add other objects meanwhile)."""
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True,
+                           timeout=30).stdout
+    names = [line.split(":")[1].strip().split("@")[0] for line in links.splitlines()]
+    return ([ns for ns in list_named_netns() if ns.startswith("pclab-")],
+            sorted(n for n in names if n.startswith("pc")))
+
+
+@pytest.mark.parametrize(("old", "new", "marker", "message"), BAD)
+def test_bad_file_is_refused_with_file_line_and_field(tmp_path: Path, old: str, new: str,
+                                                      marker: str, message: str) -> None:
+    assert old in GOOD
+    name = unique_lab()
+    text = GOOD.replace("name: bridge", f"name: {name}", 1).replace(old, new, 1)
+    path = tmp_path / "lab.yaml"
+    path.write_text(text)
+    start = text.index(new) + new.index(marker) if marker in new else text.index(marker)
+    line = text.count("\n", 0, start) + 1
+    message = re.sub(r"\{line_of:(.+?)\}",
+                     lambda m: str(text.count("\n", 0, text.index(m[1])) + 1), message)
+    before = lab_kernel_view()
+    result = pycnm("lab", "up", str(path), check=False)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"{path}:{line}: {message}" in result.stderr, result.stderr
+    after = lab_kernel_view()
+    assert set(after[0]) <= set(before[0]) and set(after[1]) <= set(before[1])
+    assert lab_objects(name) == []
+    with pytest.raises(LabFileError) as caught:
+        load(path)
+    assert any(f"{path}:{line}: {message}" in m for m in caught.value.messages)
+
+
+def test_every_problem_of_a_file_is_reported_at_once() -> None:
+    text = GOOD.replace("networks: [{name: web, ip: 10.1.0.3}]", "networks: [bakcend]") \
+               .replace("    gateway: 10.1.0.1", "    gateway: 10.9.0.1")
+    with pytest.raises(LabFileError) as caught:
+        load_text(text, "x.yaml")
+    messages = caught.value.messages
+    assert len(messages) == 2 and all(re.match(r"x\.yaml:\d+: ", m) for m in messages)
+    assert [int(m.split(":")[1]) for m in messages] == sorted(int(m.split(":")[1])
+                                                             for m in messages)
