@@ -8,13 +8,11 @@ State lives in the driver's store space so a new process can rebuild the kernel 
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import functools
 import ipaddress
 import logging
 import os
-import secrets
 from typing import Any
 
 from cnm import names
@@ -34,14 +32,9 @@ from cnm.osl import links as osl_links
 from cnm.osl.netns import read_sysctl, write_sysctl
 from cnm.osl.nft import ruleset_lock
 from drivers.bridge import firewall, options, ports
+from drivers.common import ipam_record, mac_from_ip, mac_option
 
 log = logging.getLogger(__name__)
-
-
-def mac_from_ip(address: ipaddress.IPv4Address | None) -> str:
-    """Docker's scheme (02:42 + the IPv4 bytes), stable across restarts; random without v4."""
-    tail = address.packed if address is not None else secrets.token_bytes(4)
-    return "02:42:" + ":".join(f"{b:02x}" for b in tail)
 
 
 class BridgeDriver(Driver):
@@ -77,8 +70,8 @@ class BridgeDriver(Driver):
             "id": nid,
             "bridge": bridge,
             "options": parsed.to_dict(),
-            "ipv4": [_ipam_record(d) for d in ipv4],
-            "ipv6": [_ipam_record(d) for d in ipv6],
+            "ipv4": [ipam_record(d) for d in ipv4],
+            "ipv6": [ipam_record(d) for d in ipv6],
             "created_bridge": False,
         }
         with iproute(self.ctx.host_ns) as ipr, contextlib.ExitStack() as undo:
@@ -146,7 +139,7 @@ class BridgeDriver(Driver):
         if existing is not None:
             return InterfaceInfo(mac=existing.value["mac"])
         self._network(nid)
-        mac = iface.mac or _mac_option(opts.get(OPT_MACADDRESS)) or mac_from_ip(
+        mac = iface.mac or mac_option(opts.get(OPT_MACADDRESS)) or mac_from_ip(
             iface.address.ip if iface.address else None
         )
         record = {
@@ -357,27 +350,3 @@ class BridgeDriver(Driver):
         ep = self._endpoint(nid, eid)
         with iproute(self.ctx.host_ns) as ipr:
             return osl_links.link_index(ipr, ep["host_veth"]) is None
-
-
-def _mac_option(value: Any) -> str | None:
-    """Docker sends the MAC option base64-encoded ("AkKqu8zd" = 02:42:aa:bb:cc:dd)."""
-    if not value:
-        return None
-    text = str(value)
-    if ":" in text:
-        return text.lower()
-    try:
-        raw = base64.b64decode(text, validate=True)
-    except ValueError:
-        raise InvalidOption(f"{OPT_MACADDRESS} {text!r} is not a MAC address") from None
-    if len(raw) != 6:
-        raise InvalidOption(f"{OPT_MACADDRESS} {text!r} is not a MAC address")
-    return ":".join(f"{b:02x}" for b in raw)
-
-
-def _ipam_record(data: IpamData) -> dict[str, Any]:
-    return {
-        "pool": str(data.pool),
-        "gateway": str(data.gateway) if data.gateway else None,
-        "aux": {k: str(v) for k, v in data.aux_addresses.items()},
-    }

@@ -46,13 +46,11 @@ passthru modes cannot have one. It is removed with the network.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import errno
 import ipaddress
 import logging
 import os
-import secrets
 import threading
 from typing import Any
 
@@ -72,6 +70,7 @@ from cnm.driverapi import (
 from cnm.errors import CNMError, Conflict, InvalidOption, NotFound
 from cnm.osl import iproute, netns_exists
 from cnm.osl import links as osl_links
+from drivers.common import ipam_record, mac_from_ip, mac_option
 from drivers.macvlan import dataplane, options
 
 log = logging.getLogger(__name__)
@@ -86,13 +85,6 @@ def macvlan_name(endpoint_id: str) -> str:
 
 def shim_name(network_id: str) -> str:
     return names.SHIM_PREFIX + names.short(network_id, 10)
-
-
-def mac_from_ip(address: ipaddress.IPv4Address | None) -> str:
-    """Docker's scheme (02:42 + the IPv4 bytes): unique on the LAN because the address is,
-    stable across restarts; random (locally administered, unicast) without IPv4."""
-    tail = address.packed if address is not None else secrets.token_bytes(4)
-    return "02:42:" + ":".join(f"{b:02x}" for b in tail)
 
 
 class MacvlanDriver(Driver):
@@ -187,8 +179,8 @@ class MacvlanDriver(Driver):
             "id": nid,
             "parent": parsed.parent,
             "options": parsed.to_dict(),
-            "ipv4": [_ipam_record(d) for d in ipv4],
-            "ipv6": [_ipam_record(d) for d in ipv6],
+            "ipv4": [ipam_record(d) for d in ipv4],
+            "ipv6": [ipam_record(d) for d in ipv6],
             "shim": None,
         }
         if shim_address is not None:
@@ -325,7 +317,7 @@ class MacvlanDriver(Driver):
         network = self._network(nid)
         self._refuse_host_address(network, iface)
         mode = network["options"]["mode"]
-        wanted = iface.mac or _mac_option(opts.get(OPT_MACADDRESS))
+        wanted = iface.mac or mac_option(opts.get(OPT_MACADDRESS))
         if mode == "passthru":
             if wanted:
                 raise InvalidOption(
@@ -530,27 +522,3 @@ class MacvlanDriver(Driver):
                 except CNMError as exc:
                     problems.append(f"macvlan network {nid}: cannot rebuild host shim: {exc}")
         return problems
-
-
-def _mac_option(value: Any) -> str | None:
-    """Docker sends the MAC option base64-encoded ("AkKqu8zd" = 02:42:aa:bb:cc:dd)."""
-    if not value:
-        return None
-    text = str(value)
-    if ":" in text:
-        return text.lower()
-    try:
-        raw = base64.b64decode(text, validate=True)
-    except ValueError:
-        raise InvalidOption(f"{OPT_MACADDRESS} {text!r} is not a MAC address") from None
-    if len(raw) != 6:
-        raise InvalidOption(f"{OPT_MACADDRESS} {text!r} is not a MAC address")
-    return ":".join(f"{b:02x}" for b in raw)
-
-
-def _ipam_record(data: IpamData) -> dict[str, Any]:
-    return {
-        "pool": str(data.pool),
-        "gateway": str(data.gateway) if data.gateway else None,
-        "aux": {k: str(v) for k, v in data.aux_addresses.items()},
-    }

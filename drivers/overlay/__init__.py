@@ -85,7 +85,7 @@ def mac_from_ip(address: ipaddress.IPv4Address | None) -> str:
 def _mac_option(value: Any) -> str | None:
     if not value:
         return None
-    from drivers.bridge import _mac_option as decode  # Docker's base64 form, shared
+    from drivers.common import mac_option as decode  # Docker's base64 form, shared
 
     return decode(value)
 
