@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 from cnm.cli.output import emit
@@ -77,12 +78,18 @@ def _up(args: argparse.Namespace) -> int:
     from netns_fixtures.lab.handle import up
     from netns_fixtures.lab.loader import LabFileError
 
+    def interrupted(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM like Ctrl-C: up removes what it built
+
+    previous = signal.signal(signal.SIGTERM, interrupted)
     try:
         up(args.file, name=args.name, progress=_say, detach=True)
     except LabFileError as exc:
         for message in exc.messages:
             print(message, file=sys.stderr)
         return 2
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
 
 

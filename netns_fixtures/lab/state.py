@@ -60,7 +60,7 @@ class LabState:
         """Write atomically: a reader sees the old state or the new one, never half."""
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.dir / f".{STATE_FILE}.{os.getpid()}"
-        tmp.write_text(json.dumps(asdict(self), indent=2))
+        tmp.write_text(json.dumps(asdict(self), indent=2, default=str))
         os.replace(tmp, self.dir / STATE_FILE)
 
     def note_namespace(self, name: str) -> None:
