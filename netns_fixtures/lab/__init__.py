@@ -2,7 +2,8 @@
 
 Who does what (a topology is pure data; separate objects realise it, as in Mininet):
 
-- ``model``: the topology as frozen dataclasses, and ``validate`` for plain data;
+- ``model``: the topology as frozen dataclasses; ``validate``: plain data checked into one,
+  every problem with its field's path;
 - ``loader``: YAML in, errors out as ``file:line: field: problem``;
 - ``realise``: ``up`` builds a topology step by step (each host runs its own pycnm
   Controller on its namespace), ``down`` removes a lab in any state; ``state`` keeps the

@@ -136,7 +136,6 @@ class Capture:
         self._proc: subprocess.Popen[bytes] | None = None
         self._reader: threading.Thread | None = None
         self._timer: threading.Timer | None = None
-        self._started = 0.0
         self._first = 0.0
         self._errors = b""
 
@@ -152,7 +151,6 @@ class Capture:
         except FileNotFoundError:
             raise CaptureError("tcpdump is not installed (apt-get install tcpdump)") from None
         self._wait_ready()
-        self._started = time.monotonic()
         self._timer = threading.Timer(self.seconds, self._interrupt)
         self._timer.daemon = True
         self._timer.start()

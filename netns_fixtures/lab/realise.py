@@ -6,9 +6,10 @@ needs them, networks, sandboxes, then a wait until every VTEP knows its peers), 
 one progress line per step. Each host of kind ``host`` gets its own pycnm Controller,
 acting on that host's namespace (``host_ns``) with the lab's own store: a SQLite file in
 the lab's folder, or an etcd the lab starts on loopback (every pycnm process of the lab
-keeps its sockets in the root namespace and reaches the hosts through netlink). Before it
-makes a namespace or starts a process, ``up`` notes it in the lab's state file; if a step
-fails, ``up`` removes everything and re-raises.
+keeps its sockets in the root namespace and reaches the hosts through netlink). ``up``
+notes each namespace in the lab's state file before making it, and each process as soon
+as it has a pid (one whose pid never reached the file is still found by its lab-specific
+command line); if a step fails, ``up`` removes everything and re-raises.
 
 ``down`` removes a lab whatever state it is in (up, half-built by a killed process, half
 removed): it stops the lab's processes, asks pycnm to remove what it made (the orderly

@@ -1,10 +1,12 @@
 """What a lab has made so far, on disk, so that a lab can always be removed.
 
 Who does what: the realiser writes a ``LabState`` to ``<labs dir>/<lab>/state.json``
-*before* each namespace or process it makes (write-ahead: a crash between the note and
-the object leaves a note about nothing, which removal tolerates, never an object without a
-note). ``lab down`` reads it, and also sweeps by the lab's own name prefix, so a lab killed
-at any point is removed completely. The lab's store (SQLite file or etcd data) lives in the
+*before* each namespace it makes (write-ahead: a crash between the note and the object
+leaves a note about nothing, which removal tolerates, never an object without a note), and
+each process it starts as soon as it has a pid (a process whose pid never reached the file
+is found by a marker in its command line: the lab's folder or namespace prefix).
+``lab down`` reads it, and also sweeps by the lab's own name prefix, so a lab killed at
+any point is removed completely. The lab's store (SQLite file or etcd data) lives in the
 same folder and goes with it.
 
 The labs dir is ``/run/pycnm/labs`` (``$PYCNM_LAB_DIR`` overrides it): a tmpfs, so state
