@@ -278,10 +278,11 @@ class Controller:
                 raise Conflict(f"a sandbox named {name!r} already exists")
             undo.callback(self.local.delete, f"names/sandboxes/{name}")
             if record.owned:
-                create_named_netns(names.sandbox_netns(name))
+                create_named_netns(names.sandbox_netns(name), loopback_up=True,
+                                   forwarding=ip_forward)
                 undo.callback(delete_named_netns, names.sandbox_netns(name))
-                plumbing.loopback_up(record.netns_path)
-            plumbing.set_forwarding(record.netns_path, ip_forward)
+            else:
+                plumbing.set_forwarding(record.netns_path, ip_forward)
             etcfiles.write(record, [], self._netns_name(record))
             undo.callback(etcfiles.remove, record, self._netns_name(record))
             self.local.put(f"sandboxes/{sid}", record.to_dict())

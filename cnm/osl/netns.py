@@ -13,8 +13,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
 import os
 import socket
+import struct
 import threading
 from collections.abc import Callable, Iterator
 from typing import TypeVar
@@ -154,12 +156,20 @@ def iproute(ns: str | None = None) -> Iterator[IPRoute]:
         ipr.close()
 
 
-def create_named_netns(name: str, parent: str | None = None) -> str:
+def create_named_netns(
+    name: str,
+    parent: str | None = None,
+    *,
+    loopback_up: bool = False,
+    forwarding: bool | None = None,
+) -> str:
     """Create the named namespace ``name`` (as ``ip netns add`` does) and return its path.
 
     ``parent`` is irrelevant to the kernel (namespaces are flat) but lets a host namespace
-    emulate a machine: we unshare from inside it so /proc/sys defaults match. Raises
-    Conflict if the name is taken.
+    emulate a machine: we unshare from inside it so /proc/sys defaults match.
+    ``loopback_up`` and ``forwarding`` (set explicitly either way when not None) are done
+    by the same thread while it is inside, which saves a netlink socket and two thread
+    round trips per sandbox. Raises Conflict if the name is taken.
     """
     _ensure_run_dir()
     path = named_netns_path(name)
@@ -175,6 +185,13 @@ def create_named_netns(name: str, parent: str | None = None) -> str:
             _libc.mount(b"/proc/thread-self/ns/net", path.encode(), b"none", _MS_BIND, None),
             f"bind-mount namespace {name}",
         )
+        if loopback_up:
+            _set_up_here("lo")
+        if forwarding is not None:
+            value = "1" if forwarding else "0"
+            for key in ("net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding"):
+                with open(os.path.join("/proc/sys", key), "w") as handle:
+                    handle.write(value)
 
     try:
         if parent is None:
@@ -186,6 +203,15 @@ def create_named_netns(name: str, parent: str | None = None) -> str:
             os.unlink(path)
         raise KernelError(str(exc)) from exc
     return path
+
+
+def _set_up_here(ifname: str) -> None:
+    """Bring an interface of the calling thread's namespace up with two ioctls."""
+    siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        request = struct.pack("16sH", ifname.encode(), 0)
+        flags = struct.unpack("16sH", fcntl.ioctl(sock, siocgifflags, request)[:18])[1]
+        fcntl.ioctl(sock, siocsifflags, struct.pack("16sH", ifname.encode(), flags | iff_up))
 
 
 def delete_named_netns(name: str) -> None:
