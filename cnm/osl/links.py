@@ -216,6 +216,17 @@ def addresses(ipr: IPRoute, index: int | None = None) -> list[IPInterface]:
     return found
 
 
+def _route_spec(
+    destination: IPNetwork, gateway: IPAddress | None, oif: int | None
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {"dst": str(destination), "family": _FAMILY[destination.version]}
+    if gateway is not None:
+        spec["gateway"] = str(gateway)
+    if oif is not None:
+        spec["oif"] = oif
+    return spec
+
+
 def add_route(
     ipr: IPRoute,
     destination: IPNetwork,
@@ -224,13 +235,8 @@ def add_route(
     oif: int | None = None,
 ) -> None:
     """Add a route; an identical route already present is success."""
-    spec: dict[str, Any] = {"dst": str(destination), "family": _FAMILY[destination.version]}
-    if gateway is not None:
-        spec["gateway"] = str(gateway)
-    if oif is not None:
-        spec["oif"] = oif
     try:
-        ipr.route("add", **spec)
+        ipr.route("add", **_route_spec(destination, gateway, oif))
     except NetlinkError as exc:
         if exc.code != errno.EEXIST:
             via = f" via {gateway}" if gateway else ""
@@ -242,13 +248,8 @@ def replace_route(
     oif: int | None = None,
 ) -> None:
     """Add a route or replace the one to the same destination, in one request."""
-    spec: dict[str, Any] = {"dst": str(destination), "family": _FAMILY[destination.version]}
-    if gateway is not None:
-        spec["gateway"] = str(gateway)
-    if oif is not None:
-        spec["oif"] = oif
     try:
-        ipr.route("replace", **spec)
+        ipr.route("replace", **_route_spec(destination, gateway, oif))
     except NetlinkError as exc:
         raise kernel_error(exc, f"set route {destination}") from exc
 

@@ -65,6 +65,7 @@ from cnm.driverapi import (
 )
 from cnm.errors import Conflict, InvalidOption, NotFound, StoreUnavailable
 from cnm.store.base import Store
+from drivers.common import ipam_record, mac_from_ip, mac_option
 from drivers.overlay import cluster, dataplane, options
 from drivers.overlay.cluster import Cluster, OverlaySpec
 
@@ -73,21 +74,6 @@ log = logging.getLogger(__name__)
 DEFAULT_LEASE_TTL = 15.0  # seconds; a dead host's entries go after at most this long
 DEFAULT_RESYNC_INTERVAL = 30.0
 ENV_LEASE_TTL = "PYCNM_OVERLAY_LEASE_TTL"
-
-
-def mac_from_ip(address: ipaddress.IPv4Address | None) -> str:
-    """Docker's scheme, 02:42 + the IPv4 bytes: unique on an overlay because the address
-    is (addresses come from the cluster-wide IPAM)."""
-    tail = address.packed if address is not None else os.urandom(4)
-    return "02:42:" + ":".join(f"{b:02x}" for b in tail)
-
-
-def _mac_option(value: Any) -> str | None:
-    if not value:
-        return None
-    from drivers.common import mac_option as decode  # Docker's base64 form, shared
-
-    return decode(value)
 
 
 class OverlayDriver(Driver):
@@ -176,8 +162,8 @@ class OverlayDriver(Driver):
                 "id": nid, "overlay": parsed.overlay, "vni": vni, "netns": ns_name,
                 "vtep": underlay.vtep, "underlay": underlay.ifname, "mtu": mtu,
                 "options": parsed.to_dict(),
-                "ipv4": [_ipam_record(d) for d in ipv4],
-                "ipv6": [_ipam_record(d) for d in ipv6],
+                "ipv4": [ipam_record(d) for d in ipv4],
+                "ipv6": [ipam_record(d) for d in ipv6],
             }
             self.ctx.store.put(f"networks/{nid}", record)
             undo.pop_all()
@@ -223,7 +209,7 @@ class OverlayDriver(Driver):
         if existing is not None:
             return InterfaceInfo(mac=existing.value["mac"])
         net = self._network(nid)
-        mac = iface.mac or _mac_option(opts.get(OPT_MACADDRESS)) or mac_from_ip(
+        mac = iface.mac or mac_option(opts.get(OPT_MACADDRESS)) or mac_from_ip(
             iface.address.ip if iface.address else None
         )
         ip = str(iface.address.ip) if iface.address else None
@@ -374,11 +360,3 @@ class OverlayDriver(Driver):
             except StoreUnavailable as exc:
                 problems.append(f"overlay network {net['id'][:12]}: peers not resynced: {exc}")
         return problems
-
-
-def _ipam_record(data: IpamData) -> dict[str, Any]:
-    return {
-        "pool": str(data.pool),
-        "gateway": str(data.gateway) if data.gateway else None,
-        "aux": {k: str(v) for k, v in data.aux_addresses.items()},
-    }
