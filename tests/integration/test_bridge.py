@@ -8,6 +8,8 @@ root namespace, and every test's traffic stays inside namespaces it made.
 from __future__ import annotations
 
 import ipaddress
+import os
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -15,6 +17,7 @@ import pytest
 
 from cnm.controller import Controller
 from cnm.driverapi import OPT_PORTMAP
+from cnm.osl import reaper
 from tests.integration.bridge_helpers import TcpServer, ping, ping_eventually, tcp_hello, unique
 
 pytestmark = pytest.mark.root
@@ -216,3 +219,59 @@ def test_restart_reconciles_lost_kernel_state(lab: Lab) -> None:
         assert restarted.last_reconcile == []
     assert ping_eventually(a.netns_name, ip_of(ep_b))
     assert "masquerade" in lab.host.run(["nft", "list", "table", "inet", "pycnm"]).stdout
+
+
+UDP_ECHO = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.settimeout(10)
+print("ready", flush=True)
+data, peer = s.recvfrom(100)
+s.sendto(b"echo:" + data, peer)
+"""
+
+UDP_ASK = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(1)
+for _ in range(5):
+    s.sendto(b"ping", (sys.argv[1], int(sys.argv[2])))
+    try:
+        print(s.recvfrom(100)[0].decode())
+        break
+    except socket.timeout:
+        continue
+"""
+
+
+def test_published_udp_port_is_reachable_from_outside(lab: Lab) -> None:
+    net = lab.ctl.new_network(unique("n"), subnet="10.73.0.0/24")
+    a = lab.sandbox()
+    lab.attach(net, a, options={OPT_PORTMAP: [{"Proto": 17, "Port": 53, "HostPort": 5353}]})
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", a.netns_name, "python3", "-c", UDP_ECHO, "53"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        answer = lab.outside.run(["python3", "-c", UDP_ASK, HOST_OUT, "5353"], timeout=20)
+        assert answer.stdout.strip() == "echo:ping"
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def test_sandbox_adopts_an_existing_namespace(lab: Lab, netns) -> None:
+    existing = netns("adopted")
+    net = lab.ctl.new_network(unique("n"), subnet="10.74.0.0/24")
+    adopted = lab.ctl.new_sandbox(unique("sb"), netns_path=existing.path)
+    other = lab.sandbox()
+    lab.attach(net, adopted)
+    ep = lab.attach(net, other)
+    assert existing.ping(ip_of(ep))
+    adopted.delete()
+    reaper.flush()  # link deletions run in the background
+    # pycnm never deletes a namespace it did not make; its interface is gone from it.
+    assert os.path.exists(existing.path)
+    assert "eth0" not in existing.links()
