@@ -25,7 +25,7 @@ import drivers as driver_registry
 from cnm import addressing, etcfiles, names, osl
 from cnm.driverapi import OPT_ENABLE_IPV6, OPT_INTERNAL, Driver, DriverContext
 from cnm.endpoint import Endpoint
-from cnm.errors import Busy, CNMError, Conflict, InvalidOption, NotFound
+from cnm.errors import CNMError, Conflict, InvalidOption, NotFound
 from cnm.ipam import Ipam
 from cnm.network import Network
 from cnm.osl import plumbing, reaper
@@ -399,6 +399,3 @@ class Controller:
         if entry is None:
             raise NotFound(f"sandbox {sid[:12]} not found")
         return SandboxRecord.from_dict(entry.value)
-
-    def _busy(self, what: str) -> Busy:
-        return Busy(what)

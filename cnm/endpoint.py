@@ -50,6 +50,10 @@ class Endpoint:
 
         return Network(self.controller, self.network_id)
 
+    def _driver(self) -> Any:
+        """The driver of this endpoint's network."""
+        return self.controller.driver(self.controller._network_record(self.network_id).driver)
+
     def _key(self) -> str:
         return f"endpoints/{self.network_id}/{self.id}"
 
@@ -134,7 +138,7 @@ class Endpoint:
             ipaddress.IPv4Address(ep.gateway) if ep.gateway else None,
             ipaddress.IPv6Address(ep.gateway_v6) if ep.gateway_v6 else None,
         )
-        drv = self.controller.driver(self.controller._network_record(self.network_id).driver)
+        drv = self._driver()
         drv.program_external_connectivity(self.network_id, self.id, opts)
 
     def _clear_join(self) -> None:
@@ -157,7 +161,7 @@ class Endpoint:
             sb: SandboxRecord | None = sandbox.record
         except NotFound:
             sb = None
-        drv = ctl.driver(ctl._network_record(self.network_id).driver)
+        drv = self._driver()
         was_gateway = sb is not None and sb.gateway_endpoint == self.id
         if was_gateway:
             drv.revoke_external_connectivity(self.network_id, self.id)
@@ -179,9 +183,8 @@ class Endpoint:
     def join_external(self, sandbox_key: str, options: dict[str, Any] | None = None) -> JoinInfo:
         """The driver's half of a join whose sandbox another program manages (Docker moves
         and configures the interface itself): return what to plug and record the key."""
-        ctl = self.controller
         ep = self.record
-        drv = ctl.driver(ctl._network_record(self.network_id).driver)
+        drv = self._driver()
         info = drv.join(self.network_id, self.id, sandbox_key, {**ep.options, **(options or {})})
         ep.sandbox_key, ep.src_name = sandbox_key, info.src_name
         ep.gateway = str(info.gateway) if info.gateway else None
@@ -191,28 +194,24 @@ class Endpoint:
 
     def leave_external(self) -> None:
         """Undo ``join_external``; an endpoint not joined is success."""
-        ctl = self.controller
         ep = self.record
-        drv = ctl.driver(ctl._network_record(self.network_id).driver)
+        drv = self._driver()
         drv.leave(self.network_id, self.id)
         ep.sandbox_key = ep.src_name = ep.gateway = ep.gateway_v6 = None
         self._save(ep)
 
     def program_external_connectivity(self, options: dict[str, Any] | None = None) -> None:
         """Publish ports etc. for an externally managed sandbox's gateway endpoint."""
-        ctl = self.controller
-        drv = ctl.driver(ctl._network_record(self.network_id).driver)
+        drv = self._driver()
         drv.program_external_connectivity(self.network_id, self.id, dict(options or {}))
 
     def revoke_external_connectivity(self) -> None:
-        ctl = self.controller
-        drv = ctl.driver(ctl._network_record(self.network_id).driver)
+        drv = self._driver()
         drv.revoke_external_connectivity(self.network_id, self.id)
 
     def operational_info(self) -> dict[str, Any]:
         """The driver's free-form view (Docker's EndpointOperInfo)."""
-        ctl = self.controller
-        drv = ctl.driver(ctl._network_record(self.network_id).driver)
+        drv = self._driver()
         return drv.endpoint_info(self.network_id, self.id)
 
     def delete(self, force: bool = False) -> None:

@@ -145,9 +145,12 @@ class Sandbox:
                 return
 
     def _write_files(self, hosts_only: bool = True) -> None:
+        # One read of the sandbox and one per joined endpoint: this runs on every join.
         sb = self.record
-        records = [ep.record for ep in self.endpoints()]
-        etcfiles.write(sb, records, self.netns_name, hosts_only=hosts_only)
+        ordered = sorted(sb.interfaces.items(), key=lambda i: _order(i[0]))
+        records = [r for r in (self._find_endpoint(key) for _, key in ordered) if r]
+        netns_name = names.sandbox_netns(sb.name) if sb.owned else None
+        etcfiles.write(sb, records, netns_name, hosts_only=hosts_only)
 
     # --- life cycle -------------------------------------------------------------------
 

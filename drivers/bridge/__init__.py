@@ -344,9 +344,3 @@ class BridgeDriver(Driver):
         """ICC off: an isolated bridge port reaches the bridge (the gateway) but no other
         isolated port, in the kernel's forwarding path itself."""
         ipr.brport("set", index=osl_links.require_index(ipr, port), isolated=1)
-
-    def endpoint_missing(self, nid: str, eid: str) -> bool:
-        """Whether the endpoint's host-side interface is gone (used by reconcile)."""
-        ep = self._endpoint(nid, eid)
-        with iproute(self.ctx.host_ns) as ipr:
-            return osl_links.link_index(ipr, ep["host_veth"]) is None
