@@ -10,14 +10,28 @@ from __future__ import annotations
 import errno
 import fcntl
 import ipaddress
+import secrets
 import struct
 from collections.abc import Iterable
 from typing import Any
 
-from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
+from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from cnm.errors import Conflict, KernelError, KernelFeatureMissing, NotFound
+from cnm.osl.netns import NetlinkHandle
+from cnm.osl.rtnl import (
+    CREATE,
+    REPLACE,
+    RTM_NEWADDR,
+    RTM_NEWLINK,
+    RTM_NEWROUTE,
+    SET,
+    Request,
+    RequestFailed,
+)
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -34,13 +48,12 @@ def kernel_error(exc: NetlinkError, what: str) -> KernelError:
 _SIOCGIFINDEX = 0x8933
 
 
-def link_index(ipr: IPRoute, name: str) -> int | None:
-    """Index of the link called ``name``, or None. One ioctl in the handle's namespace
-    (see ``cnm.osl.netns.iproute``), else one kernel-side netlink lookup, never a dump."""
-    helper = getattr(ipr, "pycnm_ioctl", None)
-    if helper is not None and len(name.encode()) < 16:
+def link_index(ipr: NetlinkHandle, name: str) -> int | None:
+    """Index of the link called ``name``, or None. One ioctl in the handle's namespace,
+    else (an alternative name) one kernel-side netlink lookup, never a dump."""
+    if len(name.encode()) < 16:
         try:
-            reply = fcntl.ioctl(helper, _SIOCGIFINDEX, struct.pack("16si", name.encode(), 0))
+            reply = fcntl.ioctl(ipr.ioctl, _SIOCGIFINDEX, struct.pack("16si", name.encode(), 0))
         except OSError as exc:
             if exc.errno == errno.ENODEV:
                 return None
@@ -55,14 +68,14 @@ def link_index(ipr: IPRoute, name: str) -> int | None:
     return reply[0]["index"] if reply else None
 
 
-def require_index(ipr: IPRoute, name: str) -> int:
+def require_index(ipr: NetlinkHandle, name: str) -> int:
     index = link_index(ipr, name)
     if index is None:
         raise NotFound(f"interface {name} does not exist")
     return index
 
 
-def link_info(ipr: IPRoute, name: str) -> dict[str, Any] | None:
+def link_info(ipr: NetlinkHandle, name: str) -> dict[str, Any] | None:
     """A few facts about a link (kind, master, mtu, mac, state), or None if absent."""
     try:
         msg = ipr.link("get", ifname=name)[0]
@@ -82,30 +95,67 @@ def link_info(ipr: IPRoute, name: str) -> dict[str, Any] | None:
     }
 
 
-def _add_link(ipr: IPRoute, what: str, **spec: Any) -> None:
+def _link_error(exc: NetlinkError, what: str, ifname: str, kind: str | None) -> Exception:
+    if exc.code == errno.EEXIST:
+        return Conflict(f"{what}: interface {ifname} already exists")
+    if exc.code == errno.EOPNOTSUPP:
+        return KernelFeatureMissing(f"{what}: this kernel does not support {kind} interfaces")
+    return kernel_error(exc, what)
+
+
+def _add_link(ipr: NetlinkHandle, what: str, **spec: Any) -> None:
     try:
         ipr.link("add", **spec)
     except NetlinkError as exc:
-        if exc.code == errno.EEXIST:
-            raise Conflict(f"{what}: interface {spec['ifname']} already exists") from exc
-        if exc.code == errno.EOPNOTSUPP:
-            raise KernelFeatureMissing(
-                f"{what}: this kernel does not support {spec.get('kind')} interfaces"
-            ) from exc
-        raise kernel_error(exc, what) from exc
+        raise _link_error(exc, what, spec["ifname"], spec.get("kind")) from exc
 
 
-def ensure_bridge(ipr: IPRoute, name: str, mtu: int | None = None) -> int:
+_IFF_UP = 0x1
+_ADDR_GEN_MODE_NONE = ("IFLA_AF_SPEC", {"attrs": [
+    ("AF_INET6", {"attrs": [("IFLA_INET6_ADDR_GEN_MODE", 1)]}),  # IN6_ADDR_GEN_MODE_NONE
+]})
+
+
+def _link_request(
+    what: str, index: int = 0, attrs: Iterable[tuple[str, Any]] = (), up: bool | None = None
+) -> Request:
+    msg = ifinfmsg()
+    msg["index"] = index
+    if up is not None:
+        msg["flags"], msg["change"] = (_IFF_UP if up else 0), _IFF_UP
+    msg["attrs"] = list(attrs)
+    return Request(msg, RTM_NEWLINK, SET, what)
+
+
+def _no_link_local(index: int) -> Request:
+    """No IPv6 link-local address for this link, asked before it goes up: an interface
+    coming up with one sends DAD, MLD and router solicitations, which a bridge floods to
+    every port, so each attach would cost every other sandbox work (O(N) per attach)."""
+    return _link_request(f"turn off IPv6 link-local on link {index}", index,
+                         [_ADDR_GEN_MODE_NONE])
+
+
+def random_mac() -> str:
+    """A random locally administered unicast MAC."""
+    raw = bytearray(secrets.token_bytes(6))
+    raw[0] = (raw[0] & 0xFC) | 0x02
+    return ":".join(f"{b:02x}" for b in raw)
+
+
+def ensure_bridge(ipr: NetlinkHandle, name: str, mtu: int | None = None) -> int:
     """Create (or reuse) the bridge ``name``, up; return its index.
 
     An existing link of the same name is reused only if it is a bridge (as flannel's
-    ensure_link does); anything else is a conflict the user must resolve.
+    ensure_link does); anything else is a conflict the user must resolve. A new bridge gets
+    a MAC of its own, as Docker's do: otherwise the kernel gives it the lowest of its ports'
+    MACs, which changes as ports come and go, and the sandboxes' ARP entries for their
+    gateway go stale.
     """
     info = link_info(ipr, name)
     if info is not None and info["kind"] != "bridge":
         raise Conflict(f"interface {name} exists and is not a bridge ({info['kind'] or 'device'})")
     if info is None:
-        spec: dict[str, Any] = {"ifname": name, "kind": "bridge"}
+        spec: dict[str, Any] = {"ifname": name, "kind": "bridge", "address": random_mac()}
         if mtu:
             spec["mtu"] = mtu
         _add_link(ipr, f"create bridge {name}", **spec)
@@ -115,7 +165,7 @@ def ensure_bridge(ipr: IPRoute, name: str, mtu: int | None = None) -> int:
 
 
 def create_veth(
-    ipr: IPRoute,
+    ipr: NetlinkHandle,
     host_name: str,
     peer_name: str,
     *,
@@ -126,26 +176,38 @@ def create_veth(
 ) -> int:
     """Create a veth pair, host end here, up (and enslaved); return its index.
 
-    With ``peer_netns_fd`` the peer is born inside that namespace: no later move.
+    With ``peer_netns_fd`` the peer is born inside that namespace: no later move. The peer
+    is born down (the kernel cannot bring up a veth whose pair is not made yet). The host
+    end is a bridge port and needs no IPv6 address, so it gets none (see _no_link_local).
     """
-    peer: dict[str, Any] = {"ifname": peer_name}
+    what = f"create veth {host_name}"
+    peer: list[tuple[str, Any]] = [("IFLA_IFNAME", peer_name)]
+    attrs: list[tuple[str, Any]] = [("IFLA_IFNAME", host_name)]
     if peer_netns_fd is not None:
-        peer["net_ns_fd"] = peer_netns_fd
-        peer["state"] = "up"  # born up inside the sandbox: one request fewer there
-    spec: dict[str, Any] = {"ifname": host_name, "kind": "veth", "peer": peer}
-    if mtu:
-        spec["mtu"] = mtu
-        peer["mtu"] = mtu
+        peer.append(("IFLA_NET_NS_FD", peer_netns_fd))
     if peer_mac:
-        peer["address"] = peer_mac
+        peer.append(("IFLA_ADDRESS", peer_mac))
+    if mtu:
+        peer.append(("IFLA_MTU", mtu))
+        attrs.append(("IFLA_MTU", mtu))
     if master is not None:
-        spec["master"] = master  # enslaved and up in the same request: no second round trip
-    spec["state"] = "up"
-    _add_link(ipr, f"create veth {host_name}", **spec)
-    return require_index(ipr, host_name)
+        attrs.append(("IFLA_MASTER", master))
+    attrs.append(("IFLA_LINKINFO", {"attrs": [
+        ("IFLA_INFO_KIND", "veth"),
+        ("IFLA_INFO_DATA", {"attrs": [("VETH_INFO_PEER", {"attrs": peer})]}),
+    ]}))
+    create = _link_request(what, attrs=attrs)
+    create.flags = CREATE
+    try:
+        ipr.rtnl.run([create])
+        index = require_index(ipr, host_name)
+        ipr.rtnl.run([_no_link_local(index), _link_request(f"set {host_name} up", index, up=True)])
+    except NetlinkError as exc:
+        raise _link_error(exc, what, host_name, "veth") from exc
+    return index
 
 
-def delete_link(ipr: IPRoute, name: str) -> None:
+def delete_link(ipr: NetlinkHandle, name: str) -> None:
     """Delete ``name``; already gone is success."""
     try:
         ipr.link("del", ifname=name)
@@ -154,7 +216,7 @@ def delete_link(ipr: IPRoute, name: str) -> None:
             raise kernel_error(exc, f"delete {name}") from exc
 
 
-def move_link(ipr: IPRoute, name: str, target_fd: int, new_name: str | None = None) -> None:
+def move_link(ipr: NetlinkHandle, name: str, target_fd: int, new_name: str | None = None) -> None:
     """Move ``name`` into the namespace open on ``target_fd``, renaming it on the way."""
     index = require_index(ipr, name)
     spec: dict[str, Any] = {"index": index, "net_ns_fd": target_fd}
@@ -169,45 +231,56 @@ def move_link(ipr: IPRoute, name: str, target_fd: int, new_name: str | None = No
 
 
 def configure(
-    ipr: IPRoute,
+    ipr: NetlinkHandle,
     index: int,
     *,
     addresses: Iterable[IPInterface] = (),
     mac: str | None = None,
     mtu: int | None = None,
     up: bool = True,
+    link_local: bool = True,
+    routes: Iterable[Request] = (),
 ) -> None:
-    """Give a link its MAC, MTU and addresses, then bring it up."""
-    settings: dict[str, Any] = {"index": index}
+    """Give a link its MAC, MTU and addresses, bring it up, then add ``routes``
+    (``route_request``), all in one round trip. ``link_local=False``: no IPv6 link-local
+    address (for an interface with no IPv6 to do; see _no_link_local)."""
+    requests: list[Request] = []
+    settings: list[tuple[str, Any]] = []
     if mac:
-        settings["address"] = mac
+        settings.append(("IFLA_ADDRESS", mac))
     if mtu:
-        settings["mtu"] = mtu
-    if len(settings) > 1:
-        ipr.link("set", **settings)
-    for iface in addresses:
-        add_address(ipr, index, iface)
+        settings.append(("IFLA_MTU", mtu))
+    if settings:
+        requests.append(_link_request(f"set MAC/MTU of link {index}", index, settings))
+    if not link_local:
+        requests.append(_no_link_local(index))
+    requests.extend(address_request(index, iface) for iface in addresses)
     if up:
-        ipr.link("set", index=index, state="up")
+        requests.append(_link_request(f"set link {index} up", index, up=True))
+    requests.extend(routes)
+    _run(ipr, requests)
 
 
-def add_address(ipr: IPRoute, index: int, iface: IPInterface, *, nodad: bool = True) -> None:
+def address_request(index: int, iface: IPInterface, *, nodad: bool = True) -> Request:
+    """A request adding ``iface`` to a link; the same address already there is success."""
+    msg = ifaddrmsg()
+    msg["family"], msg["prefixlen"], msg["index"] = (
+        _FAMILY[iface.version], iface.network.prefixlen, index)
+    msg["attrs"] = [("IFA_ADDRESS", str(iface.ip))]
+    if iface.version == 4:
+        msg["attrs"].append(("IFA_LOCAL", str(iface.ip)))
+    elif nodad:
+        msg["attrs"].append(("IFA_FLAGS", 0x02))  # IFA_F_NODAD: usable now, not in 1-2 s
+    return Request(msg, RTM_NEWADDR, CREATE, f"add address {iface}",
+                   frozenset({errno.EEXIST}))
+
+
+def add_address(ipr: NetlinkHandle, index: int, iface: IPInterface, *, nodad: bool = True) -> None:
     """Add ``iface`` to a link; the same address already there is success."""
-    spec: dict[str, Any] = {
-        "index": index,
-        "address": str(iface.ip),
-        "prefixlen": iface.network.prefixlen,
-    }
-    if iface.version == 6 and nodad:
-        spec["flags"] = 0x02  # IFA_F_NODAD: usable at once, no 1-2 s tentative period
-    try:
-        ipr.addr("add", **spec)
-    except NetlinkError as exc:
-        if exc.code != errno.EEXIST:
-            raise kernel_error(exc, f"add address {iface}") from exc
+    _run(ipr, [address_request(index, iface, nodad=nodad)])
 
 
-def addresses(ipr: IPRoute, index: int | None = None) -> list[IPInterface]:
+def addresses(ipr: NetlinkHandle, index: int | None = None) -> list[IPInterface]:
     """Addresses on one link (or on every link)."""
     found: list[IPInterface] = []
     query: dict[str, Any] = {} if index is None else {"index": index}
@@ -216,45 +289,65 @@ def addresses(ipr: IPRoute, index: int | None = None) -> list[IPInterface]:
     return found
 
 
-def _route_spec(
-    destination: IPNetwork, gateway: IPAddress | None, oif: int | None
-) -> dict[str, Any]:
-    spec: dict[str, Any] = {"dst": str(destination), "family": _FAMILY[destination.version]}
+_RT_TABLE_MAIN, _RTPROT_STATIC, _RTN_UNICAST = 254, 4, 1
+
+
+def route_request(
+    destination: IPNetwork,
+    *,
+    gateway: IPAddress | None = None,
+    oif: int | None = None,
+    replace: bool = False,
+) -> Request:
+    """Add a route (an identical one already present is success), or with ``replace``
+    add it or replace the one to the same destination."""
+    msg = rtmsg()
+    msg["family"], msg["dst_len"] = _FAMILY[destination.version], destination.prefixlen
+    msg["table"], msg["proto"], msg["type"] = _RT_TABLE_MAIN, _RTPROT_STATIC, _RTN_UNICAST
+    attrs: list[tuple[str, Any]] = []
+    if destination.prefixlen:
+        attrs.append(("RTA_DST", str(destination.network_address)))
     if gateway is not None:
-        spec["gateway"] = str(gateway)
+        attrs.append(("RTA_GATEWAY", str(gateway)))
     if oif is not None:
-        spec["oif"] = oif
-    return spec
+        attrs.append(("RTA_OIF", oif))
+    msg["attrs"] = attrs
+    via = f" via {gateway}" if gateway else ""
+    if replace:
+        return Request(msg, RTM_NEWROUTE, REPLACE, f"set route {destination}{via}")
+    return Request(msg, RTM_NEWROUTE, CREATE, f"add route {destination}{via}",
+                   frozenset({errno.EEXIST}))
 
 
 def add_route(
-    ipr: IPRoute,
+    ipr: NetlinkHandle,
     destination: IPNetwork,
     *,
     gateway: IPAddress | None = None,
     oif: int | None = None,
 ) -> None:
     """Add a route; an identical route already present is success."""
-    try:
-        ipr.route("add", **_route_spec(destination, gateway, oif))
-    except NetlinkError as exc:
-        if exc.code != errno.EEXIST:
-            via = f" via {gateway}" if gateway else ""
-            raise kernel_error(exc, f"add route {destination}{via}") from exc
+    _run(ipr, [route_request(destination, gateway=gateway, oif=oif)])
 
 
 def replace_route(
-    ipr: IPRoute, destination: IPNetwork, *, gateway: IPAddress | None = None,
+    ipr: NetlinkHandle, destination: IPNetwork, *, gateway: IPAddress | None = None,
     oif: int | None = None,
 ) -> None:
     """Add a route or replace the one to the same destination, in one request."""
+    _run(ipr, [route_request(destination, gateway=gateway, oif=oif, replace=True)])
+
+
+def _run(ipr: NetlinkHandle, requests: list[Request]) -> None:
     try:
-        ipr.route("replace", **_route_spec(destination, gateway, oif))
-    except NetlinkError as exc:
-        raise kernel_error(exc, f"set route {destination}") from exc
+        ipr.rtnl.run(requests)
+    except RequestFailed as exc:
+        raise kernel_error(exc, exc.request.what) from exc
 
 
-def delete_route(ipr: IPRoute, destination: IPNetwork, *, gateway: IPAddress | None = None) -> None:
+def delete_route(
+    ipr: NetlinkHandle, destination: IPNetwork, *, gateway: IPAddress | None = None
+) -> None:
     spec: dict[str, Any] = {"dst": str(destination), "family": _FAMILY[destination.version]}
     if gateway is not None:
         spec["gateway"] = str(gateway)
@@ -265,7 +358,7 @@ def delete_route(ipr: IPRoute, destination: IPNetwork, *, gateway: IPAddress | N
             raise kernel_error(exc, f"delete route {destination}") from exc
 
 
-def routed_prefixes(ipr: IPRoute) -> list[IPNetwork]:
+def routed_prefixes(ipr: NetlinkHandle) -> list[IPNetwork]:
     """Every prefix this namespace routes or holds an address in (for IPAM's overlap check).
 
     Default routes are left out: they overlap everything and say nothing.

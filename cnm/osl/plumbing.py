@@ -10,6 +10,7 @@ from collections.abc import Iterable, Iterator
 
 from cnm.osl import links
 from cnm.osl.netns import iproute
+from cnm.osl.rtnl import Request
 
 IPInterface = links.IPInterface
 
@@ -40,27 +41,36 @@ def configure_inside(
     gateway_v6: ipaddress.IPv6Address | None = None,
     up: bool = True,
 ) -> None:
-    """Address an interface inside the sandbox, bring it up, add its routes.
+    """Address an interface inside the sandbox, bring it up, add its routes: one netlink
+    round trip.
 
     ``routes``: (destination, type 0 via next hop | 1 connected, next hop); ``gateway``:
-    make it the sandbox's default route.
+    make it the sandbox's default route. An interface with no IPv6 address gets no IPv6
+    link-local one either (as Docker does for IPv4-only networks): it stays silent.
     """
+    addresses = list(addresses)
     with iproute(sandbox_ns) as sandbox:
         index = links.require_index(sandbox, ifname)
-        links.configure(sandbox, index, addresses=addresses, mac=mac, up=up)
+        requests = []
         for destination, route_type, next_hop in routes:
             net = ipaddress.ip_network(destination, strict=False)
             via = ipaddress.ip_address(next_hop) if route_type == 0 and next_hop else None
-            links.add_route(sandbox, net, gateway=via, oif=index)
-        _default_routes(sandbox, index, gateway, gateway_v6)
+            requests.append(links.route_request(net, gateway=via, oif=index))
+        requests.extend(_default_routes(index, gateway, gateway_v6))
+        links.configure(
+            sandbox, index, addresses=addresses, mac=mac, up=up, routes=requests,
+            link_local=any(a.version == 6 for a in addresses),
+        )
 
 
-def _default_routes(ipr: object, index: int, gateway: ipaddress.IPv4Address | None,
-                    gateway_v6: ipaddress.IPv6Address | None) -> None:
-    for default, via in ((ipaddress.IPv4Network("0.0.0.0/0"), gateway),
-                         (ipaddress.IPv6Network("::/0"), gateway_v6)):
-        if via is not None:
-            links.replace_route(ipr, default, gateway=via, oif=index)  # type: ignore[arg-type]
+def _default_routes(index: int, gateway: ipaddress.IPv4Address | None,
+                    gateway_v6: ipaddress.IPv6Address | None) -> list[Request]:
+    return [
+        links.route_request(default, gateway=via, oif=index, replace=True)
+        for default, via in ((ipaddress.IPv4Network("0.0.0.0/0"), gateway),
+                             (ipaddress.IPv6Network("::/0"), gateway_v6))
+        if via is not None
+    ]
 
 
 def unplug(sandbox_ns: str, ifname: str, host_ns: str | None, back_name: str) -> None:
@@ -88,7 +98,9 @@ def set_default_routes(
 ) -> None:
     """Point the sandbox's default routes at this interface's gateways."""
     with iproute(sandbox_ns) as sandbox:
-        _default_routes(sandbox, links.require_index(sandbox, ifname), gateway, gateway_v6)
+        index = links.require_index(sandbox, ifname)
+        links.configure(sandbox, index, up=False,
+                        routes=_default_routes(index, gateway, gateway_v6))
 
 
 def set_forwarding(ns: str, enabled: bool) -> None:

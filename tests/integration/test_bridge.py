@@ -8,6 +8,7 @@ root namespace, and every test's traffic stays inside namespaces it made.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -275,3 +276,69 @@ def test_sandbox_adopts_an_existing_namespace(lab: Lab, netns) -> None:
     # pycnm never deletes a namespace it did not make; its interface is gone from it.
     assert os.path.exists(existing.path)
     assert "eth0" not in existing.links()
+
+
+def test_attaching_to_an_ipv4_network_floods_no_ipv6_to_the_other_sandboxes(lab: Lab) -> None:
+    """An interface that comes up with an IPv6 link-local address sends DAD, MLD and
+    router solicitations, which the bridge floods to every port: N attaches would cost
+    the kernel O(N^2). On an IPv4-only network neither end of the veth gets one, so a
+    sandbox already there hears nothing from newcomers (a dual-stack one keeps its own)."""
+    import threading
+    import time
+
+    from scapy.arch.linux import L2ListenSocket
+    from scapy.layers.inet6 import IPv6
+    from scapy.layers.l2 import Ether
+    from scapy.sendrecv import AsyncSniffer
+
+    from cnm.osl.netns import in_netns
+
+    net = lab.ctl.new_network(unique("n"), subnet="10.75.0.0/24")
+    listener = lab.sandbox()
+    port = lab.attach(net, listener).operational_info()["HostInterface"]
+    bridge = json.loads(lab.host.run(["ip", "-j", "link", "show", port]).stdout)[0]["master"]
+    bridge_mac = json.loads(lab.host.run(["ip", "-j", "link", "show", bridge]).stdout)[0]["address"]
+    sock = in_netns(listener.netns_path, lambda: L2ListenSocket(iface="eth0", promisc=False))
+    ready = threading.Event()
+    # The bridge (the gateway) speaks IPv6 for itself, once per network: not counted.
+    sniffer = AsyncSniffer(opened_socket=sock, started_callback=ready.set,
+                           lfilter=lambda p: p.haslayer(IPv6) and p[Ether].src != bridge_mac)
+    sniffer.start()
+    try:
+        assert ready.wait(5)
+        newcomers = [lab.sandbox() for _ in range(3)]
+        endpoints = [lab.attach(net, sb) for sb in newcomers]
+        # DAD takes a second, a router solicitation follows it: wait past both.
+        time.sleep(2.5)
+        assert ping_eventually(listener.netns_name, ip_of(endpoints[-1]))
+    finally:
+        sniffer.stop()
+        sock.close()
+    heard = [p.summary() for p in sniffer.results or []]
+    assert heard == [], f"IPv6 flooded to a sandbox on an IPv4-only network: {heard}"
+    assert newcomers[0].run(["ip", "-6", "-o", "addr", "show", "dev", "eth0"]).stdout == ""
+    host_end = endpoints[0].operational_info()["HostInterface"]
+    assert lab.host.run(["ip", "-6", "-o", "addr", "show", "dev", host_end]).stdout == ""
+
+
+def test_a_dual_stack_sandbox_keeps_its_ipv6_link_local_address(lab: Lab) -> None:
+    net = lab.ctl.new_network(unique("n"), subnet=["10.76.0.0/24", "fd00:76::/64"], ipv6=True)
+    a = lab.sandbox()
+    lab.attach(net, a)
+    out = a.run(["ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "link"]).stdout
+    assert "fe80::" in out
+
+
+def test_the_gateways_mac_does_not_change_as_sandboxes_come_and_go(lab: Lab) -> None:
+    """A Linux bridge takes the lowest MAC of its ports unless it has one of its own; then
+    every attach or detach could change the gateway's MAC under the sandboxes' ARP caches."""
+    net = lab.ctl.new_network(unique("n"), subnet="10.77.0.0/24")
+    bridge = next(line.split(":")[1].strip()
+                  for line in lab.host.run(["ip", "-o", "link", "show", "type", "bridge"])
+                  .stdout.splitlines())
+    before = json.loads(lab.host.run(["ip", "-j", "link", "show", bridge]).stdout)[0]["address"]
+    attached = [lab.attach(net, lab.sandbox()) for _ in range(3)]
+    attached[0].leave()
+    reaper.flush()
+    after = json.loads(lab.host.run(["ip", "-j", "link", "show", bridge]).stdout)[0]["address"]
+    assert after == before
