@@ -232,11 +232,14 @@ class BridgeDriver(Driver):
             if wanted:
                 raise InvalidOption("ports cannot be published on an internal network")
             return
+        if not wanted:
+            self._endpoint(nid, eid)  # an unknown endpoint is an error even so
+            return
         key = f"endpoints/{nid}/{eid}"
         with ruleset_lock(self.ctx.host_ns):
             ep = self._endpoint(nid, eid)
-            if not wanted or ep["ports"]:
-                return  # nothing to publish, or a retried call
+            if ep["ports"]:
+                return  # a retried call
             if not ep["address"]:
                 raise InvalidOption("ports can only be published for an endpoint with IPv4")
             host_ip_default = network["options"].get("host_ip") or ""
