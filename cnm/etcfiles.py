@@ -92,15 +92,24 @@ def write(
     file that depends on them); return their folder."""
     folder = files_dir(sandbox, netns_name)
     files = [("hosts", render_hosts(sandbox, endpoints))]
+    fresh = False
     if not hosts_only:
-        os.makedirs(folder, mode=0o755, exist_ok=True)
+        try:
+            os.makedirs(folder, mode=0o755)
+            fresh = True
+        except FileExistsError:
+            pass
         files += [("resolv.conf", render_resolv_conf(sandbox)),
                   ("hostname", (sandbox.hostname or sandbox.name) + "\n")]
     for name, text in files:
-        tmp = os.path.join(folder, f".{name}.tmp")
+        # In a folder just made nobody can be reading yet: write in place (a rename per
+        # file is a metadata operation that costs as much as the write).
+        target = os.path.join(folder, name)
+        tmp = target if fresh else os.path.join(folder, f".{name}.tmp")
         with open(tmp, "w") as handle:
             handle.write(text)
-        os.replace(tmp, os.path.join(folder, name))
+        if not fresh:
+            os.replace(tmp, target)
     return folder
 
 
