@@ -88,28 +88,23 @@ def write(
     netns_name: str | None,
     hosts_only: bool = False,
 ) -> str:
-    """Write the files atomically (only /etc/hosts when endpoints came or went, the one
-    file that depends on them); return their folder."""
+    """Write the files (only /etc/hosts when endpoints came or went, the one file that
+    depends on them); return their folder.
+
+    In place, as Docker does, and never by renaming a new file over the old one: ``ip
+    netns exec`` bind-mounts these files over /etc, and a bind mount holds on to the file
+    it was given, so a process already running in the sandbox would never see a renamed
+    replacement. Each file is small and goes out in one write() after the truncation.
+    """
     folder = files_dir(sandbox, netns_name)
     files = [("hosts", render_hosts(sandbox, endpoints))]
-    fresh = False
     if not hosts_only:
-        try:
-            os.makedirs(folder, mode=0o755)
-            fresh = True
-        except FileExistsError:
-            pass
+        os.makedirs(folder, mode=0o755, exist_ok=True)
         files += [("resolv.conf", render_resolv_conf(sandbox)),
                   ("hostname", (sandbox.hostname or sandbox.name) + "\n")]
     for name, text in files:
-        # In a folder just made nobody can be reading yet: write in place (a rename per
-        # file is a metadata operation that costs as much as the write).
-        target = os.path.join(folder, name)
-        tmp = target if fresh else os.path.join(folder, f".{name}.tmp")
-        with open(tmp, "w") as handle:
+        with open(os.path.join(folder, name), "w") as handle:
             handle.write(text)
-        if not fresh:
-            os.replace(tmp, target)
     return folder
 
 

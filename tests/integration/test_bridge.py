@@ -342,3 +342,26 @@ def test_the_gateways_mac_does_not_change_as_sandboxes_come_and_go(lab: Lab) -> 
     reaper.flush()
     after = json.loads(lab.host.run(["ip", "-j", "link", "show", bridge]).stdout)[0]["address"]
     assert after == before
+
+
+def test_a_process_already_running_in_the_sandbox_sees_its_hosts_file_change(lab: Lab) -> None:
+    """``ip netns exec`` bind-mounts /etc/netns/NAME/hosts over /etc/hosts: the file must be
+    rewritten in place, or a process started before a join keeps the old one forever."""
+    first = lab.ctl.new_network(unique("n"), subnet="10.78.0.0/24")
+    second = lab.ctl.new_network(unique("n"), subnet="10.79.0.0/24")
+    sb = lab.sandbox()
+    lab.attach(first, sb)
+    reader = subprocess.Popen(
+        ["ip", "netns", "exec", sb.netns_name, "sh", "-c",
+         "echo ready; read _; cat /etc/hosts"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert reader.stdout is not None and reader.stdout.readline() == "ready\n"
+        ep = lab.attach(second, sb)  # while the reader runs with /etc/hosts mounted
+        out, _ = reader.communicate("go\n", timeout=20)
+    finally:
+        if reader.poll() is None:
+            reader.kill()
+            reader.wait(timeout=10)
+    assert f"{ip_of(ep)}\t{sb.record.hostname}" in out
