@@ -109,7 +109,7 @@ class Endpoint:
             if gateway:
                 drv.program_external_connectivity(self.network_id, self.id, opts)
                 undo.callback(drv.revoke_external_connectivity, self.network_id, self.id)
-            sandbox._write_files()
+            sandbox._write_files(joined=ep)
             undo.pop_all()
         log.info("endpoint %s: joined sandbox %s as %s", self.id[:12], sb.name, ifname)
         return ifname

@@ -144,11 +144,15 @@ class Sandbox:
                 ep._become_gateway(rec, self.record, rec.options)
                 return
 
-    def _write_files(self, hosts_only: bool = True) -> None:
-        # One read of the sandbox and one per joined endpoint: this runs on every join.
+    def _write_files(self, hosts_only: bool = True, joined: EndpointRecord | None = None) -> None:
+        # One read of the sandbox and one per joined endpoint but ``joined``, the record
+        # the caller just saved: this runs on every join.
         sb = self.record
         ordered = sorted(sb.interfaces.items(), key=lambda i: _order(i[0]))
-        records = [r for r in (self._find_endpoint(key) for _, key in ordered) if r]
+        records = [r for r in (
+            joined if joined is not None and key.endswith(f"/{joined.id}")
+            else self._find_endpoint(key)
+            for _, key in ordered) if r]
         netns_name = names.sandbox_netns(sb.name) if sb.owned else None
         etcfiles.write(sb, records, netns_name, hosts_only=hosts_only)
 

@@ -164,23 +164,71 @@ class NetlinkHandle:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.ipr, name)
 
+    def close_ipr(self) -> None:
+        """Close the IPRoute if one was opened (its event loop belongs to one thread)."""
+        if self._ipr is not None:
+            self._ipr.close()
+            self._ipr = None
+
     def close(self) -> None:
         self.rtnl.sock.close()
         self.ioctl.close()
-        if self._ipr is not None:
-            self._ipr.close()
+        self.close_ipr()
+
+
+def _open_handle(ns: str | None) -> NetlinkHandle:
+    netlink, ioctl = _sockets() if ns is None else in_netns(ns, _sockets)
+    return NetlinkHandle(ns, netlink, ioctl)
 
 
 @contextlib.contextmanager
 def iproute(ns: str | None = None) -> Iterator[NetlinkHandle]:
     """A netlink handle bound to ``ns`` (None: this process's namespace) for the length of
     one operation."""
-    netlink, ioctl = _sockets() if ns is None else in_netns(ns, _sockets)
-    handle = NetlinkHandle(ns, netlink, ioctl)
+    handle = _open_handle(ns)
     try:
         yield handle
     finally:
         handle.close()
+
+
+class NetlinkPool:
+    """Handles to one long-lived namespace (a host's), kept open between operations:
+    opening one costs a thread hop into the namespace and two sockets. Each user gets a
+    handle of its own. An open socket keeps its namespace alive, so the owner closes the
+    pool before the namespace is meant to go (``Driver.close``)."""
+
+    def __init__(self, ns: str | None, keep: int = 4) -> None:
+        self.ns = ns
+        self._keep = keep
+        self._free: list[NetlinkHandle] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @contextlib.contextmanager
+    def handle(self) -> Iterator[NetlinkHandle]:
+        with self._lock:
+            handle = self._free.pop() if self._free else None
+        if handle is None:
+            handle = _open_handle(self.ns)
+        try:
+            yield handle
+        except BaseException:
+            handle.close()  # it may hold unread replies: never hand it out again
+            raise
+        handle.close_ipr()
+        with self._lock:
+            if not self._closed and len(self._free) < self._keep:
+                self._free.append(handle)
+                return
+        handle.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            free, self._free = self._free, []
+        for handle in free:
+            handle.close()
 
 
 def create_named_netns(

@@ -22,6 +22,7 @@ from cnm.driverapi import (
     OPT_PORTMAP,
     Capability,
     Driver,
+    DriverContext,
     InterfaceInfo,
     IpamData,
     JoinInfo,
@@ -29,7 +30,7 @@ from cnm.driverapi import (
 from cnm.errors import Conflict, InvalidOption, NotFound
 from cnm.osl import iproute, reaper
 from cnm.osl import links as osl_links
-from cnm.osl.netns import read_sysctl, write_sysctl
+from cnm.osl.netns import NetlinkPool, read_sysctl, write_sysctl
 from cnm.osl.nft import ruleset_lock
 from drivers.bridge import firewall, options, ports
 from drivers.common import ipam_record, mac_from_ip, mac_option
@@ -41,6 +42,13 @@ class BridgeDriver(Driver):
     name = "bridge"
 
     # --- network -------------------------------------------------------------------
+
+    def __init__(self, ctx: DriverContext) -> None:
+        super().__init__(ctx)
+        self._host = NetlinkPool(ctx.host_ns)  # joins are hot: keep host handles open
+
+    def close(self) -> None:
+        self._host.close()
 
     def capabilities(self) -> Capability:
         return Capability("local", "local")
@@ -182,7 +190,7 @@ class BridgeDriver(Driver):
         network = self._network(nid)
         ep = self._endpoint(nid, eid)
         direct = opts.get(OPT_JOIN_IFNAME)
-        with iproute(self.ctx.host_ns) as ipr:
+        with self._host.handle() as ipr:
             bridge_index = osl_links.require_index(ipr, network["bridge"])
             fd = os.open(sandbox_key, os.O_RDONLY) if direct else None
             try:
@@ -227,14 +235,12 @@ class BridgeDriver(Driver):
 
     def program_external_connectivity(self, nid: str, eid: str, opts: dict[str, Any]) -> None:
         wanted = ports.parse_portmap(opts.get(OPT_PORTMAP))
-        network = self._network(nid)
-        if network["options"]["internal"]:
-            if wanted:
-                raise InvalidOption("ports cannot be published on an internal network")
-            return
         if not wanted:
             self._endpoint(nid, eid)  # an unknown endpoint is an error even so
             return
+        network = self._network(nid)
+        if network["options"]["internal"]:
+            raise InvalidOption("ports cannot be published on an internal network")
         key = f"endpoints/{nid}/{eid}"
         with ruleset_lock(self.ctx.host_ns):
             ep = self._endpoint(nid, eid)
