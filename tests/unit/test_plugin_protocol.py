@@ -451,6 +451,28 @@ def test_delete_network_takes_orphaned_endpoints(populated: tuple[Lab, str, str]
     assert not any(n.startswith("pc") for n in lab.links())
 
 
+def test_a_second_bridge_network_on_an_overlapping_subnet_is_refused(lab: Lab) -> None:
+    """An IPAM hands an identical subnet to every network that asks (Docker's does too);
+    the bridge driver refuses the second bridge, as libnetwork's does, and makes nothing."""
+    first = make_network(lab, "10.66.0.0/24")
+    links_before = lab.links()
+    for subnet in ("10.66.0.0/24", "10.66.0.0/16"):
+        nid = new_id()
+        status, answer = lab.call("NetworkDriver.CreateNetwork", {
+            "NetworkID": nid, "Options": {GENERIC: {}},
+            "IPv4Data": [{"AddressSpace": "LocalDefault", "Pool": subnet,
+                          "Gateway": "10.66.0.1/" + subnet.split("/")[1]}],
+            "IPv6Data": [],
+        })
+        assert status == 500
+        assert answer["Err"] == (f"subnet {subnet} overlaps subnet 10.66.0.0/24 of bridge "
+                                 f"network {first[:12]}: bridge networks on one host need "
+                                 "subnets of their own")
+    assert lab.links() == links_before
+    assert [n.id for n in lab.ctl.networks()] == [first]
+    make_network(lab, "10.67.0.0/24")  # a subnet of its own is fine
+
+
 def test_pools_are_shared_by_identical_requests_and_counted(lab: Lab) -> None:
     ask = {"AddressSpace": "pycnm-local", "Pool": "10.70.0.0/24", "SubPool": "",
            "Options": {}, "V6": False}
