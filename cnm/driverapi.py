@@ -148,6 +148,11 @@ class Driver(abc.ABC):
     def endpoint_info(self, nid: str, eid: str) -> dict[str, Any]:
         """Free-form operational data (Docker's EndpointOperInfo)."""
 
+    def network_info(self, nid: str) -> dict[str, str]:
+        """What the driver made of the network, as options ``network inspect`` shows
+        beside the user's (the bridge's name, an overlay's VNI)."""
+        return {}
+
     @abc.abstractmethod
     def join(self, nid: str, eid: str, sandbox_key: str, options: dict[str, Any]) -> JoinInfo:
         """Prepare the endpoint for the sandbox at ``sandbox_key`` and say how to plug it."""

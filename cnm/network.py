@@ -179,6 +179,12 @@ class Network:
         ctl.local.delete(f"networks/{self.id}")
         ctl.local.delete(f"names/networks/{net.name}")
 
+    def _driver_info(self) -> dict[str, str]:
+        try:
+            return self.controller.driver(self.record.driver).network_info(self.id)
+        except NotFound:
+            return {}  # the driver's record is gone (reconcile reports it)
+
     def inspect(self) -> dict[str, Any]:
         """A description shaped like ``docker network inspect``."""
         net = self.record
@@ -201,7 +207,7 @@ class Network:
             "EnableIPv6": net.ipv6,
             "Internal": net.internal,
             "IPAM": {"Driver": net.ipam, "Config": config},
-            "Options": {k: v for k, v in net.options.items()},
+            "Options": {**net.options, **self._driver_info()},
             "Labels": net.labels,
             "Endpoints": {ep.id: ep.inspect() for ep in self.endpoints()},
         }

@@ -195,6 +195,9 @@ class BridgeDriver(Driver):
         reaper.delete_later(self.ctx.host_ns, entry.value["host_veth"])
         self.ctx.store.delete(key)
 
+    def network_info(self, nid: str) -> dict[str, str]:
+        return {"com.docker.network.bridge.name": self._network(nid)["bridge"]}
+
     def endpoint_info(self, nid: str, eid: str) -> dict[str, Any]:
         ep = self._endpoint(nid, eid)
         info: dict[str, Any] = {"HostInterface": ep["host_veth"], "MacAddress": ep["mac"]}

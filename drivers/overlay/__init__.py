@@ -243,6 +243,12 @@ class OverlayDriver(Driver):
             dataplane.unplug_veth(rec["netns"], entry.value["host_veth"])
         self.ctx.store.delete(key)
 
+    def network_info(self, nid: str) -> dict[str, str]:
+        net = self._network(nid)
+        # Docker's key for a swarm overlay's VNI, so habits carry over.
+        return {"com.docker.network.driver.overlay.vxlanid_list": str(net["vni"]),
+                "pycnm.overlay.namespace": net["netns"]}
+
     def endpoint_info(self, nid: str, eid: str) -> dict[str, Any]:
         net, ep = self._network(nid), self._endpoint(nid, eid)
         return {"HostInterface": ep["host_veth"], "MacAddress": ep["mac"],

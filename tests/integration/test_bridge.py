@@ -295,8 +295,8 @@ def test_attaching_to_an_ipv4_network_floods_no_ipv6_to_the_other_sandboxes(lab:
 
     net = lab.ctl.new_network(unique("n"), subnet="10.75.0.0/24")
     listener = lab.sandbox()
-    port = lab.attach(net, listener).operational_info()["HostInterface"]
-    bridge = json.loads(lab.host.run(["ip", "-j", "link", "show", port]).stdout)[0]["master"]
+    lab.attach(net, listener)
+    bridge = net.inspect()["Options"]["com.docker.network.bridge.name"]
     bridge_mac = json.loads(lab.host.run(["ip", "-j", "link", "show", bridge]).stdout)[0]["address"]
     sock = in_netns(listener.netns_path, lambda: L2ListenSocket(iface="eth0", promisc=False))
     ready = threading.Event()
@@ -333,9 +333,7 @@ def test_the_gateways_mac_does_not_change_as_sandboxes_come_and_go(lab: Lab) -> 
     """A Linux bridge takes the lowest MAC of its ports unless it has one of its own; then
     every attach or detach could change the gateway's MAC under the sandboxes' ARP caches."""
     net = lab.ctl.new_network(unique("n"), subnet="10.77.0.0/24")
-    bridge = next(line.split(":")[1].strip()
-                  for line in lab.host.run(["ip", "-o", "link", "show", "type", "bridge"])
-                  .stdout.splitlines())
+    bridge = net.inspect()["Options"]["com.docker.network.bridge.name"]
     before = json.loads(lab.host.run(["ip", "-j", "link", "show", bridge]).stdout)[0]["address"]
     attached = [lab.attach(net, lab.sandbox()) for _ in range(3)]
     attached[0].leave()

@@ -51,6 +51,7 @@ def test_network_sandbox_attach_life_cycle(pycnm: Pycnm) -> None:
         "Subnet": "10.90.0.0/24", "Gateway": "10.90.0.254", "IPRange": "10.90.0.128/25",
         "AuxiliaryAddresses": {"router": "10.90.0.200"},
     }
+    assert info["Options"]["com.docker.network.bridge.name"] == f"pcbr-{nid[:10]}"
     pycnm("sandbox", "create", a)
     pycnm("sandbox", "create", b)
     assert pycnm("attach", net, a).stdout.split()[:3] == [a, "eth0", "10.90.0.128/24"]

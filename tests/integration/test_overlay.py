@@ -81,6 +81,9 @@ def test_c1_and_c2_on_two_hosts_ping_and_talk_tcp(pair: Pair) -> None:
     c1, ip1 = pair.sandbox(pair.h1, "c1")
     c2, ip2 = pair.sandbox(pair.h2, "c2", ip=C2_IP)
     assert ip2 == C2_IP and ip1 != ip2
+    for host in (pair.h1, pair.h2):  # one VNI for the overlay, shown on every host
+        options = lab.pycnm_json(host, "network", "inspect", pair.net)[0]["Options"]
+        assert options["com.docker.network.driver.overlay.vxlanid_list"] == str(pair.vni)
     wait_for(lambda: has_remote(lab, pair.h1, pair.vni, C2_IP), 10, what="h1 to learn C2")
     entries = lab.vtep_entries(pair.h1, pair.vni)
     assert entries.flood == {pair.h2.underlay}  # head-end replication to h2 only
