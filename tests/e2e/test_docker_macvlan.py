@@ -29,7 +29,7 @@ import pytest
 
 from cnm.store import open_store
 from netns_fixtures.netns import Namespace, unique_name, veth
-from tests.e2e.test_docker_plugin import Plugin, call_socket
+from tests.e2e.plugin_process import SOCKET, Plugin, answers
 
 pytestmark = [pytest.mark.docker, pytest.mark.root]
 
@@ -45,24 +45,12 @@ NO_DNS_OUT = ["--dns", "127.0.0.1"]  # names Docker does not know stay on the ma
 def plugin(docker_engine: Any, tmp_path_factory: pytest.TempPathFactory
            ) -> Iterator[Plugin | None]:
     """Our own plugin process for this module, or None if one already serves the socket."""
-    with contextlib.suppress(OSError):
-        if call_socket("Plugin.Activate", b"")[0] == 200:
-            yield None
-            return
+    if answers(SOCKET):
+        yield None
+        return
     workdir = tmp_path_factory.mktemp("pycnm-macvlan-plugin")
-    served = Plugin(f"sqlite://{workdir}/state.db", workdir / "plugin.log")
-    served.start()
-    try:
+    with Plugin(f"sqlite://{workdir}/state.db", workdir / "plugin.log").serving() as served:
         yield served
-    finally:
-        try:
-            if served.process is not None and served.process.poll() is None:
-                assert served.stop() == 0, served.tail()
-        finally:
-            from cnm.controller import Controller
-
-            with Controller(served.store_url, reconcile=False) as ctl:
-                ctl.cleanup_all()
 
 
 @dataclass

@@ -12,31 +12,23 @@ bounded; every test removes its containers, networks and namespaces in ``finally
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
-import http.client
 import ipaddress
 import json
 import os
 import secrets
-import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from cnm.store import open_store
 from netns_fixtures.netns import FIXTURE_PREFIX
+from tests.e2e.plugin_process import SOCKET, Plugin, answers, call_socket
 
 pytestmark = [pytest.mark.docker, pytest.mark.root]
 
-REPO = Path(__file__).resolve().parents[2]
-SOCKET = "/run/docker/plugins/pycnm.sock"
 DOCKER = "/usr/bin/docker"  # Debian's client matches the 20.10 daemon (--mac-address)
 IMAGE = "pycnm-busybox:test"
 NO_DNS_OUT = ["--dns", "127.0.0.1"]  # names Docker does not know stay on the machine
@@ -87,87 +79,6 @@ class Docker:
         return False
 
 
-@dataclass
-class Plugin:
-    """``pycnm plugin serve`` as a real process, on the real socket, for the session."""
-
-    store_url: str
-    log_path: Path
-    process: subprocess.Popen[bytes] | None = None
-    starts: int = 0
-
-    def start(self) -> None:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "cnm.cli", "--store", self.store_url, "plugin", "serve",
-             "--socket", SOCKET],
-            cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-        )
-        log.close()
-        self.starts += 1
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"the plugin exited at start:\n{self.tail()}")
-            with contextlib.suppress(OSError):
-                status, _ = call_socket("Plugin.Activate", b"")
-                if status == 200:
-                    return
-            time.sleep(0.05)
-        raise AssertionError(f"the plugin did not answer within 30 s:\n{self.tail()}")
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    def stop(self) -> int:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
-            raise
-
-    def tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def store_snapshot(self) -> list[tuple[str, str]]:
-        store = open_store(self.store_url)
-        try:
-            return sorted((e.key, json.dumps(e.value, sort_keys=True)) for e in store.list(""))
-        finally:
-            store.close()
-
-
-class UnixHTTP(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float = 30) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self.path)
-        self.sock = sock
-
-
-def call_socket(call: str, body: bytes, path: str = SOCKET) -> tuple[int, dict[str, Any]]:
-    """POST a raw body straight to the plugin's socket, as Docker would."""
-    conn = UnixHTTP(path)
-    try:
-        conn.request("POST", f"/{call}", body=body,
-                     headers={"Accept": "application/vnd.docker.plugins.v1.2+json"})
-        response = conn.getresponse()
-        assert response.getheader("Content-Type") == "application/vnd.docker.plugins.v1+json"
-        return response.status, json.loads(response.read() or b"{}")
-    finally:
-        conn.close()
-
-
 @pytest.fixture(scope="session")
 def docker(docker_engine: Any) -> Docker:
     """Debian's client on the session's dockerd (netns_fixtures.docker)."""
@@ -176,30 +87,11 @@ def docker(docker_engine: Any) -> Docker:
 
 @pytest.fixture(scope="session")
 def plugin(docker: Docker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plugin]:
-    if os.path.exists(SOCKET):
-        with contextlib.suppress(OSError):
-            call_socket("Plugin.Activate", b"")
-            pytest.fail(f"another plugin already serves {SOCKET}: stop it first")
+    if answers(SOCKET):
+        pytest.fail(f"another plugin already serves {SOCKET}: stop it first")
     workdir = tmp_path_factory.mktemp("pycnm-plugin")
-    plugin = Plugin(f"sqlite://{workdir}/state.db", workdir / "plugin.log")
-    plugin.start()
-    try:
-        yield plugin
-    finally:
-        try:
-            if plugin.process is not None and plugin.process.poll() is None:
-                assert plugin.stop() == 0, plugin.tail()
-            assert not os.path.exists(SOCKET), "the plugin left its socket behind"
-        finally:
-            _forget_everything(plugin.store_url)
-
-
-def _forget_everything(store_url: str) -> None:
-    """Remove what the session's plugin still has (only after a failed test)."""
-    from cnm.controller import Controller
-
-    with Controller(store_url, reconcile=False) as ctl:
-        ctl.cleanup_all()
+    with Plugin(f"sqlite://{workdir}/state.db", workdir / "plugin.log").serving() as served:
+        yield served
 
 
 @pytest.fixture

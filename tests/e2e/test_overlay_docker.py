@@ -17,19 +17,16 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import os
-import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
 import pytest
 
 from netns_fixtures.netns import FIXTURE_PREFIX
+from tests.e2e.plugin_process import Plugin
 from tests.integration.bridge_helpers import ping_eventually
-from tests.integration.overlay_lab import REPO, OverlayLab, overlay_lab, wait_for
+from tests.integration.overlay_lab import OverlayLab, overlay_lab, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd, pytest.mark.docker]
 
@@ -67,50 +64,6 @@ def root_wired_to(lab: OverlayLab) -> Iterator[str]:
         _ip("link", "del", link, check=False)
 
 
-def activated(path: str) -> bool:
-    """Whether the plugin answers Docker's handshake on ``path``."""
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.settimeout(5)
-        sock.connect(path)
-        sock.sendall(b"POST /Plugin.Activate HTTP/1.1\r\nHost: plugin\r\n"
-                     b"Content-Length: 0\r\nConnection: close\r\n\r\n")
-        reply = sock.recv(4096)
-    return reply.startswith(b"HTTP/1.1 200") and b"NetworkDriver" in reply
-
-
-@contextlib.contextmanager
-def plugin(store_url: str, host_id: str, log_path: str) -> Iterator[subprocess.Popen]:
-    """``pycnm plugin serve`` on our socket; stopped with SIGTERM (SIGKILL if it hangs)."""
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "cnm.cli", "--store", store_url, "--host-id", host_id,
-             "plugin", "serve", "--socket", SOCKET],
-            cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONPATH": REPO, "PYCNM_OVERLAY_LEASE_TTL": "3"},
-        )
-    try:
-        def answers() -> bool:
-            if proc.poll() is not None:
-                with open(log_path) as log:
-                    raise AssertionError(f"the plugin exited: {log.read()[-3000:]}")
-            with contextlib.suppress(OSError):
-                return activated(SOCKET)
-            return False
-
-        wait_for(answers, 30, what="the plugin to answer")
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(SOCKET)
-
-
 def test_a_docker_container_reaches_a_pycnm_sandbox_on_another_host(
         docker_engine, etcd_server, tmp_path) -> None:
     docker = docker_engine.docker
@@ -126,7 +79,9 @@ def test_a_docker_container_reaches_a_pycnm_sandbox_on_another_host(
         lab.pycnm(h2, "attach", "ovnet", c2, "--ip", C2_IP)
 
         network, container = f"dov{lab.tag}", f"dc{lab.tag}"
-        with plugin(lab.store_url, f"dk{lab.tag}", str(tmp_path / "plugin.log")):
+        served = Plugin(lab.store_url, tmp_path / "plugin.log", socket=SOCKET,
+                        host_id=f"dk{lab.tag}", env={"PYCNM_OVERLAY_LEASE_TTL": "3"})
+        with served.serving():
             try:
                 docker("network", "create", "-d", PLUGIN, "--ipam-driver", PLUGIN,
                        "--ipam-opt", "scope=global", "--subnet", "10.0.0.0/24", "--internal",
