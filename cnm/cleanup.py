@@ -30,6 +30,7 @@ def remove_kernel_objects(host_ns: str | None = None) -> list[str]:
             if (family, names.NFT_TABLE) in nft.list_tables(host_ns):
                 nft.delete_table(host_ns, family, names.NFT_TABLE)
                 removed.append(f"nft table {family} {names.NFT_TABLE}")
+    nft.release_table(host_ns)
     if host_ns is None and os.path.isdir("/etc/netns"):
         for entry in os.listdir("/etc/netns"):
             if names.is_pycnm_kernel_name(entry):

@@ -8,6 +8,7 @@ from ``in_netns`` puts it in the right namespace without nsenter.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shutil
@@ -15,7 +16,7 @@ import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from cnm.errors import KernelError, KernelFeatureMissing
+from cnm.errors import Conflict, KernelError, KernelFeatureMissing
 from cnm.osl.netns import in_netns
 
 LOCK_DIR = "/run/pycnm"
@@ -73,6 +74,10 @@ def delete_table(ns: str | None, family: str, name: str) -> None:
         run(ns, f"delete table {family} {name}\n", what=f"delete table {family} {name}")
 
 
+def _key(ns: str | None) -> str:
+    return "root" if ns is None else str(os.stat(ns).st_ino)
+
+
 @contextmanager
 def ruleset_lock(ns: str | None) -> Iterator[None]:
     """Serialise read-state-then-render across processes acting on one namespace.
@@ -81,10 +86,59 @@ def ruleset_lock(ns: str | None) -> Iterator[None]:
     change and the later load would drop it.
     """
     os.makedirs(LOCK_DIR, mode=0o700, exist_ok=True)
-    key = "root" if ns is None else str(os.stat(ns).st_ino)
-    with open(os.path.join(LOCK_DIR, f"nft-{key}.lock"), "w") as handle:
+    with open(os.path.join(LOCK_DIR, f"nft-{_key(ns)}.lock"), "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _owner_path(ns: str | None) -> str:
+    return os.path.join(LOCK_DIR, f"nft-{_key(ns)}.owner")
+
+
+def _recorded_owner(ns: str | None) -> str:
+    try:
+        with open(_owner_path(ns)) as handle:
+            return handle.read().strip()
+    except FileNotFoundError:
+        return ""
+
+
+def other_owner(ns: str | None, family: str, name: str, owner: str) -> str | None:
+    """The store (``url host ID``) other than ``owner`` whose rules the loaded table
+    holds, or None: the table is ``owner``'s, nobody's, or not loaded (a namespace may
+    reuse the number of a dead one, so a record alone proves nothing). Call with
+    ``ruleset_lock`` held; costs an ``nft`` run only when another owner is recorded."""
+    recorded = _recorded_owner(ns)
+    if recorded in ("", owner) or (family, name) not in list_tables(ns):
+        return None
+    return recorded
+
+
+def claim_table(ns: str | None, family: str, name: str, owner: str) -> None:
+    """Record ``owner`` as the store whose rules the table holds, before loading them
+    (``ruleset_lock`` held).
+
+    A table is rendered whole from one store: a pycnm process on another store would
+    replace the first one's rules with its own, so that is refused while the other's
+    table is loaded.
+    """
+    current = other_owner(ns, family, name, owner)
+    if current is not None:
+        raise Conflict(
+            f"table {family} {name} here holds the rules of pycnm's store {current}; pycnm on "
+            f"another store ({owner}) would overwrite them: use that store (--store or "
+            "PYCNM_STORE, and its --host-id), or remove its networks first"
+        )
+    if _recorded_owner(ns) != owner:
+        os.makedirs(LOCK_DIR, mode=0o700, exist_ok=True)
+        with open(_owner_path(ns), "w") as handle:
+            handle.write(owner + "\n")
+
+
+def release_table(ns: str | None) -> None:
+    """Forget the table's owner once the table is gone (``ruleset_lock`` held)."""
+    with contextlib.suppress(OSError):
+        os.unlink(_owner_path(ns))

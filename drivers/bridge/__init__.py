@@ -333,11 +333,12 @@ class BridgeDriver(Driver):
         return rules
 
     def _apply_firewall(self, locked: bool = False) -> None:
+        owner = f"{self.ctx.store.url} host {self.ctx.host_id}"
         if locked:
-            firewall.apply(self.ctx.host_ns, self._ruleset())
+            firewall.apply(self.ctx.host_ns, self._ruleset(), owner)
             return
         with ruleset_lock(self.ctx.host_ns):
-            firewall.apply(self.ctx.host_ns, self._ruleset())
+            firewall.apply(self.ctx.host_ns, self._ruleset(), owner)
 
     def restore(self) -> list[str]:
         problems: list[str] = []

@@ -96,9 +96,13 @@ def render_inet(rules: Ruleset) -> str:
     )
 
 
-def apply(ns: str | None, rules: Ruleset) -> None:
-    """Load the rules, or remove our tables when no network needs them."""
+def apply(ns: str | None, rules: Ruleset, owner: str) -> None:
+    """Load the rules, or remove our table when no network needs it; ``owner`` is the
+    store they come from (see ``nft.claim_table``). Call with ``nft.ruleset_lock`` held."""
     if rules.empty():
-        nft.delete_table(ns, "inet", NFT_TABLE)
+        if nft.other_owner(ns, "inet", NFT_TABLE, owner) is None:  # never another's
+            nft.delete_table(ns, "inet", NFT_TABLE)
+            nft.release_table(ns)
         return
+    nft.claim_table(ns, "inet", NFT_TABLE, owner)
     nft.replace_table(ns, "inet", NFT_TABLE, render_inet(rules), what="bridge firewall")

@@ -363,3 +363,28 @@ def test_a_process_already_running_in_the_sandbox_sees_its_hosts_file_change(lab
             reader.kill()
             reader.wait(timeout=10)
     assert f"{ip_of(ep)}\t{sb.record.hostname}" in out
+
+
+def test_a_second_store_cannot_overwrite_the_first_ones_firewall(lab: Lab, tmp_path) -> None:
+    """The table is rendered whole from one store: pycnm on another store, in the same
+    namespace, is refused (and makes nothing) until the first one's networks are gone."""
+    from cnm.errors import Conflict
+
+    first = lab.ctl.new_network(unique("n"), subnet="10.81.0.0/24")
+    other = Controller(f"sqlite:///{tmp_path}/other.db", host_ns=lab.host.path)
+    try:
+        links_before = lab.host.links()
+        with pytest.raises(Conflict, match="holds the rules of pycnm's store sqlite://"):
+            other.new_network(unique("n"), subnet="10.82.0.0/24")
+        assert lab.host.links() == links_before
+        assert other.networks() == []
+        rules = lab.host.run(["nft", "list", "table", "inet", "pycnm"]).stdout
+        assert "10.81.0.0/24" in rules and "10.82.0.0/24" not in rules
+        first.delete()
+        mine = other.new_network(unique("n"), subnet="10.82.0.0/24")
+        rules = lab.host.run(["nft", "list", "table", "inet", "pycnm"]).stdout
+        assert "10.82.0.0/24" in rules and "10.81.0.0/24" not in rules
+        mine.delete()
+    finally:
+        other.cleanup_all()
+        other.close()
