@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+from collections.abc import Callable
 
 from cnm import names
 from cnm.osl import iproute, nft
@@ -11,14 +13,20 @@ from cnm.osl.links import delete_link
 from cnm.osl.netns import delete_named_netns, list_named_netns
 
 
-def remove_kernel_objects(host_ns: str | None = None) -> list[str]:
-    """Delete pycnm's links, namespaces and nft tables; return what was removed."""
+def remove_kernel_objects(host_ns: str | None = None, host_id: str | None = None) -> list[str]:
+    """Delete pycnm's links, namespaces and nft tables; return what was removed.
+
+    With ``host_ns`` (an emulated host, whose /run/netns is every host's) only the
+    namespaces that name the host are its own: its overlays' ``pcov-<vni>-<host>``, the
+    host id defaulting as the Controller's does (the host namespace's name).
+    """
     removed: list[str] = []
-    if host_ns is None:
-        for ns_name in list_named_netns():
-            if names.is_pycnm_kernel_name(ns_name):
-                delete_named_netns(ns_name)
-                removed.append(f"namespace {ns_name}")
+    own = _own_namespace if host_ns is None else _overlay_namespace_of(
+        host_id or host_ns.rstrip("/").rsplit("/", 1)[-1])
+    for ns_name in list_named_netns():
+        if own(ns_name):
+            delete_named_netns(ns_name)
+            removed.append(f"namespace {ns_name}")
     with iproute(host_ns) as ipr:
         for link in ipr.get_links():
             name = link.get_attr("IFLA_IFNAME")
@@ -36,6 +44,15 @@ def remove_kernel_objects(host_ns: str | None = None) -> list[str]:
             if names.is_pycnm_kernel_name(entry):
                 delete_named_netns(entry)
     return removed
+
+
+def _own_namespace(name: str) -> bool:
+    return names.is_pycnm_kernel_name(name)
+
+
+def _overlay_namespace_of(host_id: str) -> Callable[[str], bool]:
+    pattern = re.compile(rf"{re.escape(names.OVERLAY_NETNS_PREFIX)}[0-9]+-{re.escape(host_id)}")
+    return lambda name: bool(pattern.fullmatch(name))
 
 
 def forget_host(controller: object) -> None:

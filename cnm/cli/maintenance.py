@@ -31,7 +31,7 @@ def _cleanup(args: argparse.Namespace) -> int:
     host_ns = args.host_ns
     if host_ns and "/" not in host_ns:
         host_ns = f"/run/netns/{host_ns}"
-    for line in cleanup.remove_kernel_objects(host_ns):
+    for line in cleanup.remove_kernel_objects(host_ns, args.host_id):
         print(line)
     return 0
 

@@ -8,6 +8,7 @@ and C2 is 10.0.0.4. See overlay_lab for the picture and the clean-up guarantees.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -255,6 +256,23 @@ def test_the_agent_exits_cleanly_on_sigterm_and_leaves_the_data_plane(pair: Pair
     assert "pycnm agent: stopped" in lab.agent_output(pair.h1)
     assert has_remote(lab, pair.h1, pair.vni, C2_IP)
     assert ping_eventually(c1, C2_IP)
+
+
+def test_cleanup_of_one_emulated_host_without_its_store_takes_only_its_own(pair: Pair) -> None:
+    """``pycnm --host-ns H cleanup --kernel-only`` needs no store: it sweeps by name, and
+    of the namespaces every emulated host shares it takes only H's overlay namespace."""
+    lab = pair.lab
+    assert lab.stop_agent(pair.h1) == 0  # nothing may rebuild h1's data plane meanwhile
+    mine, theirs = (f"pcov-{pair.vni}-{h.name}" for h in (pair.h1, pair.h2))
+    assert {mine, theirs} <= set(os.listdir("/run/netns"))
+    swept = subprocess.run(
+        [sys.executable, "-m", "cnm.cli", "--store", "etcd://127.0.0.1:9", "--host-ns",
+         pair.h1.name, "cleanup", "--kernel-only"],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+    )
+    assert swept.returncode == 0, swept.stderr
+    assert f"namespace {mine}" in swept.stdout
+    assert mine not in os.listdir("/run/netns") and theirs in os.listdir("/run/netns")
 
 
 # --- etcd going away ------------------------------------------------------------------------
