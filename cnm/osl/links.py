@@ -200,10 +200,14 @@ def create_veth(
     create.flags = CREATE
     try:
         ipr.rtnl.run([create])
-        index = require_index(ipr, host_name)
-        ipr.rtnl.run([_no_link_local(index), _link_request(f"set {host_name} up", index, up=True)])
     except NetlinkError as exc:
         raise _link_error(exc, what, host_name, "veth") from exc
+    try:
+        index = require_index(ipr, host_name)
+        _run(ipr, [_no_link_local(index), _link_request(f"set {host_name} up", index, up=True)])
+    except BaseException:
+        delete_link(ipr, host_name)  # never leave a half-made pair behind
+        raise
     return index
 
 

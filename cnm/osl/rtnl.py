@@ -55,9 +55,10 @@ class Rtnl:
     """Send requests on one NETLINK_ROUTE socket (already bound to its namespace) and
     wait for each acknowledgement. Not thread-safe: one owner at a time, as a handle."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, timeout: float = 30.0) -> None:
         self.sock = sock
         self.sock.bind((0, 0))
+        self.sock.settimeout(timeout)  # the kernel always answers; never hang if it did not
         self._sequence = itertools.count(1)
 
     def run(self, requests: Sequence[Request]) -> None:
