@@ -33,24 +33,9 @@ from cnm.osl import links as osl_links
 from cnm.osl.netns import NetlinkPool, read_sysctl, write_sysctl
 from cnm.osl.nft import ruleset_lock
 from drivers.bridge import firewall, options, ports
-from drivers.common import ipam_record, mac_from_ip, mac_option
+from drivers.common import ipam_record, mac_from_ip, mac_option, refuse_overlap
 
 log = logging.getLogger(__name__)
-
-
-def _refuse_overlap(pools: list[Any], other: dict[str, Any]) -> None:
-    """Two bridges on one host with overlapping subnets would fight over routes, as
-    libnetwork's bridge driver refuses too. Only Docker's path gets here with one: an IPAM
-    (Docker's, or pycnm's through Docker) hands an identical subnet to every network that
-    asks for it, counting references, so that Docker can ask again after a restart."""
-    for mine in map(ipaddress.ip_network, pools):
-        for record in (*other["ipv4"], *other["ipv6"]):
-            theirs = ipaddress.ip_network(record["pool"])
-            if mine.version == theirs.version and mine.overlaps(theirs):
-                raise Conflict(
-                    f"subnet {mine} overlaps subnet {theirs} of bridge network "
-                    f"{other['id'][:12]}: bridge networks on one host need subnets of their own"
-                )
 
 
 class BridgeDriver(Driver):
@@ -89,7 +74,8 @@ class BridgeDriver(Driver):
         for entry in self.ctx.store.list("networks/"):
             if entry.value["bridge"] == bridge:
                 raise Conflict(f"bridge {bridge} is already used by network {entry.key[9:21]}")
-            _refuse_overlap([d.pool for d in (*ipv4, *ipv6)], entry.value)
+            refuse_overlap([d.pool for d in (*ipv4, *ipv6)], entry.value,
+                           "bridge networks on one host")
         record = {
             "id": nid,
             "bridge": bridge,

@@ -70,7 +70,7 @@ from cnm.driverapi import (
 from cnm.errors import CNMError, Conflict, InvalidOption, NotFound
 from cnm.osl import iproute, netns_exists
 from cnm.osl import links as osl_links
-from drivers.common import ipam_record, mac_from_ip, mac_option
+from drivers.common import ipam_record, mac_from_ip, mac_option, refuse_overlap
 from drivers.macvlan import dataplane, options
 
 log = logging.getLogger(__name__)
@@ -187,6 +187,10 @@ class MacvlanDriver(Driver):
             host_prefix = 32 if shim_address.version == 4 else 128
             record["shim"] = {"name": shim_name(nid), "address": f"{shim_address}/{host_prefix}"}
         with self._lock, iproute(self.ctx.host_ns) as ipr, contextlib.ExitStack() as undo:
+            for entry in self.ctx.store.list("networks/"):
+                if entry.value["parent"] == parsed.parent:
+                    refuse_overlap([d.pool for d in ipv4 + ipv6], entry.value,
+                                   f"macvlan networks on parent {parsed.parent}")
             self._claim_parent(nid, parsed)
             undo.callback(self._release_parent, ipr, nid, parsed.parent)
             facts = self._check_parent(ipr, parsed)

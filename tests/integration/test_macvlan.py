@@ -340,3 +340,26 @@ def test_bad_input_is_refused_clearly_and_leaves_nothing(
     one_sentence(str(caught.value))
     assert mentions in str(caught.value)
     assert snapshot(lan) == before
+
+
+def test_a_second_network_on_the_parent_with_an_overlapping_subnet_is_refused(lan: Lan) -> None:
+    """Through Docker an IPAM hands the same subnet to every network that asks for it, so
+    the driver itself refuses a second one on the same parent, and makes nothing."""
+    import ipaddress
+
+    from cnm.driverapi import IpamData
+    from cnm.names import new_id
+
+    driver = lan.ctl.driver("macvlan")
+    pool = [IpamData(ipaddress.ip_network(LAN), ipaddress.ip_interface(f"{ROUTER}/24"))]
+    first = new_id()
+    driver.create_network(first, {"parent": PARENT}, pool, [])
+    try:
+        before = snapshot(lan)
+        with pytest.raises(Conflict) as caught:
+            driver.create_network(new_id(), {"parent": PARENT}, pool, [])
+        one_sentence(str(caught.value))
+        assert f"overlaps subnet {LAN} of network {first[:12]}" in str(caught.value)
+        assert snapshot(lan) == before
+    finally:
+        driver.delete_network(first)

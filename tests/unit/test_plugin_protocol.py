@@ -465,9 +465,9 @@ def test_a_second_bridge_network_on_an_overlapping_subnet_is_refused(lab: Lab) -
             "IPv6Data": [],
         })
         assert status == 500
-        assert answer["Err"] == (f"subnet {subnet} overlaps subnet 10.66.0.0/24 of bridge "
-                                 f"network {first[:12]}: bridge networks on one host need "
-                                 "subnets of their own")
+        assert answer["Err"] == (f"subnet {subnet} overlaps subnet 10.66.0.0/24 of network "
+                                 f"{first[:12]}: bridge networks on one host need subnets "
+                                 "of their own")
     assert lab.links() == links_before
     assert [n.id for n in lab.ctl.networks()] == [first]
     make_network(lab, "10.67.0.0/24")  # a subnet of its own is fine
