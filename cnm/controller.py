@@ -277,14 +277,18 @@ class Controller:
             if not self.local.create(f"names/sandboxes/{name}", {"id": sid}):
                 raise Conflict(f"a sandbox named {name!r} already exists")
             undo.callback(self.local.delete, f"names/sandboxes/{name}")
+            netns_name = self._netns_name(record)
+            undo.callback(etcfiles.remove, record, netns_name)
             if record.owned:
+                # The files need no namespace: written while a thread makes it (both cost
+                # the kernel file-system work, and they overlap on two cores).
                 create_named_netns(names.sandbox_netns(name), loopback_up=True,
-                                   forwarding=ip_forward)
+                                   forwarding=ip_forward,
+                                   meanwhile=lambda: etcfiles.write(record, [], netns_name))
                 undo.callback(delete_named_netns, names.sandbox_netns(name))
             else:
                 plumbing.set_forwarding(record.netns_path, ip_forward)
-            etcfiles.write(record, [], self._netns_name(record))
-            undo.callback(etcfiles.remove, record, self._netns_name(record))
+                etcfiles.write(record, [], netns_name)
             self.local.put(f"sandboxes/{sid}", record.to_dict())
             undo.pop_all()
         log.info("sandbox %s (%s): created at %s", name, sid[:12], record.netns_path)

@@ -91,8 +91,14 @@ def _ensure_run_dir() -> None:
         _run_dir_ready = True
 
 
-def _run_in_thread(job: Callable[[], T]) -> T:
-    """Run ``job`` in a fresh thread and return its result (or raise its exception)."""
+def _run_in_thread(job: Callable[[], T], meanwhile: Callable[[], object] | None = None) -> T:
+    """Run ``job`` in a fresh thread and return its result (or raise its exception).
+
+    ``meanwhile`` runs in the calling thread while the job does, so that the two overlap;
+    it must not need the job's result. The job's error wins if both fail; a failure of
+    ``meanwhile`` alone is raised as ``MeanwhileFailed`` carrying the job's result, so
+    that the caller can undo the job.
+    """
     box: dict[str, object] = {}
 
     def target() -> None:
@@ -103,15 +109,35 @@ def _run_in_thread(job: Callable[[], T]) -> T:
 
     worker = threading.Thread(target=target, name="pycnm-netns", daemon=True)
     worker.start()
+    side_error: BaseException | None = None
+    if meanwhile is not None:
+        try:
+            meanwhile()
+        except BaseException as exc:  # raised once the job is over
+            side_error = exc
     worker.join()
     if "error" in box:
         raise box["error"]  # type: ignore[misc]
+    if side_error is not None:
+        raise MeanwhileFailed(box["value"]) from side_error
     return box["value"]  # type: ignore[return-value]
 
 
-def in_netns(ns: str | None, job: Callable[[], T]) -> T:
-    """Run ``job`` with the calling thread inside ``ns`` (None: run it here, unchanged)."""
+class MeanwhileFailed(Exception):
+    """What ran beside a namespace job failed; ``result`` is the job's (to undo it)."""
+
+    def __init__(self, result: object) -> None:
+        super().__init__("the work done meanwhile failed")
+        self.result = result
+
+
+def in_netns(ns: str | None, job: Callable[[], T],
+             meanwhile: Callable[[], object] | None = None) -> T:
+    """Run ``job`` with the calling thread inside ``ns`` (None: run it here, unchanged);
+    ``meanwhile``: see ``_run_in_thread``."""
     if ns is None:
+        if meanwhile is not None:
+            return _run_in_thread(job, meanwhile)
         return job()
 
     def entered() -> T:
@@ -126,7 +152,7 @@ def in_netns(ns: str | None, job: Callable[[], T]) -> T:
         # The thread ends right after the job: it never goes back, so nothing can leak out.
         return job()
 
-    return _run_in_thread(entered)
+    return _run_in_thread(entered, meanwhile)
 
 
 def _netlink_socket() -> socket.socket:
@@ -237,6 +263,7 @@ def create_named_netns(
     *,
     loopback_up: bool = False,
     forwarding: bool | None = None,
+    meanwhile: Callable[[], object] | None = None,
 ) -> str:
     """Create the named namespace ``name`` (as ``ip netns add`` does) and return its path.
 
@@ -244,7 +271,9 @@ def create_named_netns(
     emulate a machine: we unshare from inside it so /proc/sys defaults match.
     ``loopback_up`` and ``forwarding`` (set explicitly either way when not None) are done
     by the same thread while it is inside, which saves a netlink socket and two thread
-    round trips per sandbox. Raises Conflict if the name is taken.
+    round trips per sandbox. ``meanwhile`` runs in the calling thread at the same time
+    (file work that does not need the namespace); if it fails, the namespace is removed
+    and its error raised. Raises Conflict if the name is taken.
     """
     _ensure_run_dir()
     path = named_netns_path(name)
@@ -270,14 +299,23 @@ def create_named_netns(
 
     try:
         if parent is None:
-            _run_in_thread(make)
+            _run_in_thread(make, meanwhile)
         else:
-            in_netns(parent, make)
+            in_netns(parent, make, meanwhile)
+    except MeanwhileFailed as failed:
+        _unmake(path)
+        raise failed.__cause__ from None  # type: ignore[misc]
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(path)
+        _unmake(path)
         raise KernelError(str(exc)) from exc
     return path
+
+
+def _unmake(path: str) -> None:
+    """Undo a namespace half made or made in vain: its bind mount (if any), its file."""
+    _libc.umount2(path.encode(), _MNT_DETACH)
+    with contextlib.suppress(OSError):
+        os.unlink(path)
 
 
 def _set_up_here(ifname: str) -> None:
