@@ -29,11 +29,17 @@ from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg  # noqa: E402
 from cnm.controller import Controller  # noqa: E402
 from cnm.osl.links import (  # noqa: E402
     address_request,
+    no_link_local_request,
     random_mac,
     require_index,
     route_request,
 )
-from cnm.osl.netns import create_named_netns, delete_named_netns, iproute  # noqa: E402
+from cnm.osl.netns import (  # noqa: E402
+    NetlinkHandle,
+    create_named_netns,
+    delete_named_netns,
+    iproute,
+)
 from cnm.osl.rtnl import CREATE, RTM_NEWLINK, SET, Request  # noqa: E402
 
 SETTLE_S = 5.0
@@ -68,10 +74,11 @@ def _veth_request(name: str, master: int, peer_fd: int) -> Request:
 
 
 def kernel_floor(host: str, count: int, tag: str) -> dict[str, list[float]]:
-    """What any tool must pay, in netlink requests on sockets already open and no
-    bookkeeping: a namespace; a veth whose peer is born inside it and whose host end is
-    enslaved to a bridge (with its own MAC, as pycnm's) and up, in one request; inside,
-    the peer's address, link up and default route, in one datagram; deleting the veth."""
+    """What any tool must pay for the kernel state pycnm makes, in netlink requests on
+    sockets already open and no bookkeeping: a namespace; a veth whose peer is born inside
+    it and whose host end is enslaved to a bridge (with its own MAC, as pycnm's) and up,
+    then that end's IPv6 link-local turned off; inside, the same for the peer, its address,
+    link up and default route, in one datagram; deleting the veth."""
     out: dict[str, list[float]] = {"netns": [], "veth": [], "inside": [], "veth delete": []}
     names = [f"pf{tag}{i}" for i in range(count)]
     bridge = f"pf{tag}br"
@@ -84,7 +91,7 @@ def kernel_floor(host: str, count: int, tag: str) -> dict[str, list[float]]:
                 out["netns"].append(timed(lambda n=name: create_named_netns(n)))
                 fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
                 request = _veth_request(f"pf{tag}v{i}", master, fd)
-                out["veth"].append(timed(lambda r=request: handle.rtnl.run([r])))
+                out["veth"].append(timed(lambda i=i, r=request: _make_veth(handle, r, i, tag)))
                 os.close(fd)
                 with iproute(f"/run/netns/{name}") as inside:
                     index = require_index(inside, "eth0")
@@ -100,11 +107,20 @@ def kernel_floor(host: str, count: int, tag: str) -> dict[str, list[float]]:
     return out
 
 
+def _make_veth(handle: NetlinkHandle, create: Request, i: int, tag: str) -> None:
+    """The veth, then its host end's IPv6 link-local address turned off while it has no
+    carrier yet (the peer is down): without it every later attach floods (see
+    docs/bridge.md), which is the very cost this floor must not carry."""
+    handle.rtnl.run([create])
+    handle.rtnl.run([no_link_local_request(require_index(handle, f"pf{tag}v{i}"))])
+
+
 def _inside_requests(index: int, i: int) -> list[Request]:
     address = ipaddress.ip_interface(f"10.241.{i // 250}.{i % 250 + 2}/16")
     up = ifinfmsg()
     up["index"], up["flags"], up["change"] = index, 1, 1
     return [
+        no_link_local_request(index),
         address_request(index, address),
         Request(up, RTM_NEWLINK, SET, "set eth0 up"),
         route_request(ipaddress.ip_network("0.0.0.0/0"),
@@ -220,6 +236,15 @@ def main() -> int:
             above = medians["attach"][-1] - medians["floor veth"][-1] - medians["floor inside"][-1]
             medians.setdefault("attach above the floor", []).append(above)
             print(f"{'pycnm: attach above the kernel floor':<38}{n:>6}{above:>12.2f}")
+            if n >= 200:
+                # Within this one run: the first and the last 100, seconds apart, so the
+                # machine's drift (which moves whole runs) hardly enters the comparison.
+                print(f"  within N={n}: median of the first 100 -> the last 100")
+                for label, samples in (("kernel floor: veth", floor["veth"]),
+                                       ("kernel floor: inside", floor["inside"]),
+                                       ("pycnm: attach", result["attach"])):
+                    first, last = stats(samples[:100])[0], stats(samples[-100:])[0]
+                    print(f"  {label:<36}{first:>8.2f} -> {last:.2f}  x{last / first:.2f}")
         if len(sizes) > 1:
             for key, values in medians.items():
                 print(f"growth of median {key} from N={sizes[0]} to N={sizes[-1]}: "

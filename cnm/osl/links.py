@@ -127,7 +127,7 @@ def _link_request(
     return Request(msg, RTM_NEWLINK, SET, what)
 
 
-def _no_link_local(index: int) -> Request:
+def no_link_local_request(index: int) -> Request:
     """No IPv6 link-local address for this link, asked before it goes up: an interface
     coming up with one sends DAD, MLD and router solicitations, which a bridge floods to
     every port, so each attach would cost every other sandbox work (O(N) per attach)."""
@@ -178,7 +178,7 @@ def create_veth(
 
     With ``peer_netns_fd`` the peer is born inside that namespace: no later move. The peer
     is born down (the kernel cannot bring up a veth whose pair is not made yet). The host
-    end is a bridge port and needs no IPv6 address, so it gets none (see _no_link_local).
+    end is a bridge port and needs no IPv6 address, so it gets none (see no_link_local_request).
     """
     what = f"create veth {host_name}"
     peer: list[tuple[str, Any]] = [("IFLA_IFNAME", peer_name)]
@@ -204,7 +204,8 @@ def create_veth(
         raise _link_error(exc, what, host_name, "veth") from exc
     try:
         index = require_index(ipr, host_name)
-        _run(ipr, [_no_link_local(index), _link_request(f"set {host_name} up", index, up=True)])
+        _run(ipr, [no_link_local_request(index),
+                   _link_request(f"set {host_name} up", index, up=True)])
     except BaseException:
         delete_link(ipr, host_name)  # never leave a half-made pair behind
         raise
@@ -247,7 +248,7 @@ def configure(
 ) -> None:
     """Give a link its MAC, MTU and addresses, bring it up, then add ``routes``
     (``route_request``), all in one round trip. ``link_local=False``: no IPv6 link-local
-    address (for an interface with no IPv6 to do; see _no_link_local)."""
+    address (for an interface with no IPv6 to do; see no_link_local_request)."""
     requests: list[Request] = []
     settings: list[tuple[str, Any]] = []
     if mac:
@@ -257,7 +258,7 @@ def configure(
     if settings:
         requests.append(_link_request(f"set MAC/MTU of link {index}", index, settings))
     if not link_local:
-        requests.append(_no_link_local(index))
+        requests.append(no_link_local_request(index))
     requests.extend(address_request(index, iface) for iface in addresses)
     if up:
         requests.append(_link_request(f"set link {index} up", index, up=True))
