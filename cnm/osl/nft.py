@@ -83,15 +83,19 @@ def ruleset_lock(ns: str | None) -> Iterator[None]:
     """Serialise read-state-then-render across processes acting on one namespace.
 
     Without it two pycnm processes could each render from a state that lacks the other's
-    change and the later load would drop it.
+    change and the later load would drop it. The lock is taken on the namespace's own
+    file (nsfs supports flock): every path to one namespace is one inode, and no lock
+    file is left behind per namespace ever used.
     """
-    os.makedirs(LOCK_DIR, mode=0o700, exist_ok=True)
-    with open(os.path.join(LOCK_DIR, f"nft-{_key(ns)}.lock"), "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    fd = os.open(ns or "/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             yield
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def _owner_path(ns: str | None) -> str:

@@ -41,3 +41,33 @@ def test_a_failure_meanwhile_removes_the_namespace_and_is_raised() -> None:
         assert not os.path.exists(path) and not _mounted(path)
     finally:
         delete_named_netns(name)
+
+
+def test_the_ruleset_lock_is_the_namespace_itself_across_processes(netns) -> None:
+    """Held here, it blocks another process asking through another path to the same
+    namespace (/proc/PID/ns/net of a process inside), and leaves no lock file behind."""
+    import subprocess
+    import sys
+
+    from cnm.osl.nft import LOCK_DIR, ruleset_lock
+
+    ns = netns("lock")
+    inside = ns.popen(["sleep", "30"])
+    try:
+        other_path = f"/proc/{inside.pid}/ns/net"
+        probe = ("import fcntl, os, sys\n"
+                 "fd = os.open(sys.argv[1], os.O_RDONLY)\n"
+                 "try:\n    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+                 "except BlockingIOError:\n    print('held')\nelse:\n    print('free')\n")
+        before = set(os.listdir(LOCK_DIR)) if os.path.isdir(LOCK_DIR) else set()
+        with ruleset_lock(ns.path):
+            held = subprocess.run([sys.executable, "-c", probe, other_path],
+                                  capture_output=True, text=True, timeout=30).stdout.strip()
+        free = subprocess.run([sys.executable, "-c", probe, other_path],
+                              capture_output=True, text=True, timeout=30).stdout.strip()
+        after = set(os.listdir(LOCK_DIR)) if os.path.isdir(LOCK_DIR) else set()
+    finally:
+        inside.kill()
+        inside.wait(timeout=10)
+    assert (held, free) == ("held", "free")
+    assert after == before
