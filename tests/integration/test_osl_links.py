@@ -64,3 +64,22 @@ def test_a_veth_name_taken_is_a_conflict_and_the_host_end_has_no_ipv6(netns) -> 
     assert "eth1" not in inside.links()
     assert re.search(r"[<,]UP[,>]", ns.run(["ip", "link", "show", "ptvA"]).stdout)
     assert ns.run(["ip", "-6", "-o", "addr", "show", "dev", "ptvA"]).stdout == ""
+
+
+def test_a_pool_reuses_its_handles_drops_one_that_failed_and_closes_the_rest(netns) -> None:
+    from cnm.osl.netns import NetlinkPool
+
+    ns = netns("osl")
+    pool = NetlinkPool(ns.path)
+    with pool.handle() as first:
+        links.create_veth(first, "ptvA", "ptvB")
+    with pool.handle() as again:
+        assert again is first  # no new thread hop or sockets
+        assert links.link_index(again, "ptvA") is not None
+    with pytest.raises(Conflict), pool.handle() as failing:
+        links.create_veth(failing, "ptvA", "ptvC")
+    assert failing.rtnl.sock.fileno() == -1  # an operation that failed: never reused
+    with pool.handle() as fresh:
+        assert fresh is not failing
+    pool.close()
+    assert fresh.rtnl.sock.fileno() == -1 and fresh.ioctl.fileno() == -1
