@@ -213,7 +213,10 @@ def create_veth(
 
 
 def delete_link(ipr: NetlinkHandle, name: str) -> None:
-    """Delete ``name``; already gone is success."""
+    """Delete ``name``; already gone is success (found out with one ioctl, so that a
+    retry's "remove any leftover" costs next to nothing)."""
+    if link_index(ipr, name) is None:
+        return
     try:
         ipr.link("del", ifname=name)
     except NetlinkError as exc:

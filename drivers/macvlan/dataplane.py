@@ -11,11 +11,11 @@ from __future__ import annotations
 import errno
 from typing import Any
 
-from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from cnm.errors import Conflict, InvalidOption, KernelError, KernelFeatureMissing, NotFound
 from cnm.osl import links as osl_links
+from cnm.osl.netns import NetlinkHandle
 
 VLAN_FEATURE = (
     "this kernel has no 802.1q VLAN support (the 8021q module is not built in or loadable), "
@@ -23,7 +23,7 @@ VLAN_FEATURE = (
 )
 
 
-def master_of(ipr: IPRoute, info: dict[str, Any]) -> tuple[str, str] | None:
+def master_of(ipr: NetlinkHandle, info: dict[str, Any]) -> tuple[str, str] | None:
     """(name, kind) of the device ``info``'s link is enslaved to, or None."""
     if not info.get("master"):
         return None
@@ -36,7 +36,7 @@ def master_of(ipr: IPRoute, info: dict[str, Any]) -> tuple[str, str] | None:
     return msg.get_attr("IFLA_IFNAME"), kind or "device"
 
 
-def check_parent(ipr: IPRoute, name: str, mtu: int | None) -> dict[str, Any]:
+def check_parent(ipr: NetlinkHandle, name: str, mtu: int | None) -> dict[str, Any]:
     """Facts about the parent ``name``, or an error saying why it cannot carry macvlans.
 
     An enslaved interface already hands every frame to its master (bridge, bond, team):
@@ -61,7 +61,7 @@ def check_parent(ipr: IPRoute, name: str, mtu: int | None) -> dict[str, Any]:
     return info
 
 
-def create_vlan(ipr: IPRoute, base: str, vid: int, name: str) -> int:
+def create_vlan(ipr: NetlinkHandle, base: str, vid: int, name: str) -> int:
     """Create the 802.1q sub-interface ``name`` (VLAN ``vid`` on ``base``), up.
 
     Raises KernelFeatureMissing, in one sentence naming 8021q, when the kernel lacks it;
@@ -86,7 +86,7 @@ def create_vlan(ipr: IPRoute, base: str, vid: int, name: str) -> int:
 
 
 def create_macvlan(
-    ipr: IPRoute,
+    ipr: NetlinkHandle,
     name: str,
     parent: str,
     parent_index: int,
@@ -151,7 +151,7 @@ def _macvlan_error(
     return KernelError(f"create macvlan {name} on {parent}: {exc.args[-1]}")
 
 
-def is_macvlan_with_mac(ipr: IPRoute, name: str, mac: str | None) -> bool:
+def is_macvlan_with_mac(ipr: NetlinkHandle, name: str, mac: str | None) -> bool:
     """Whether ``name`` is a macvlan (with MAC ``mac``, if given): ours, not something
     that later took the same name."""
     info = osl_links.link_info(ipr, name)

@@ -24,7 +24,6 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from cnm import names
@@ -32,6 +31,7 @@ from cnm.errors import Conflict, InvalidOption, KernelError, KernelFeatureMissin
 from cnm.osl import iproute
 from cnm.osl import links as osl_links
 from cnm.osl.netns import (
+    NetlinkHandle,
     create_named_netns,
     delete_named_netns,
     named_netns_path,
@@ -67,7 +67,7 @@ class Underlay:
     mtu: int
 
 
-def _first_v4(ipr: IPRoute, index: int) -> str | None:
+def _first_v4(ipr: NetlinkHandle, index: int) -> str | None:
     for msg in ipr.get_addr(family=socket.AF_INET, index=index):
         address = msg.get_attr("IFA_ADDRESS")
         if address and not ipaddress.ip_address(address).is_loopback:
@@ -75,12 +75,12 @@ def _first_v4(ipr: IPRoute, index: int) -> str | None:
     return None
 
 
-def _link(ipr: IPRoute, index: int) -> tuple[str, int]:
+def _link(ipr: NetlinkHandle, index: int) -> tuple[str, int]:
     msg = ipr.link("get", index=index)[0]
     return msg.get_attr("IFLA_IFNAME"), msg.get_attr("IFLA_MTU")
 
 
-def _owner_of(ipr: IPRoute, address: str) -> int | None:
+def _owner_of(ipr: NetlinkHandle, address: str) -> int | None:
     for msg in ipr.get_addr(family=socket.AF_INET):
         if msg.get_attr("IFA_ADDRESS") == address:
             return msg["index"]
