@@ -155,6 +155,17 @@ def in_netns(ns: str | None, job: Callable[[], T],
     return _run_in_thread(entered, meanwhile)
 
 
+@contextlib.contextmanager
+def netns_fd(ns: str | None) -> Iterator[int]:
+    """A file descriptor of namespace ``ns`` (None: the calling thread's), for requests
+    that place an interface there (``net_ns_fd``); closed afterwards."""
+    fd = os.open(ns or "/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
 def _netlink_socket() -> socket.socket:
     return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_ROUTE)
 

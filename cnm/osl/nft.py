@@ -115,7 +115,10 @@ def other_owner(ns: str | None, family: str, name: str, owner: str) -> str | Non
     holds, or None: the table is ``owner``'s, nobody's, or not loaded (a namespace may
     reuse the number of a dead one, so a record alone proves nothing). Call with
     ``ruleset_lock`` held; costs an ``nft`` run only when another owner is recorded."""
-    recorded = _recorded_owner(ns)
+    return _other(ns, family, name, owner, _recorded_owner(ns))
+
+
+def _other(ns: str | None, family: str, name: str, owner: str, recorded: str) -> str | None:
     if recorded in ("", owner) or (family, name) not in list_tables(ns):
         return None
     return recorded
@@ -129,14 +132,15 @@ def claim_table(ns: str | None, family: str, name: str, owner: str) -> None:
     replace the first one's rules with its own, so that is refused while the other's
     table is loaded.
     """
-    current = other_owner(ns, family, name, owner)
+    recorded = _recorded_owner(ns)
+    current = _other(ns, family, name, owner, recorded)
     if current is not None:
         raise Conflict(
             f"table {family} {name} here holds the rules of pycnm's store {current}; pycnm on "
             f"another store ({owner}) would overwrite them: use that store (--store or "
             "PYCNM_STORE, and its --host-id), or remove its networks first"
         )
-    if _recorded_owner(ns) != owner:
+    if recorded != owner:
         os.makedirs(LOCK_DIR, mode=0o700, exist_ok=True)
         with open(_owner_path(ns), "w") as handle:
             handle.write(owner + "\n")

@@ -3,30 +3,20 @@ it, address it, route through it; and the reverse on leave."""
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 from cnm.osl import links
-from cnm.osl.netns import iproute
+from cnm.osl.netns import iproute, netns_fd
 from cnm.osl.rtnl import Request
 
 IPInterface = links.IPInterface
 
 
-@contextlib.contextmanager
-def _ns_fd(ns: str | None) -> Iterator[int]:
-    fd = os.open(ns or "/proc/self/ns/net", os.O_RDONLY)
-    try:
-        yield fd
-    finally:
-        os.close(fd)
-
-
 def move_into(host_ns: str | None, sandbox_ns: str, src_name: str, ifname: str) -> None:
     """Move ``src_name`` from the host into the sandbox, renamed ``ifname``."""
-    with iproute(host_ns) as host, _ns_fd(sandbox_ns) as target:
+    with iproute(host_ns) as host, netns_fd(sandbox_ns) as target:
         links.move_link(host, src_name, target, ifname)
 
 
@@ -86,7 +76,7 @@ def unplug(sandbox_ns: str, ifname: str, host_ns: str | None, back_name: str) ->
             return
         sandbox.link("set", index=index, state="down")
         sandbox.flush_addr(index=index)
-        with _ns_fd(host_ns) as target:
+        with netns_fd(host_ns) as target:
             links.move_link(sandbox, ifname, target, back_name)
 
 

@@ -12,7 +12,6 @@ import contextlib
 import functools
 import ipaddress
 import logging
-import os
 from typing import Any
 
 from cnm import names
@@ -30,7 +29,7 @@ from cnm.driverapi import (
 from cnm.errors import Conflict, InvalidOption, NotFound
 from cnm.osl import iproute, reaper
 from cnm.osl import links as osl_links
-from cnm.osl.netns import NetlinkPool, read_sysctl, write_sysctl
+from cnm.osl.netns import NetlinkPool, netns_fd, read_sysctl, write_sysctl
 from cnm.osl.nft import ruleset_lock
 from drivers.bridge import firewall, options, ports
 from drivers.common import ipam_record, mac_from_ip, mac_option, refuse_overlap
@@ -195,26 +194,22 @@ class BridgeDriver(Driver):
         network = self._network(nid)
         ep = self._endpoint(nid, eid)
         direct = opts.get(OPT_JOIN_IFNAME)
-        with self._host.handle() as ipr:
+        with self._host.handle() as ipr, contextlib.ExitStack() as opened:
             bridge_index = osl_links.require_index(ipr, network["bridge"])
-            fd = os.open(sandbox_key, os.O_RDONLY) if direct else None
+            fd = opened.enter_context(netns_fd(sandbox_key)) if direct else None
+            make = functools.partial(
+                osl_links.create_veth, ipr, ep["host_veth"], direct or ep["peer"],
+                mtu=network["options"].get("mtu"), master=bridge_index,
+                peer_mac=ep["mac"], peer_netns_fd=fd,
+            )
             try:
-                make = functools.partial(
-                    osl_links.create_veth, ipr, ep["host_veth"], direct or ep["peer"],
-                    mtu=network["options"].get("mtu"), master=bridge_index,
-                    peer_mac=ep["mac"], peer_netns_fd=fd,
-                )
-                try:
-                    make()
-                except Conflict:
-                    # A half-made pair from an interrupted try, or a name still held by a
-                    # link whose deletion is queued: finish those, then start again.
-                    reaper.flush()
-                    osl_links.delete_link(ipr, ep["host_veth"])
-                    make()
-            finally:
-                if fd is not None:
-                    os.close(fd)
+                make()
+            except Conflict:
+                # A half-made pair from an interrupted try, or a name still held by a
+                # link whose deletion is queued: finish those, then start again.
+                reaper.flush()
+                osl_links.delete_link(ipr, ep["host_veth"])
+                make()
             if not network["options"]["icc"]:
                 self._isolate(ipr, ep["host_veth"])
         internal = network["options"]["internal"]

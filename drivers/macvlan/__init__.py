@@ -50,7 +50,6 @@ import contextlib
 import errno
 import ipaddress
 import logging
-import os
 import threading
 from typing import Any
 
@@ -70,6 +69,7 @@ from cnm.driverapi import (
 from cnm.errors import CNMError, Conflict, InvalidOption, NotFound
 from cnm.osl import iproute, netns_exists
 from cnm.osl import links as osl_links
+from cnm.osl.netns import netns_fd
 from drivers.common import ipam_record, mac_from_ip, mac_option, refuse_overlap
 from drivers.macvlan import dataplane, options
 
@@ -418,14 +418,11 @@ class MacvlanDriver(Driver):
                 )
             osl_links.delete_link(ipr, ep["host_name"])  # a half-made child from a retry
             if direct:
-                fd = os.open(sandbox_key, os.O_RDONLY)
-                try:
+                with netns_fd(sandbox_key) as fd:
                     dataplane.create_macvlan(
                         ipr, direct, network["parent"], parent_index, o["mode"],
                         mac=ep["mac"], mtu=o.get("mtu"), netns_fd=fd,
                     )
-                finally:
-                    os.close(fd)
             else:
                 dataplane.create_macvlan(
                     ipr, ep["host_name"], network["parent"], parent_index, o["mode"],

@@ -18,9 +18,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import ipaddress
-import os
 import socket
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +35,7 @@ from cnm.osl.netns import (
     delete_named_netns,
     named_netns_path,
     netns_exists,
+    netns_fd,
     write_sysctl,
 )
 
@@ -147,15 +147,6 @@ def choose_vtep(host_ns: str | None, wanted: str | None, peers: Iterable[str] = 
 # --- the overlay namespace, bridge and VTEP -----------------------------------------
 
 
-@contextlib.contextmanager
-def _ns_fd(path: str | None) -> Iterator[int]:
-    fd = os.open(path or "/proc/self/ns/net", os.O_RDONLY)
-    try:
-        yield fd
-    finally:
-        os.close(fd)
-
-
 def _vxlan_matches(msg: Any, vni: int, vtep: str) -> bool:
     info = msg.get_attr("IFLA_LINKINFO")
     if info is None or info.get_attr("IFLA_INFO_KIND") != "vxlan":
@@ -194,7 +185,7 @@ def _ensure_vxlan(host_ns: str | None, ns_path: str, vni: int, vtep: str, mtu: i
         # inner frame carries its own checksums.
         "vxlan_udp_csum": 0,
     }
-    with iproute(host_ns) as host, _ns_fd(ns_path) as target:
+    with iproute(host_ns) as host, netns_fd(ns_path) as target:
         try:
             host.link("add", net_ns_fd=target, **spec)
         except NetlinkError as exc:
@@ -280,7 +271,7 @@ def plug_veth(
     """A veth whose first end is a port of br0 in the overlay namespace and whose peer is
     born in ``peer_ns`` (a sandbox, or the host namespace for Docker to move)."""
     path = named_netns_path(ns_name)
-    with iproute(path) as ovl, _ns_fd(peer_ns) as target:
+    with iproute(path) as ovl, netns_fd(peer_ns) as target:
         bridge = osl_links.require_index(ovl, names.OVERLAY_BRIDGE)
         osl_links.delete_link(ovl, host_veth)  # a half-made pair from a retry
         osl_links.create_veth(
