@@ -62,12 +62,13 @@ def sandbox_netns(sandbox_name: str) -> str:
 
 def is_valid_object_name(name: str) -> bool:
     """Names of networks and sandboxes: what Docker accepts for container names."""
-    return bool(_NAME_RE.match(name))
+    return isinstance(name, str) and bool(_NAME_RE.fullmatch(name))
 
 
 def is_valid_ifname(name: str) -> bool:
     """A Linux interface name: 1-15 characters, no '/', no whitespace, not '.' or '..'."""
-    return bool(_IFNAME_RE.match(name)) and name not in (".", "..")
+    return (isinstance(name, str) and bool(_IFNAME_RE.fullmatch(name))
+            and name not in (".", ".."))
 
 
 def is_pycnm_kernel_name(name: str) -> bool:

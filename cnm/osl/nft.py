@@ -1,7 +1,9 @@
 """nftables, in tables of pycnm's own only.
 
 We never touch another table: every ruleset we load names its table, and "replace" is a
-flush of that one table followed by its new contents, in one atomic ``nft -f`` transaction.
+delete of that one table followed by its new contents, in one atomic transaction. Rules
+go to nft as JSON built by ``cnm.osl.nftjson`` from typed values (``nft -j -f -``), never
+as text, so no string from a request can become nft syntax.
 The nft child process inherits the namespace of the thread that forks it, so running it
 from ``in_netns`` puts it in the right namespace without nsenter.
 """
@@ -10,14 +12,18 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 from cnm.errors import Conflict, KernelError, KernelFeatureMissing
+from cnm.osl import nftjson
 from cnm.osl.netns import in_netns
+from cnm.osl.nftjson import Command, Family
 
 LOCK_DIR = "/run/pycnm"
 
@@ -29,49 +35,54 @@ def _nft_binary() -> str:
     return path
 
 
-def run(ns: str | None, script: str, *, what: str) -> None:
-    """Load ``script`` with ``nft -f -`` inside ``ns``; raise with nft's own words on error."""
-    nft = _nft_binary()
-
-    def call() -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [nft, "-f", "-"], input=script, text=True, capture_output=True, timeout=30
-        )
-
-    result = in_netns(ns, call)
+def load(ns: str | None, commands: Sequence[Command], *, what: str) -> None:
+    """Load ``commands`` (nft JSON, see ``cnm.osl.nftjson``) with ``nft -j -f -`` inside
+    ``ns`` as one atomic transaction; raise with nft's own words on error."""
+    document = json.dumps({"nftables": [{"metainfo": {"json_schema_version": 1}},
+                                        *commands]})
+    result = _nft(ns, ["-j", "-f", "-"], document)
     if result.returncode != 0:
-        detail = result.stderr.strip().splitlines()
+        detail = [line for line in result.stderr.strip().splitlines() if line.strip()]
         raise KernelError(f"{what}: nft refused the rules: {detail[0] if detail else 'no reason'}")
+
+
+def _nft(ns: str | None, args: list[str], stdin: str | None = None
+         ) -> subprocess.CompletedProcess[str]:
+    nft = _nft_binary()
+    return in_netns(ns, lambda: subprocess.run(
+        [nft, *args], input=stdin, text=True, capture_output=True, timeout=30))
 
 
 def list_tables(ns: str | None) -> list[tuple[str, str]]:
     """(family, name) of every table in ``ns``."""
-    nft = _nft_binary()
-    result = in_netns(
-        ns, lambda: subprocess.run([nft, "list", "tables"], text=True, capture_output=True)
-    )
-    tables = []
-    for line in result.stdout.splitlines():
-        parts = line.split()
-        if len(parts) == 3 and parts[0] == "table":
-            tables.append((parts[1], parts[2]))
-    return tables
+    result = _nft(ns, ["-j", "list", "tables"])
+    if result.returncode != 0:
+        raise KernelError(f"nft list tables: {result.stderr.strip() or 'failed'}")
+    items = json.loads(result.stdout or "{}").get("nftables", [])
+    return [(t["table"]["family"], t["table"]["name"]) for t in items if "table" in t]
 
 
-def replace_table(ns: str | None, family: str, name: str, body: str, *, what: str) -> None:
-    """Make table ``family name`` hold exactly ``body`` (chains and rules), atomically."""
-    script = (
-        f"table {family} {name}\n"
-        f"flush table {family} {name}\n"
-        f"table {family} {name} {{\n{body}\n}}\n"
-    )
-    run(ns, script, what=what)
+def list_table(ns: str | None, family: str, name: str) -> list[dict[str, Any]]:
+    """The objects of one table as nft's JSON (empty when the table is not there)."""
+    if (family, name) not in list_tables(ns):
+        return []
+    result = _nft(ns, ["-j", "list", "table", family, name])
+    if result.returncode != 0:
+        raise KernelError(f"nft list table {family} {name}: {result.stderr.strip()}")
+    return [i for i in json.loads(result.stdout or "{}").get("nftables", [])
+            if "metainfo" not in i]
 
 
-def delete_table(ns: str | None, family: str, name: str) -> None:
+def replace_table(ns: str | None, family: Family, name: str, chains: Sequence[nftjson.Chain],
+                  sets: Sequence[nftjson.NamedSet] = (), *, what: str) -> None:
+    """Make table ``family name`` hold exactly ``chains`` (and ``sets``), atomically."""
+    load(ns, nftjson.replace_table(family, name, chains, sets), what=what)
+
+
+def delete_table(ns: str | None, family: Family, name: str) -> None:
     """Delete our table; a table already gone is success."""
     if (family, name) in list_tables(ns):
-        run(ns, f"delete table {family} {name}\n", what=f"delete table {family} {name}")
+        load(ns, nftjson.delete_table(family, name), what=f"delete table {family} {name}")
 
 
 def _key(ns: str | None) -> str:

@@ -294,21 +294,27 @@ class BridgeDriver(Driver):
             rules.networks.append(
                 firewall.NetworkRules(
                     bridge=net["bridge"],
-                    subnets_v4=[d["pool"] for d in net["ipv4"]],
-                    subnets_v6=[d["pool"] for d in net["ipv6"]],
+                    subnets_v4=[ipaddress.IPv4Network(d["pool"]) for d in net["ipv4"]],
+                    subnets_v6=[ipaddress.IPv6Network(d["pool"]) for d in net["ipv6"]],
                     icc=o["icc"], masquerade=o["masquerade"], internal=o["internal"],
                 )
             )
         for entry in self.ctx.store.list("endpoints/"):
             ep = entry.value
             for b in ep["ports"]:
+                host_ip = (None if b["HostIP"] in ("", "0.0.0.0", "::")
+                           else ipaddress.ip_address(b["HostIP"]))
+                target = ep["address"] if host_ip is None or host_ip.version == 4 \
+                    else ep.get("address_v6")
+                if not target:
+                    continue  # refused at parse time; an old record is not re-published
                 rules.ports.append(
                     firewall.PortRule(
                         proto={6: "tcp", 17: "udp", 132: "sctp"}[b["Proto"]],
-                        host_ip=None if b["HostIP"] in ("", "0.0.0.0") else b["HostIP"],
-                        host_port=b["HostPort"],
-                        address=str(ipaddress.ip_interface(ep["address"]).ip),
-                        port=b["Port"],
+                        host_ip=host_ip,
+                        host_port=int(b["HostPort"]),
+                        address=ipaddress.ip_interface(target).ip,
+                        port=int(b["Port"]),
                     )
                 )
         return rules

@@ -13,17 +13,23 @@ ports cannot talk to each other, only to the bridge itself, i.e. the gateway.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
+from typing import Literal
 
 from cnm.names import NFT_TABLE
 from cnm.osl import nft
+from cnm.osl import nftjson as j
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Prefix = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass
 class NetworkRules:
     bridge: str
-    subnets_v4: list[str]
-    subnets_v6: list[str]
+    subnets_v4: list[ipaddress.IPv4Network]
+    subnets_v6: list[ipaddress.IPv6Network]
     icc: bool
     masquerade: bool
     internal: bool
@@ -31,10 +37,10 @@ class NetworkRules:
 
 @dataclass
 class PortRule:
-    proto: str
-    host_ip: str | None
+    proto: Literal["tcp", "udp", "sctp"]
+    host_ip: Address | None  # None: every local address
     host_port: int
-    address: str  # endpoint address (v4)
+    address: Address  # the endpoint's address, of host_ip's family
     port: int
 
 
@@ -47,53 +53,57 @@ class Ruleset:
         return not self.networks
 
 
-def _quote(names: list[str]) -> str:
-    return "{ " + ", ".join(f'"{n}"' for n in names) + " }"
-
-
-def render_inet(rules: Ruleset) -> str:
+def _forward_rules(rules: Ruleset) -> list[j.Rule]:
     bridges = [n.bridge for n in rules.networks]
-    forward: list[str] = []
-    postrouting: list[str] = []
+    forward: list[j.Rule] = []
     for net in rules.networks:
         others = [b for b in bridges if b != net.bridge]
         if net.internal:
-            forward.append(f'iifname "{net.bridge}" oifname != "{net.bridge}" drop')
-            forward.append(f'oifname "{net.bridge}" iifname != "{net.bridge}" drop')
+            forward.append(j.rule(j.match_ifname("iifname", net.bridge),
+                                  j.match_ifname("oifname", net.bridge, "!="), j.drop()))
+            forward.append(j.rule(j.match_ifname("oifname", net.bridge),
+                                  j.match_ifname("iifname", net.bridge, "!="), j.drop()))
         if others:
             # Networks are isolated from each other, as Docker's DOCKER-ISOLATION chains do.
-            forward.append(f'iifname "{net.bridge}" oifname {_quote(others)} drop')
+            forward.append(j.rule(j.match_ifname("iifname", net.bridge),
+                                  j.match_ifname("oifname", others), j.drop()))
         if not net.icc:
-            forward.append(f'iifname "{net.bridge}" oifname "{net.bridge}" drop')
-        if net.masquerade and not net.internal:
-            for subnet in net.subnets_v4:
-                postrouting.append(f'ip saddr {subnet} oifname != "{net.bridge}" masquerade')
-    dnat: list[str] = []
-    for rule in rules.ports:
-        match = f"ip daddr {rule.host_ip}" if rule.host_ip else "fib daddr type local"
-        dnat.append(
-            f"{match} {rule.proto} dport {rule.host_port} dnat ip to {rule.address}:{rule.port}"
-        )
-    return "\n".join(
-        [
-            "  chain prerouting {",
-            "    type nat hook prerouting priority dstnat; policy accept;",
-            *(f"    {r}" for r in dnat),
-            "  }",
-            "  chain output {",
-            "    type nat hook output priority -100; policy accept;",
-            *(f"    {r}" for r in dnat),
-            "  }",
-            "  chain postrouting {",
-            "    type nat hook postrouting priority srcnat; policy accept;",
-            *(f"    {r}" for r in postrouting),
-            "  }",
-            "  chain forward {",
-            "    type filter hook forward priority filter; policy accept;",
-            *(f"    {r}" for r in forward),
-            "  }",
-        ]
-    )
+            forward.append(j.rule(j.match_ifname("iifname", net.bridge),
+                                  j.match_ifname("oifname", net.bridge), j.drop()))
+    return forward
+
+
+def _masquerade_rules(rules: Ruleset) -> list[j.Rule]:
+    return [
+        j.rule(j.match_addr("saddr", subnet), j.match_ifname("oifname", net.bridge, "!="),
+               j.masquerade())
+        for net in rules.networks if net.masquerade and not net.internal
+        for subnet in net.subnets_v4
+    ]
+
+
+def _dnat_rules(rules: Ruleset) -> list[j.Rule]:
+    dnat: list[j.Rule] = []
+    for port in rules.ports:
+        where = (j.match_addr("daddr", port.host_ip) if port.host_ip is not None
+                 else j.match_local_daddr())
+        family = [] if port.host_ip is not None else [
+            j.match_nfproto("ipv4" if port.address.version == 4 else "ipv6")]
+        dnat.append(j.rule(*family, where, j.match_port(port.proto, "dport", port.host_port),
+                           j.dnat(port.address, port.port)))
+    return dnat
+
+
+def chains(rules: Ruleset) -> list[j.Chain]:
+    """The table's chains: published ports (prerouting, and output for the host's own
+    connections), masquerade, and the forward filter."""
+    dnat = _dnat_rules(rules)
+    return [
+        j.Chain("prerouting", j.nat_hook("prerouting"), dnat),
+        j.Chain("output", j.nat_hook("output", -100), list(dnat)),
+        j.Chain("postrouting", j.nat_hook("postrouting"), _masquerade_rules(rules)),
+        j.Chain("forward", j.filter_hook("forward"), _forward_rules(rules)),
+    ]
 
 
 def apply(ns: str | None, rules: Ruleset, owner: str) -> None:
@@ -105,4 +115,4 @@ def apply(ns: str | None, rules: Ruleset, owner: str) -> None:
             nft.release_table(ns)
         return
     nft.claim_table(ns, "inet", NFT_TABLE, owner)
-    nft.replace_table(ns, "inet", NFT_TABLE, render_inet(rules), what="bridge firewall")
+    nft.replace_table(ns, "inet", NFT_TABLE, chains(rules), what="bridge firewall")
