@@ -57,10 +57,11 @@ def plan_pools(
     for r in requests:
         if r.version == 6 and not ipv6:
             raise InvalidOption(f"subnet {r.subnet} is IPv6: add --ipv6 to enable IPv6")
-    for a in requests:
-        for b in requests:
-            if a is not b and a.subnet.version == b.subnet.version and a.subnet.overlaps(b.subnet):
-                raise InvalidOption(f"subnets {a.subnet} and {b.subnet} overlap")
+    asked = [r.subnet for r in requests if r.subnet is not None]
+    for i, a in enumerate(asked):
+        for b in asked[i + 1:]:
+            if a.version == b.version and a.overlaps(b):
+                raise InvalidOption(f"subnets {a} and {b} overlap")
 
     def owner(item: IPAddress | IPNetwork, what: str) -> PoolRequest:
         for r in requests:

@@ -33,11 +33,10 @@ def remove_kernel_objects(host_ns: str | None = None, host_id: str | None = None
             if name and names.is_pycnm_kernel_name(name):
                 delete_link(ipr, name)
                 removed.append(f"link {name}")
-    for family in ("inet", "bridge"):
-        with contextlib.suppress(Exception):
-            if (family, names.NFT_TABLE) in nft.list_tables(host_ns):
-                nft.delete_table(host_ns, family, names.NFT_TABLE)
-                removed.append(f"nft table {family} {names.NFT_TABLE}")
+    with contextlib.suppress(Exception):  # best effort, as for the links above
+        if ("inet", names.NFT_TABLE) in nft.list_tables(host_ns):
+            nft.delete_table(host_ns, "inet", names.NFT_TABLE)
+            removed.append(f"nft table inet {names.NFT_TABLE}")
     nft.release_table(host_ns)
     if host_ns is None and os.path.isdir("/etc/netns"):
         for entry in os.listdir("/etc/netns"):

@@ -19,6 +19,7 @@ from cnm.store.base import Store
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+Proto = Literal["tcp", "udp", "sctp"]
 
 # Generic option keys, as Docker names them; the core puts them into a network's options.
 OPT_INTERNAL = "com.docker.network.internal"
@@ -87,7 +88,7 @@ class JoinInfo:
 class PortBinding:
     """One published port: host_port (..host_port_end) on host_ip -> endpoint port."""
 
-    proto: Literal["tcp", "udp", "sctp"]
+    proto: Proto
     port: int
     host_port: int
     host_port_end: int = 0

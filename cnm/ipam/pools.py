@@ -175,6 +175,6 @@ def address_at(subnet: IPNetwork, offset: int) -> IPAddress:
 def overlapping(candidate: IPNetwork, others: Iterable[IPNetwork]) -> IPNetwork | None:
     """The first of ``others`` (same family) that shares an address with ``candidate``."""
     for other in others:
-        if other.version == candidate.version and other.overlaps(candidate):  # type: ignore[arg-type]
+        if other.version == candidate.version and other.overlaps(candidate):
             return other
     return None

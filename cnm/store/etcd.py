@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import logging
 import math
@@ -152,7 +153,7 @@ class EtcdStore(Store, LeaseStore):
         response = self._call(lambda c: c.get_response(self.prefix + key))
         return self._entries(response.kvs)[0] if response.kvs else None
 
-    def list(self, prefix: str) -> list[Entry]:
+    def list(self, prefix: str) -> builtins.list[Entry]:
         return self._entries(self._range(prefix).kvs)
 
     def put(self, key: str, value: Mapping[str, Any]) -> int:
@@ -251,7 +252,7 @@ class EtcdStore(Store, LeaseStore):
         return self._call(lambda c: c.get_range_response(
             start, end, sort_order="ascend", sort_target="key", keys_only=keys_only))
 
-    def _entries(self, kvs: Any) -> list[Entry]:
+    def _entries(self, kvs: Any) -> builtins.list[Entry]:
         cut = len(self.prefix)
         return [Entry(kv.key.decode()[cut:], decode_value(kv.key.decode(), kv.value),
                       kv.mod_revision) for kv in kvs]

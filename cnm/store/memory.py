@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import copy
 import itertools
 import threading
@@ -36,7 +37,7 @@ class MemoryStore(Store, LeaseStore):
             entry = self._data.get(key)
             return None if entry is None else Entry(key, copy.deepcopy(entry.value), entry.revision)
 
-    def list(self, prefix: str) -> list[Entry]:
+    def list(self, prefix: str) -> builtins.list[Entry]:
         self._expire()
         with self._lock:
             return [
@@ -97,8 +98,8 @@ class MemoryStore(Store, LeaseStore):
             self._lease_cond.notify_all()
 
     @staticmethod
-    def _notify(events: list[WatchEvent],
-                watchers: list[tuple[str, Callable[[WatchEvent], None]]]) -> None:
+    def _notify(events: builtins.list[WatchEvent],
+                watchers: builtins.list[tuple[str, Callable[[WatchEvent], None]]]) -> None:
         for event in events:
             for prefix, callback in watchers:
                 if event.key.startswith(prefix):

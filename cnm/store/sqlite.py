@@ -22,6 +22,7 @@ How it keeps etcd's semantics on a single file:
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import logging
 import os
@@ -107,7 +108,7 @@ class SQLiteStore(Store, LeaseStore):
         entries = self._alive(rows)
         return entries[0] if entries else None
 
-    def list(self, prefix: str) -> list[Entry]:
+    def list(self, prefix: str) -> builtins.list[Entry]:
         return self._alive(self._read(lambda c: self._list_rows(c, prefix)))
 
     def put(self, key: str, value: Mapping[str, Any]) -> int:
@@ -285,7 +286,7 @@ class SQLiteStore(Store, LeaseStore):
             conn.execute("COMMIT")
             return result
 
-    def _apply(self, conn: sqlite3.Connection, puts: Mapping[str, str], deletes: list[str],
+    def _apply(self, conn: sqlite3.Connection, puts: Mapping[str, str], deletes: builtins.list[str],
                lease: int | None = None) -> int:
         """Write ``puts`` then ``deletes`` (keys known to exist) as one new revision, and log
         them for watchers. Returns the revision."""
@@ -320,7 +321,7 @@ class SQLiteStore(Store, LeaseStore):
         if ended:
             self._end_leases(conn, ended)
 
-    def _end_leases(self, conn: sqlite3.Connection, ids: list[int]) -> None:
+    def _end_leases(self, conn: sqlite3.Connection, ids: builtins.list[int]) -> None:
         marks = ",".join("?" * len(ids))
         keys = [row[0] for row in conn.execute(
             f"SELECT key FROM kv WHERE lease IN ({marks}) ORDER BY key", ids)]
@@ -340,7 +341,7 @@ class SQLiteStore(Store, LeaseStore):
         return conn.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()[0]
 
     @staticmethod
-    def _list_rows(conn: sqlite3.Connection, prefix: str) -> list[tuple[Any, ...]]:
+    def _list_rows(conn: sqlite3.Connection, prefix: str) -> builtins.list[tuple[Any, ...]]:
         end = prefix_end(prefix)
         if end is None:
             return conn.execute(_SELECT + "WHERE kv.key >= ? ORDER BY kv.key",
@@ -348,7 +349,7 @@ class SQLiteStore(Store, LeaseStore):
         return conn.execute(_SELECT + "WHERE kv.key >= ? AND kv.key < ? ORDER BY kv.key",
                             (time.time(), prefix, end)).fetchall()
 
-    def _alive(self, rows: list[tuple[Any, ...]]) -> list[Entry]:
+    def _alive(self, rows: builtins.list[tuple[Any, ...]]) -> builtins.list[Entry]:
         """Entries from ``_SELECT`` rows, without keys of ended leases (then deleted)."""
         entries = [Entry(key, decode_value(key, text), revision)
                    for key, text, revision, alive in rows if alive]

@@ -151,7 +151,7 @@ class BridgeDriver(Driver):
         mac = iface.mac or mac_option(opts.get(OPT_MACADDRESS)) or mac_from_ip(
             iface.address.ip if iface.address else None
         )
-        record = {
+        record: dict[str, Any] = {
             "id": eid,
             "network": nid,
             "host_veth": names.host_veth_name(eid),
@@ -217,8 +217,8 @@ class BridgeDriver(Driver):
         gw6 = next((d["gateway"] for d in network["ipv6"] if d.get("gateway")), None)
         return JoinInfo(
             src_name=direct or ep["peer"],
-            gateway=None if internal or gw4 is None else ipaddress.ip_interface(gw4).ip,
-            gateway_v6=None if internal or gw6 is None else ipaddress.ip_interface(gw6).ip,
+            gateway=None if internal or gw4 is None else ipaddress.IPv4Interface(gw4).ip,
+            gateway_v6=None if internal or gw6 is None else ipaddress.IPv6Interface(gw6).ip,
             disable_gateway_service=internal,
             placed=bool(direct),
         )
@@ -276,10 +276,10 @@ class BridgeDriver(Driver):
             self._apply_firewall(locked=True)
 
     def _taken_ports(self) -> set[tuple[str, str, int]]:
-        taken = set()
+        taken: set[tuple[str, str, int]] = set()
         for entry in self.ctx.store.list("endpoints/"):
             for b in entry.value["ports"]:
-                proto = {6: "tcp", 17: "udp", 132: "sctp"}[b["Proto"]]
+                proto = ports.PROTO_NAMES[b["Proto"]]
                 host_ip = "" if b["HostIP"] in ("", "0.0.0.0") else b["HostIP"]
                 taken.add((proto, host_ip, b["HostPort"]))
         return taken
@@ -310,7 +310,7 @@ class BridgeDriver(Driver):
                     continue  # refused at parse time; an old record is not re-published
                 rules.ports.append(
                     firewall.PortRule(
-                        proto={6: "tcp", 17: "udp", 132: "sctp"}[b["Proto"]],
+                        proto=ports.PROTO_NAMES[b["Proto"]],
                         host_ip=host_ip,
                         host_port=int(b["HostPort"]),
                         address=ipaddress.ip_interface(target).ip,

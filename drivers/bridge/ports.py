@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from cnm.driverapi import PortBinding
+from cnm.driverapi import PortBinding, Proto
 from cnm.errors import Conflict, InvalidOption, PoolExhausted
 
 EPHEMERAL = range(49153, 65536)  # where Docker picks a host port when none is given
-_PROTOS = {6: "tcp", 17: "udp", 132: "sctp", "tcp": "tcp", "udp": "udp", "sctp": "sctp"}
+PROTO_NAMES: dict[int, Proto] = {6: "tcp", 17: "udp", 132: "sctp"}
+_PROTOS: dict[object, Proto] = {6: "tcp", 17: "udp", 132: "sctp",
+                               "tcp": "tcp", "udp": "udp", "sctp": "sctp"}
 
 
 def _port(value: Any, what: str, allow_zero: bool) -> int:
@@ -42,7 +44,7 @@ def parse_portmap(raw: Iterable[Any] | None) -> list[PortBinding]:
         host_ip = str(item.get("HostIP") or "")
         if host_ip in ("0.0.0.0", "::"):
             host_ip = ""
-        bindings.append(PortBinding(proto, port, host_port, host_end, host_ip))  # type: ignore[arg-type]
+        bindings.append(PortBinding(proto, port, host_port, host_end, host_ip))
     return bindings
 
 
@@ -60,7 +62,8 @@ def choose_host_ports(
         else:
             candidates = EPHEMERAL
         for port in candidates:
-            clash = {(binding.proto, binding.host_ip, port), (binding.proto, "", port)}
+            clash: set[tuple[str, str, int]] = {(binding.proto, binding.host_ip, port),
+                                                (binding.proto, "", port)}
             if binding.host_ip == "":
                 clash |= {key for key in used if key[0] == binding.proto and key[2] == port}
             if not clash & used:

@@ -440,8 +440,8 @@ class MacvlanDriver(Driver):
         gw6 = next((d["gateway"] for d in network["ipv6"] if d.get("gateway")), None)
         return JoinInfo(
             src_name=direct or ep["host_name"],
-            gateway=None if internal or gw4 is None else ipaddress.ip_interface(gw4).ip,
-            gateway_v6=None if internal or gw6 is None else ipaddress.ip_interface(gw6).ip,
+            gateway=None if internal or gw4 is None else ipaddress.IPv4Interface(gw4).ip,
+            gateway_v6=None if internal or gw6 is None else ipaddress.IPv6Interface(gw6).ip,
             disable_gateway_service=internal,
             placed=bool(direct),
         )

@@ -138,7 +138,7 @@ class OverlayDriver(Driver):
                 raise Conflict(f"overlay {parsed.overlay} already has network {rec['id'][:12]} "
                                f"on host {self.ctx.host_id}")
         ovl = self.cluster
-        peers = [h.get("vtep") for name, h in ovl.hosts().items()
+        peers = [h["vtep"] for name, h in ovl.hosts().items()
                  if name != self.ctx.host_id and h.get("vtep")]
         underlay = dataplane.choose_vtep(self.ctx.host_ns, parsed.vtep, peers)
         mtu = parsed.mtu or underlay.mtu - dataplane.VXLAN_OVERHEAD

@@ -177,7 +177,7 @@ class Agent:
                  self.host_id, vtep, cluster._lease_id(lease), len(self.nets))
 
     def _host_vtep(self) -> str | None:
-        peers = [h.get("vtep") for name, h in self.cluster.hosts().items()
+        peers = [h["vtep"] for name, h in self.cluster.hosts().items()
                  if name != self.host_id and h.get("vtep")]
         try:
             return dataplane.choose_vtep(self.driver.ctx.host_ns, None, peers).vtep
@@ -263,9 +263,9 @@ class Agent:
 
     def _on_network(self, nid: str) -> None:
         rec = self.driver.local_network(nid)
-        for name, net in list(self.nets.items()):
-            if net.nid == nid and (rec is None or rec["overlay"] != name):
-                net.close()
+        for name, old in list(self.nets.items()):
+            if old.nid == nid and (rec is None or rec["overlay"] != name):
+                old.close()
                 del self.nets[name]
         if rec is None:
             return

@@ -240,7 +240,7 @@ def put_leased(store: Store, key: str, value: dict[str, Any], lease: Any) -> Non
         store.put(key, value)
         return
     try:
-        store.put_with_lease(key, value, lease)  # type: ignore[attr-defined]
+        store.put_with_lease(key, value, lease)
     except CNMError:
         raise
     except Exception as exc:  # noqa: BLE001 - the lease expired under us: say so plainly

@@ -113,7 +113,7 @@ def _decode(linktype: int, frame: bytes) -> Any:
     from scapy.layers.l2 import Ether
     from scapy.layers.vxlan import VXLAN  # noqa: F401 - binds UDP 4789 to VXLAN
 
-    cls = conf.l2types.get(linktype, Ether)
+    cls: Any = conf.l2types.get(linktype, Ether)
     return cls(frame)
 
 

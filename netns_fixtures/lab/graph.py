@@ -90,7 +90,8 @@ def _namespaces(lab: Lab) -> list[tuple[str, str, str, str | None]]:
 
     topo = lab.topology
     present = set(list_named_netns())
-    found = [(topo.netns(h.name), h.kind, h.name, None) for h in topo.hosts]
+    found: list[tuple[str, str, str, str | None]] = [
+        (topo.netns(h.name), h.kind, h.name, None) for h in topo.hosts]
     found += [(topo.netns(s.name), "sandbox", s.name, s.host) for s in topo.sandboxes]
     prefix = lab_netns_prefix(topo.name)
     overlay = re.compile(rf"^{names.OVERLAY_NETNS_PREFIX}(\d+)-{re.escape(prefix)}(.+)$")

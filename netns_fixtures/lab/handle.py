@@ -59,8 +59,8 @@ class Lab:
         """The live IPv4 address of a node (a sandbox's eth0, a host's first addressed
         link), of ``NODE:IFACE``, or a bare address as it is."""
         if isinstance(target, str):
-            node, _, iface = target.partition(":")
-            target = Target(node, iface or None)
+            node, _, part = target.partition(":")
+            target = Target(node, part or None)
         if target.node is None:
             return target.address
         iface = target.iface or self.default_iface(target.node)

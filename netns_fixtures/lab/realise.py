@@ -30,6 +30,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from cnm import names
@@ -117,23 +118,23 @@ class _Builder:
 
     def steps(self) -> list[Step]:
         topo = self.topo
-        steps = [Step(f"{h.kind} {h.name}", lambda h=h: self.make_node(h.name, h.kind))
+        steps = [Step(f"{h.kind} {h.name}", partial(self.make_node, h.name, h.kind))
                  for h in topo.hosts]
         steps += [Step(f"link {lk.a.node}:{lk.a.iface} <-> {lk.b.node}:{lk.b.iface}",
-                       lambda lk=lk: self.make_link(lk)) for lk in topo.links]
+                       partial(self.make_link, lk)) for lk in topo.links]
         steps += [Step(f"route on {h.name}: {r.to} via {r.via}",
-                       lambda h=h, r=r: self.make_route(h.name, r.to, r.via))
+                       partial(self.make_route, h.name, r.to, r.via))
                   for h in topo.hosts for r in h.routes]
         if topo.needs_etcd():
             steps.append(Step("etcd", self.start_etcd))
             hosts = sorted({h for n in topo.networks if n.driver == "overlay" for h in n.hosts})
-            steps += [Step(f"agent on {h}", lambda h=h: self.start_agent(h)) for h in hosts]
+            steps += [Step(f"agent on {h}", partial(self.start_agent, h)) for h in hosts]
         else:
             self.state.store = f"sqlite:///{self.state.dir}/store.db"
             self.state.save()
-        steps += [Step(f"network {n.name} on {h}", lambda n=n, h=h: self.make_network(n, h))
+        steps += [Step(f"network {n.name} on {h}", partial(self.make_network, n, h))
                   for n in topo.networks for h in n.hosts]
-        steps += [Step(f"sandbox {s.name} on {s.host}", lambda s=s: self.make_sandbox(s))
+        steps += [Step(f"sandbox {s.name} on {s.host}", partial(self.make_sandbox, s))
                   for s in topo.sandboxes]
         if any(n.driver == "overlay" for n in topo.networks) and topo.sandboxes:
             steps.append(Step("overlay peers", self.wait_for_peers))
