@@ -46,6 +46,10 @@ if ((${#missing[@]})); then
     quietly "apt-get install" apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
+# The second Docker engine the tests run against (Debian 13's Docker 26.1 and compose v2),
+# unpacked into /var/cache/pycnm once per machine; never installed, apt sources untouched.
+bash scripts/docker-engine.sh
+
 # pip takes seconds even with nothing to do, so skip it when this interpreter already
 # imports pycnm from this checkout and pyproject.toml is unchanged since the last install.
 stamp_dir=/var/lib/pycnm

@@ -24,12 +24,12 @@ from typing import Any
 
 import pytest
 
+from netns_fixtures.docker import DockerEngine
 from netns_fixtures.netns import FIXTURE_PREFIX
 from tests.e2e.plugin_process import SOCKET, Plugin, answers, call_socket
 
 pytestmark = [pytest.mark.docker, pytest.mark.root]
 
-DOCKER = "/usr/bin/docker"  # Debian's client matches the 20.10 daemon (--mac-address)
 IMAGE = "pycnm-busybox:test"
 NO_DNS_OUT = ["--dns", "127.0.0.1"]  # names Docker does not know stay on the machine
 OUTSIDE_V4 = ipaddress.ip_network("198.51.100.0/30")  # TEST-NET-2, never routed anywhere
@@ -40,19 +40,25 @@ OUTSIDE_V4 = ipaddress.ip_network("198.51.100.0/30")  # TEST-NET-2, never routed
 
 @dataclass
 class Docker:
-    host: str
+    """An engine's own client (Debian 12's for 20.10, Debian 13's for 26.1)."""
+
+    engine: DockerEngine
     image: str = IMAGE
 
+    @property
+    def client(self) -> str:
+        return self.engine.install.docker
+
     def run(self, *args: str, check: bool = True, timeout: float = 90) -> str:
-        result = subprocess.run([DOCKER, *args], capture_output=True, text=True,
-                                timeout=timeout, env={**os.environ, "DOCKER_HOST": self.host})
+        result = subprocess.run([self.client, *args], capture_output=True, text=True,
+                                timeout=timeout, env=self.engine.env)
         if check and result.returncode != 0:
             raise AssertionError(f"docker {' '.join(args)}: {result.stderr.strip()}")
         return result.stdout.strip() if check else result.stdout + result.stderr
 
     def fails(self, *args: str, timeout: float = 90) -> str:
-        result = subprocess.run([DOCKER, *args], capture_output=True, text=True,
-                                timeout=timeout, env={**os.environ, "DOCKER_HOST": self.host})
+        result = subprocess.run([self.client, *args], capture_output=True, text=True,
+                                timeout=timeout, env=self.engine.env)
         assert result.returncode != 0, f"docker {' '.join(args)} succeeded"
         return result.stderr.strip()
 
@@ -71,18 +77,17 @@ class Docker:
         flag = ["-6"] if ":" in target else []
         for _ in range(attempts):
             result = subprocess.run(
-                [DOCKER, "exec", container, "ping", *flag, "-c", "1", "-W", "2", target],
-                capture_output=True, text=True, timeout=30,
-                env={**os.environ, "DOCKER_HOST": self.host})
+                [self.client, "exec", container, "ping", *flag, "-c", "1", "-W", "2", target],
+                capture_output=True, text=True, timeout=30, env=self.engine.env)
             if result.returncode == 0:
                 return True
         return False
 
 
 @pytest.fixture(scope="session")
-def docker(docker_engine: Any) -> Docker:
-    """Debian's client on the session's dockerd (netns_fixtures.docker)."""
-    return Docker(docker_engine.host, docker_engine.image)
+def docker(docker_engine: DockerEngine) -> Docker:
+    """The session's dockerd (each engine in turn: netns_fixtures.docker) and its client."""
+    return Docker(docker_engine, docker_engine.image)
 
 
 @pytest.fixture(scope="session")
