@@ -25,56 +25,8 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 
-# The Debian mirror of the machine's own apt sources (deb822 .sources or one-line .list),
-# and the keyring its stanza names; the first entry for the machine's own suite wins.
-read -r MIRROR KEYRING < <(python3 - <<'PY'
-import glob, os, re
-
-codename = ""
-with open("/etc/os-release") as f:
-    for line in f:
-        if line.startswith("VERSION_CODENAME="):
-            codename = line.split("=", 1)[1].strip().strip('"')
-found = []
-files = ["/etc/apt/sources.list"] + sorted(glob.glob("/etc/apt/sources.list.d/*.list"))
-for path in files:
-    if not os.path.exists(path):
-        continue
-    for line in open(path):
-        words = line.split("#", 1)[0].split()
-        if len(words) < 3 or words[0] != "deb":
-            continue
-        keyring = "-"
-        if words[1].startswith("["):
-            opts = []
-            while words and not words[0].endswith("]"):
-                opts.append(words.pop(0))
-            opts.append(words.pop(0))
-            for opt in " ".join(opts).strip("[] deb").split():
-                if opt.startswith("signed-by="):
-                    keyring = opt.split("=", 1)[1]
-            words.insert(0, "deb")
-        uri, suite = words[1], words[2]
-        found.append((suite, uri, keyring))
-for path in sorted(glob.glob("/etc/apt/sources.list.d/*.sources")):
-    for stanza in re.split(r"\n\s*\n", open(path).read()):
-        fields = {}
-        for line in stanza.splitlines():
-            if line.startswith("#") or ":" not in line:
-                continue
-            key, value = line.split(":", 1)
-            fields[key.strip().lower()] = value.strip()
-        if "deb" not in fields.get("types", "").split() or fields.get("enabled") == "no":
-            continue
-        for uri in fields.get("uris", "").split():
-            for suite in fields.get("suites", "").split():
-                found.append((suite, uri, fields.get("signed-by", "-")))
-for suite, uri, keyring in found:
-    if suite == codename and "debian" in uri and "security" not in uri:
-        print(uri.rstrip("/"), keyring)
-        break
-PY
-)
+# The Debian mirror of the machine's own apt sources, and the keyring its entry names.
+read -r MIRROR KEYRING < <(python3 "$(dirname "${BASH_SOURCE[0]}")/debian-mirror.py") || true
 if [ -z "${MIRROR:-}" ]; then
     echo "docker-engine.sh: no Debian mirror found in this machine's apt sources" >&2
     exit 1
