@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
 import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import drivers as driver_registry
-from cnm import addressing, etcfiles, names, osl
+from cnm import addressing, etcfiles, modes, names, osl
 from cnm.driverapi import OPT_ENABLE_IPV6, OPT_INTERNAL, Driver, DriverContext
 from cnm.endpoint import Endpoint
 from cnm.errors import CNMError, Conflict, InvalidOption, NotFound
@@ -243,6 +244,7 @@ class Controller:
         self,
         name: str,
         *,
+        mode: str | None = None,
         netns_path: str | None = None,
         hostname: str | None = None,
         dns: Iterable[str] = (),
@@ -255,6 +257,8 @@ class Controller:
         """Create a sandbox: a new named namespace ``pcsb-NAME`` (``ip netns exec pcsb-NAME``
         works in it), or adopt the existing namespace at ``netns_path``.
 
+        ``mode`` (see ``cnm.modes``): ``host`` uses this host's own namespace, ``none``
+        makes one with loopback only, ``container:OTHER`` shares sandbox OTHER's.
         A sandbox never forwards between its interfaces unless ``ip_forward`` makes it a
         router (new namespaces start with forwarding off).
         """
@@ -263,15 +267,36 @@ class Controller:
                 f"sandbox name {name!r} is invalid: use letters, digits, '_', '.', '-' "
                 "(at most 40, starting with a letter or digit)"
             )
+        parsed = modes.parse(mode)
+        dns, dns_search, dns_options = list(dns), list(dns_search), list(dns_options)
+        if not parsed.own_namespace:
+            given = [what for what, value in (
+                ("a namespace path", netns_path), ("a hostname", hostname),
+                ("DNS servers", dns), ("DNS search domains", dns_search),
+                ("DNS options", dns_options), ("extra hosts", extra_hosts),
+                ("IP forwarding", ip_forward)) if value]
+            if given:
+                whose = "the host's" if parsed.kind == "host" else f"sandbox {parsed.other}'s"
+                raise InvalidOption(
+                    f"{', '.join(given)} cannot be given with mode {parsed}: the sandbox "
+                    f"uses {whose} namespace and files as they are"
+                )
+        elif parsed.kind == "none" and (netns_path or ip_forward):
+            raise InvalidOption("a namespace path and IP forwarding cannot be given with mode "
+                                "none: the sandbox is a new namespace with loopback only")
+        sid = sandbox_id or names.new_id()
+        if parsed.kind == "host":
+            return self._new_shared_sandbox(name, sid, parsed, self._host_netns_path(), None)
+        if parsed.kind == "container":
+            return self._new_sharer(name, sid, parsed)
         if netns_path is not None and not netns_exists(netns_path):
             raise NotFound(f"{netns_path} is not a network namespace")
-        sid = sandbox_id or names.new_id()
         record = SandboxRecord(
             id=sid, name=name, netns_path=netns_path or osl.named_netns_path(
                 names.sandbox_netns(name)),
             owned=netns_path is None, hostname=hostname or name,
-            dns_servers=list(dns), dns_search=list(dns_search), dns_options=list(dns_options),
-            extra_hosts=dict(extra_hosts or {}), ip_forward=ip_forward,
+            dns_servers=dns, dns_search=dns_search, dns_options=dns_options,
+            extra_hosts=dict(extra_hosts or {}), ip_forward=ip_forward, mode=parsed.kind,
         )
         with contextlib.ExitStack() as undo:
             if not self.local.create(f"names/sandboxes/{name}", {"id": sid}):
@@ -291,7 +316,58 @@ class Controller:
                 etcfiles.write(record, [], netns_name)
             self.local.put(f"sandboxes/{sid}", record.to_dict())
             undo.pop_all()
-        log.info("sandbox %s (%s): created at %s", name, sid[:12], record.netns_path)
+        log.info("sandbox %s (%s): created at %s (mode %s)", name, sid[:12], record.netns_path,
+                 parsed)
+        return Sandbox(self, sid)
+
+    def _host_netns_path(self) -> str:
+        """The path of the namespace this controller treats as the host's."""
+        if self.host_ns is not None:
+            return self.host_ns
+        mine, init = "/proc/self/ns/net", "/proc/1/ns/net"
+        try:
+            same = os.stat(mine).st_ino == os.stat(init).st_ino
+        except OSError:
+            same = False
+        if not same:
+            raise InvalidOption("mode host: this process does not run in the network "
+                                "namespace of process 1; name the host's with --host-ns")
+        return init
+
+    def _new_sharer(self, name: str, sid: str, mode: modes.Mode) -> Sandbox:
+        """A container-mode sandbox: it uses the namespace of the sandbox OTHER uses (one
+        that shares another's leads to the owner), recorded in the owner's ``shared_by``
+        in one compare-and-swap, so the owner's removal and a new sharer never cross."""
+        assert mode.other is not None
+        try:
+            owner = self.sandbox(mode.other)
+        except NotFound:
+            raise NotFound(f"mode {mode}: there is no sandbox named or with id "
+                           f"{mode.other!r} to share") from None
+        owner_rec = owner.record
+        if owner_rec.mode == "container" and owner_rec.container:
+            owner = Sandbox(self, owner_rec.container)
+            owner_rec = owner.record
+        return self._new_shared_sandbox(name, sid, mode, owner_rec.netns_path, owner)
+
+    def _new_shared_sandbox(self, name: str, sid: str, mode: modes.Mode, netns_path: str,
+                            owner: Sandbox | None) -> Sandbox:
+        record = SandboxRecord(
+            id=sid, name=name, netns_path=netns_path, owned=False, mode=mode.kind,
+            container=owner.id if owner is not None else None,
+            hostname=owner.record.hostname if owner is not None else socket.gethostname(),
+        )
+        with contextlib.ExitStack() as undo:
+            if not self.local.create(f"names/sandboxes/{name}", {"id": sid}):
+                raise Conflict(f"a sandbox named {name!r} already exists")
+            undo.callback(self.local.delete, f"names/sandboxes/{name}")
+            if owner is not None:
+                owner._add_sharer(sid, str(mode))
+                undo.callback(owner._remove_sharer, sid)
+            self.local.put(f"sandboxes/{sid}", record.to_dict())
+            undo.pop_all()
+        log.info("sandbox %s (%s): created (mode %s, namespace %s)", name, sid[:12], mode,
+                 netns_path)
         return Sandbox(self, sid)
 
     @staticmethod
@@ -364,8 +440,9 @@ class Controller:
 
     def cleanup_all(self) -> None:
         """Remove every object this host has in the store, and its kernel state."""
-        for sb in self.sandboxes():
-            sb.delete()
+        sandboxes = self.sandboxes()
+        for sb in sorted(sandboxes, key=lambda s: s.record.mode != "container"):
+            sb.delete()  # sharers first: an owner cannot go while others share it
         for ep in self.endpoints():
             ep.delete(force=True)
         for net in self.networks():

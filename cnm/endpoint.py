@@ -69,6 +69,7 @@ class Endpoint:
         sb = sandbox.record
         if ep.sandbox_id == sb.id:
             return ep.ifname or ""
+        sandbox.refuse_attach()
         if ep.sandbox_id:
             raise Conflict(f"endpoint {ep.name} is already attached to another sandbox")
         for joined in sb.interfaces.values():

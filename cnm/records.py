@@ -100,5 +100,9 @@ class SandboxRecord(Record):
     ip_forward: bool = False  # route between the sandbox's interfaces (a router sandbox)
     interfaces: dict[str, str] = field(default_factory=dict)  # ifname -> endpoint id
     gateway_endpoint: str | None = None
+    mode: str = "default"  # default | host | none | container (see cnm.modes)
+    container: str | None = None  # container mode: id of the sandbox whose namespace it uses
+    shared_by: list[str] = field(default_factory=list)  # ids of container-mode sharers
+    removing: bool = False  # set once removal began: no new sharer may join
     created: str = field(default_factory=now)
     version: int = SCHEMA

@@ -11,9 +11,15 @@ from typing import TYPE_CHECKING, Any
 
 from cnm import etcfiles, names
 from cnm.endpoint import Endpoint
-from cnm.errors import CNMError, Conflict, NotFound
+from cnm.errors import Busy, CNMError, Conflict, NotFound
 from cnm.osl import plumbing
-from cnm.osl.netns import create_named_netns, delete_named_netns, in_netns, netns_exists
+from cnm.osl.netns import (
+    NETNS_RUN_DIR,
+    create_named_netns,
+    delete_named_netns,
+    in_netns,
+    netns_exists,
+)
 from cnm.records import EndpointRecord, SandboxRecord
 
 if TYPE_CHECKING:
@@ -50,13 +56,52 @@ class Sandbox:
 
     @property
     def netns_name(self) -> str | None:
-        """The ``ip netns`` name, for sandboxes whose namespace pycnm made."""
+        """The ``ip netns`` name of the sandbox's namespace (its owner's, for a sharer; the
+        host's, for host mode on an emulated host), or None when it has none."""
         sb = self.record
+        if sb.mode == "container" and sb.container:
+            return Sandbox(self.controller, sb.container).netns_name
+        if sb.mode == "host":
+            folder, _, base = sb.netns_path.rpartition("/")
+            return base if folder == NETNS_RUN_DIR else None
         return names.sandbox_netns(sb.name) if sb.owned else None
 
+    @property
+    def mode(self) -> str:
+        """``default``, ``host``, ``none`` or ``container:OWNER``."""
+        sb = self.record
+        if sb.mode == "container" and sb.container:
+            try:
+                return f"container:{Sandbox(self.controller, sb.container).name}"
+            except NotFound:
+                return f"container:{sb.container[:12]}"
+        return sb.mode
+
+    @property
+    def owner(self) -> Sandbox:
+        """The sandbox whose namespace this one uses: itself, or a sharer's owner."""
+        sb = self.record
+        if sb.mode == "container" and sb.container:
+            return Sandbox(self.controller, sb.container)
+        return self
+
     def endpoints(self) -> list[Endpoint]:
-        """Joined endpoints in interface order (eth0 first)."""
-        return [ep for _, ep in self._joined()]
+        """Joined endpoints in interface order (eth0 first); a sharer's are its owner's."""
+        return [ep for _, ep in self.owner._joined()]
+
+    def refuse_attach(self) -> None:
+        """Raise, with one sentence, if this sandbox's mode forbids joining networks."""
+        sb = self.record
+        if sb.mode == "host":
+            raise Conflict(f"sandbox {sb.name} uses the host's network namespace (mode host): "
+                           "it has the host's interfaces and cannot be attached to networks")
+        if sb.mode == "none":
+            raise Conflict(f"sandbox {sb.name} has mode none (loopback only): it cannot be "
+                           "attached to networks")
+        if sb.mode == "container":
+            owner = self.mode.partition(":")[2]
+            raise Conflict(f"sandbox {sb.name} shares the network namespace of sandbox {owner} "
+                           f"(mode container:{owner}): attach {owner} instead")
 
     def _joined(self) -> list[tuple[str, Endpoint]]:
         """(ifname, endpoint) pairs in interface order; ``interfaces`` maps ifname to
@@ -93,6 +138,42 @@ class Sandbox:
         return SandboxRecord.from_dict(
             self.controller.local.update(f"sandboxes/{self.id}", change) or {}
         )
+
+    def _add_sharer(self, sid: str, mode: str) -> None:
+        def add(record: SandboxRecord) -> None:
+            if record.removing:
+                raise Conflict(f"mode {mode}: sandbox {record.name} is being removed")
+            if sid not in record.shared_by:
+                record.shared_by.append(sid)
+
+        self._update(add)
+
+    def _remove_sharer(self, sid: str) -> None:
+        def remove(record: SandboxRecord) -> None:
+            if sid in record.shared_by:
+                record.shared_by.remove(sid)
+
+        with contextlib.suppress(NotFound):
+            self._update(remove)
+
+    def _begin_removal(self) -> None:
+        """Mark the sandbox as going, unless others share its namespace (one
+        compare-and-swap: a sharer being added at this moment is either seen or refused)."""
+        ctl = self.controller
+
+        def begin(record: SandboxRecord) -> None:
+            sharers = []
+            for sid in record.shared_by:
+                entry = ctl.local.get(f"sandboxes/{sid}")
+                if entry is not None:
+                    sharers.append(entry.value.get("name", sid[:12]))
+            if sharers:
+                raise Busy(f"sandbox {record.name}'s network namespace is shared by "
+                           f"{', '.join(sorted(sharers))} (mode container:{record.name}): "
+                           "remove them first")
+            record.removing = True
+
+        self._update(begin)
 
     def _reserve_ifname(self, prefix: str, eid: str) -> str:
         chosen: list[str] = []
@@ -166,6 +247,15 @@ class Sandbox:
             sb = self.record
         except NotFound:
             return
+        if sb.mode in ("host", "container"):
+            # Nothing in the namespace is this sandbox's own: only the records go.
+            if sb.container:
+                Sandbox(ctl, sb.container)._remove_sharer(self.id)
+            ctl.local.delete(f"sandboxes/{self.id}")
+            ctl.local.delete(f"names/sandboxes/{sb.name}")
+            log.info("sandbox %s (%s): deleted (mode %s)", sb.name, self.id[:12], sb.mode)
+            return
+        self._begin_removal()
         for ep in reversed(self.endpoints()):
             ep.leave()
             ep.delete()
@@ -180,6 +270,14 @@ class Sandbox:
         """Recreate a lost namespace and lost interfaces; report what cannot be fixed."""
         sb = self.record
         problems: list[str] = []
+        if sb.mode == "host":
+            return problems
+        if sb.mode == "container":
+            if sb.container is None or self.controller.local.get(
+                    f"sandboxes/{sb.container}") is None:
+                problems.append(f"sandbox {sb.name}: the sandbox whose namespace it shares is "
+                                f"gone; remove it with 'pycnm sandbox rm {sb.name}'")
+            return problems
         if not netns_exists(sb.netns_path):
             if not sb.owned:
                 return [f"sandbox {sb.name}: its namespace {sb.netns_path} is gone "
@@ -206,15 +304,24 @@ class Sandbox:
 
     def inspect(self) -> dict[str, Any]:
         sb = self.record
+        owner = self.owner
+        sharers = []
+        for sid in sb.shared_by:
+            entry = self.controller.local.get(f"sandboxes/{sid}")
+            if entry is not None:
+                sharers.append(entry.value["name"])
         return {
             "Name": sb.name,
             "Id": sb.id,
+            "Mode": self.mode,
             "SandboxKey": sb.netns_path,
             "NetnsName": self.netns_name or "",
             "Hostname": sb.hostname,
             "Created": sb.created,
-            "Gateway": sb.gateway_endpoint or "",
-            "Interfaces": {ifname: ep.inspect() for ifname, ep in self._joined()},
+            "Gateway": (owner.record.gateway_endpoint if owner is not self
+                        else sb.gateway_endpoint) or "",
+            "Interfaces": {ifname: ep.inspect() for ifname, ep in owner._joined()},
+            "SharedBy": sorted(sharers),
             "DNS": {"Servers": sb.dns_servers, "Search": sb.dns_search,
                     "Options": sb.dns_options},
         }

@@ -120,6 +120,7 @@ def _attach(args: argparse.Namespace) -> int:
     with open_controller(args) as ctl:
         net = ctl.network(args.network)
         sb = ctl.sandbox(args.sandbox)
+        sb.refuse_attach()  # before an endpoint (and an address) is made for nothing
         with contextlib.ExitStack() as undo:
             ep = net.create_endpoint(
                 args.name or sb.name, ip=args.ip, ipv6_address=args.ip6,

@@ -16,6 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     cmds.required = True
     create = cmds.add_parser("create", help="create a sandbox")
     create.add_argument("name")
+    create.add_argument("--mode", default=None, metavar="host|none|container:OTHER",
+                        help="share the host's namespace, have loopback only, or share "
+                        "sandbox OTHER's namespace (default: a namespace of its own)")
     create.add_argument("--netns", help="adopt this existing namespace (e.g. /proc/PID/ns/net)")
     create.add_argument("--hostname")
     create.add_argument("--dns", action="append", default=[])
@@ -43,9 +46,9 @@ def _create(args: argparse.Namespace) -> int:
     hosts = key_values(args.add_host, "--add-host")
     with open_controller(args) as ctl:
         sb = ctl.new_sandbox(
-            args.name, netns_path=args.netns, hostname=args.hostname, dns=args.dns,
-            dns_search=args.dns_search, dns_options=args.dns_option, extra_hosts=hosts,
-            ip_forward=args.ip_forward,
+            args.name, mode=args.mode, netns_path=args.netns, hostname=args.hostname,
+            dns=args.dns, dns_search=args.dns_search, dns_options=args.dns_option,
+            extra_hosts=hosts, ip_forward=args.ip_forward,
         )
         if args.json:
             emit(True, sb.inspect())
@@ -58,12 +61,12 @@ def _ls(args: argparse.Namespace) -> int:
     with open_controller(args) as ctl:
         items = [s.inspect() for s in ctl.sandboxes()]
     rows = [
-        (s["Id"][:12], s["Name"], s["NetnsName"] or s["SandboxKey"],
+        (s["Id"][:12], s["Name"], s["Mode"], s["NetnsName"] or s["SandboxKey"],
          ", ".join(f"{i}={e['IPv4Address'] or e['IPv6Address']}"
                    for i, e in s["Interfaces"].items()))
         for s in items
     ]
-    emit(args.json, items, ("SANDBOX ID", "NAME", "NAMESPACE", "INTERFACES"), rows)
+    emit(args.json, items, ("SANDBOX ID", "NAME", "MODE", "NAMESPACE", "INTERFACES"), rows)
     return 0
 
 

@@ -92,7 +92,17 @@ def _namespaces(lab: Lab) -> list[tuple[str, str, str, str | None]]:
     present = set(list_named_netns())
     found: list[tuple[str, str, str, str | None]] = [
         (topo.netns(h.name), h.kind, h.name, None) for h in topo.hosts]
-    found += [(topo.netns(s.name), "sandbox", s.name, s.host) for s in topo.sandboxes]
+    # One box per namespace: sandboxes that share another's (or the host's) are named in
+    # its label instead.
+    sharers: dict[str, list[str]] = {}
+    for s in topo.sandboxes:
+        if not s.own_namespace:
+            sharers.setdefault(topo.netns(s.name), []).append(s.name)
+    found = [(ns, role, label + "".join(f" +{n}" for n in sharers.get(ns, [])), owner)
+             for ns, role, label, owner in found]
+    found += [(topo.netns(s.name), "sandbox",
+               s.name + "".join(f" +{n}" for n in sharers.get(topo.netns(s.name), [])), s.host)
+              for s in topo.sandboxes if s.own_namespace]
     prefix = lab_netns_prefix(topo.name)
     overlay = re.compile(rf"^{names.OVERLAY_NETNS_PREFIX}(\d+)-{re.escape(prefix)}(.+)$")
     for ns in sorted(present):

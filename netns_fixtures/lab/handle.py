@@ -69,8 +69,13 @@ class Lab:
         return kernel.first_ipv4(self.netns(target.node), iface)
 
     def default_iface(self, node: str) -> str | None:
-        if self.topology.sandbox(node) is not None:
-            return "eth0"
+        spec = self.topology.sandbox(node)
+        if spec is not None:
+            if spec.mode == "host":
+                return self.default_iface(spec.host)
+            if spec.shares is not None:
+                return self.default_iface(spec.shares)
+            return "eth0" if spec.mode == "default" else None
         ends = [e for e in self.topology.ends_of(node) if e.address]
         return ends[0].iface if ends else None
 

@@ -22,7 +22,8 @@ A topology names:
   ``hosts``.
 - ``sandboxes``: pycnm sandboxes on a host, joining ``networks`` in order (eth0, eth1,
   ...), optionally at a static ``ip``, publishing ``ports``, forwarding (``ip_forward``)
-  and with extra ``routes``.
+  and with extra ``routes``; or, with ``mode``, using the host's namespace (``host``),
+  loopback only (``none``) or another sandbox's namespace (``container:OTHER``).
 - ``expect``: the reachability matrix, ``{from, to, proto, port, expect, listen, seen_as}``.
 
 Names of lab nodes are lower-case letters and digits only: the kernel names derived from
@@ -148,6 +149,17 @@ class SandboxSpec:
     ports: tuple[str, ...] = ()
     ip_forward: bool = False
     routes: tuple[Route, ...] = ()
+    mode: str = "default"  # default | host | none | container:OTHER (a lab sandbox)
+
+    @property
+    def shares(self) -> str | None:
+        """The lab sandbox whose namespace a ``container:OTHER`` sandbox uses."""
+        kind, _, other = self.mode.partition(":")
+        return other if kind == "container" else None
+
+    @property
+    def own_namespace(self) -> bool:
+        return self.mode in ("default", "none")
 
 
 @dataclass(frozen=True)
@@ -199,8 +211,14 @@ class Topology:
         return next((n for n in self.networks if n.name == name), None)
 
     def netns(self, node: str) -> str:
-        """The namespace a node lives in."""
-        if self.sandbox(node) is not None:
+        """The namespace a node lives in (a host-mode sandbox's is its host's, a sharer's
+        its owner's)."""
+        spec = self.sandbox(node)
+        if spec is not None:
+            if spec.mode == "host":
+                return host_netns(self.name, spec.host)
+            if spec.shares is not None:
+                return self.netns(spec.shares)
             return names.sandbox_netns(sandbox_name(self.name, node))
         if self.host(node) is not None:
             return host_netns(self.name, node)

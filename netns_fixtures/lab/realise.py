@@ -135,7 +135,7 @@ class _Builder:
         steps += [Step(f"network {n.name} on {h}", partial(self.make_network, n, h))
                   for n in topo.networks for h in n.hosts]
         steps += [Step(f"sandbox {s.name} on {s.host}", partial(self.make_sandbox, s))
-                  for s in topo.sandboxes]
+                  for s in sorted(topo.sandboxes, key=self._sharing_depth)]
         if any(n.driver == "overlay" for n in topo.networks) and topo.sandboxes:
             steps.append(Step("overlay peers", self.wait_for_peers))
         return steps
@@ -209,15 +209,30 @@ class _Builder:
         gateway = pool.gateway.split("/")[0] if pool.gateway else "none"
         return f"{net.driver} {pool.subnet}, gateway {gateway}"
 
+    def _sharing_depth(self, spec: Any) -> int:
+        """How many sandboxes stand between ``spec`` and a namespace of its own: an owner
+        is made before those that share it."""
+        depth = 0
+        while spec.shares is not None:
+            depth, spec = depth + 1, self.topo.sandbox(spec.shares)
+        return depth
+
     def make_sandbox(self, spec: Any) -> str:
         from cnm.cli.endpoint import parse_publish
         from cnm.driverapi import OPT_PORTMAP
 
         ctl = self.controller(spec.host)
         name = sandbox_name(self.topo.name, spec.name)
+        if not spec.own_namespace:
+            mode = spec.mode if spec.shares is None else \
+                f"container:{sandbox_name(self.topo.name, spec.shares)}"
+            ctl.new_sandbox(name, mode=mode)
+            return f"mode {spec.mode}: uses the namespace of " + (
+                spec.host if spec.mode == "host" else spec.shares)
         self.state.note_namespace(names.sandbox_netns(name))
-        sandbox = ctl.new_sandbox(name, ip_forward=spec.ip_forward)
-        details = [names.sandbox_netns(name)]
+        sandbox = ctl.new_sandbox(name, ip_forward=spec.ip_forward, mode=spec.mode)
+        details = [names.sandbox_netns(name)] + (["loopback only"] if spec.mode == "none"
+                                                  else [])
         for i, att in enumerate(spec.networks):
             options = {}
             if i == 0 and spec.ports:

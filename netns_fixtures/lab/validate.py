@@ -479,10 +479,10 @@ def _sandboxes(v: _Checker, top: Mapping[str, Any], hosts: Mapping[str, Node],
     result: list[SandboxSpec] = []
     by_name = {n.name: n for n in networks}
     taken: dict[tuple[str, str | None, str], Path] = {}  # (network, host or None, ip)
-    keys = ("name", "host", "networks", "ports", "ip_forward", "routes")
+    keys = ("name", "host", "mode", "networks", "ports", "ip_forward", "routes")
     for i, item in enumerate(v.sequence(top.get("sandboxes"), ("sandboxes",))):
         path: Path = ("sandboxes", i)
-        entry = v.mapping(item, path, keys, required=("name", "host", "networks"))
+        entry = v.mapping(item, path, keys, required=("name", "host"))
         if entry is None:
             continue
         name = v.text(entry.get("name"), path + ("name",), NODE_NAME_RE, NODE_RULE)
@@ -495,6 +495,14 @@ def _sandboxes(v: _Checker, top: Mapping[str, Any], hosts: Mapping[str, Node],
             v.add(path + ("host",), f"{host!r} is a {hosts[host].kind}; sandboxes run on "
                   "hosts (kind: host)")
             host = None
+        mode = _mode(v, entry, path)
+        if mode is None:
+            continue
+        if mode != "default":
+            result += _moded_sandbox(v, entry, path, name, host, mode)
+            continue
+        if entry.get("networks") is None:
+            v.add(path, "'networks' is required (or a mode: host, none, container:OTHER)")
         attachments: list[Attachment] = []
         raw_nets = v.sequence(entry.get("networks"), path + ("networks",))
         if entry.get("networks") is not None and isinstance(entry.get("networks"), list) \
@@ -523,7 +531,68 @@ def _sandboxes(v: _Checker, top: Mapping[str, Any], hosts: Mapping[str, Node],
         if name and host and attachments:
             result.append(SandboxSpec(name, host, tuple(attachments), ports, ip_forward,
                                       routes))
+    _check_sharing(v, result, top)
     return result
+
+
+def _mode(v: _Checker, entry: Mapping[str, Any], path: Path) -> str | None:
+    from cnm import modes
+    from cnm.errors import InvalidOption
+
+    text = v.text(entry.get("mode"), path + ("mode",))
+    if text is None:
+        return "default" if entry.get("mode") is None else None
+    try:
+        parsed = modes.parse(text)
+    except InvalidOption:
+        v.add(path + ("mode",), f"{text!r} is not a sandbox mode: use host, none or "
+              "container:OTHER (OTHER: a sandbox of this lab)")
+        return None
+    if parsed.kind == "container" and not NODE_NAME_RE.fullmatch(parsed.other or ""):
+        v.add(path + ("mode",), f"{parsed.other!r} is not a lab sandbox name: {NODE_RULE}")
+        return None
+    return str(parsed)
+
+
+def _moded_sandbox(v: _Checker, entry: Mapping[str, Any], path: Path, name: str | None,
+                   host: str | None, mode: str) -> list[SandboxSpec]:
+    """A host, none or container-mode sandbox: no networks, ports, forwarding or routes of
+    its own (they would be the host's or the owner's)."""
+    why = {"host": "it is the host's own namespace", "none": "it has loopback only"}.get(
+        mode, "it uses the other sandbox's namespace")
+    bad = False
+    for key in ("networks", "ports", "ip_forward", "routes"):
+        if entry.get(key) is not None:
+            v.add(path + (key,), f"a sandbox with mode {mode} has no {key}: {why}")
+            bad = True
+    if bad or not name or not host:
+        return []
+    return [SandboxSpec(name, host, (), mode=mode)]
+
+
+def _check_sharing(v: _Checker, sandboxes: list[SandboxSpec], top: Mapping[str, Any]) -> None:
+    """container:OTHER names a sandbox of this lab on the same host, and no loop."""
+    by_name = {s.name: s for s in sandboxes}
+    for spec in sandboxes:
+        if spec.shares is None:
+            continue
+        where = ("sandboxes", _index(top, "sandboxes", spec.name), "mode")
+        other = by_name.get(spec.shares)
+        if other is None:
+            v.add(where, f"there is no sandbox {spec.shares!r} to share"
+                  f"{_suggest(spec.shares, by_name)}")
+        elif other.host != spec.host:
+            v.add(where, f"sandbox {spec.shares!r} runs on {other.host}, not on {spec.host}: "
+                  "only a namespace of the same host can be shared")
+        else:
+            seen = {spec.name}
+            while other is not None and other.shares is not None:
+                if other.name in seen:
+                    v.add(where, f"sandboxes {', '.join(sorted(seen))} share each other's "
+                          "namespace in a loop: one of them needs a namespace of its own")
+                    break
+                seen.add(other.name)
+                other = by_name.get(other.shares)
 
 
 def _attachment(v: _Checker, raw: Any, where: Path, by_name: Mapping[str, NetworkSpec],
