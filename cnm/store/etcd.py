@@ -14,6 +14,11 @@
   notifications for quiet prefixes), so an etcd restart loses nothing; if etcd compacted
   that history away the watch catches up from a listing (``WatchCursor.resync``).
 - Leases are etcd leases (TTL rounded up to whole seconds; etcd may grant a longer one).
+- Security as clusters run it: TLS with the cluster's CA and a client certificate, and
+  etcd's user/password authentication (a token per connection, renewed when it expires;
+  over plain HTTP too). A refusal (unknown CA, a client certificate etcd does not trust,
+  a wrong password, a role without access) is one sentence saying which
+  (``etcd_errors``), raised by the first call, before the caller changed anything.
 """
 
 from __future__ import annotations
@@ -23,12 +28,17 @@ import contextlib
 import logging
 import math
 import os
+import ssl
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
-import grpc
+# gRPC's C core logs handshake failures to stderr by itself; pycnm reports them as one
+# sentence instead (a user's own GRPC_VERBOSITY wins).
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+
+import grpc  # noqa: E402
 
 with warnings.catch_warnings():  # etcd3's generated protobuf code trips protobuf 3.20's
     warnings.simplefilter("ignore", DeprecationWarning)  # deprecations: not ours to fix
@@ -37,8 +47,8 @@ with warnings.catch_warnings():  # etcd3's generated protobuf code trips protobu
     import etcd3.etcdrpc.kv_pb2 as kv_pb2
     import etcd3.exceptions
 
-from cnm.errors import InvalidOption, StoreUnavailable
-from cnm.store.base import (
+from cnm.errors import InvalidOption, StoreUnavailable  # noqa: E402
+from cnm.store.base import (  # noqa: E402
     Entry,
     Store,
     Txn,
@@ -48,7 +58,8 @@ from cnm.store.base import (
     encode_value,
     prefix_end,
 )
-from cnm.store.lease import Lease, LeaseExpired, LeaseStore, lease_id
+from cnm.store.etcd_errors import Presented, auth_problem, tls_problem  # noqa: E402
+from cnm.store.lease import Lease, LeaseExpired, LeaseStore, lease_id  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +118,28 @@ def parse_endpoints(endpoints: str | Sequence[str]) -> list[tuple[str, int]]:
     return result
 
 
+def check_tls_files(ca: str | None, cert: str | None, key: str | None) -> None:
+    """Refuse TLS files that cannot work, before any connection: unreadable, not PEM, or a
+    key that does not belong to the certificate (gRPC would only say the handshake
+    failed)."""
+    for what, path in (("ca", ca), ("cert", cert), ("key", key)):
+        if path is not None and not os.access(path, os.R_OK):
+            raise InvalidOption(f"cannot read {path} ({what}=, a TLS file for etcd)")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if ca is not None:
+        try:
+            context.load_verify_locations(cafile=ca)
+        except (ssl.SSLError, ValueError):
+            raise InvalidOption(f"ca={ca} holds no PEM certificate") from None
+    if cert is not None and key is not None:
+        try:
+            context.load_cert_chain(cert, key)
+        except ssl.SSLError as exc:
+            reason = "the key does not belong to the certificate" \
+                if "KEY_VALUES_MISMATCH" in str(exc) else "not a PEM certificate and its key"
+            raise InvalidOption(f"cert={cert} and key={key}: {reason}") from None
+
+
 class EtcdStore(Store, LeaseStore):
     """A store in etcd, shared by every host pointing at the same cluster and prefix."""
 
@@ -122,15 +155,14 @@ class EtcdStore(Store, LeaseStore):
             raise InvalidOption("a client certificate needs both cert and key")
         if cert_key is not None and ca_cert is None:
             raise InvalidOption("a client certificate needs the CA (ca=FILE) as well")
-        for path in (ca_cert, cert_key, cert_cert):
-            if path is not None and not os.access(path, os.R_OK):
-                raise InvalidOption(f"cannot read {path} (TLS file for etcd)")
+        check_tls_files(ca_cert, cert_cert, cert_key)
         if (user is None) != (password is None):
             raise InvalidOption("etcd authentication needs both user and password")
         if not timeout > 0:
             raise InvalidOption(f"the etcd timeout must be positive, not {timeout}")
         self._tls = dict(ca_cert=ca_cert, cert_key=cert_key, cert_cert=cert_cert)
         self._auth = dict(user=user, password=password)
+        self._presented = Presented(ca=ca_cert, cert=cert_cert, user=user)
         self.user = user
         self.timeout = float(timeout)
         scheme = "https" if ca_cert else "http"
@@ -266,6 +298,11 @@ class EtcdStore(Store, LeaseStore):
             host, port = self.endpoints[index]
             client = etcd3.Etcd3Client(host, port, timeout=self.timeout,
                                        grpc_options=_GRPC_OPTIONS, **self._tls, **self._auth)
+            if not client.uses_secure_channel:
+                # gRPC sends call credentials over TLS only: over plain HTTP the auth token
+                # travels as the metadata the client sends with every call anyway.
+                client.call_credentials = None
+                client.watcher.call_credentials = None
             with self._lock:
                 client = self._clients.setdefault(index, client)
         return client
@@ -287,6 +324,7 @@ class EtcdStore(Store, LeaseStore):
         StoreUnavailable messages."""
         start = self._current
         count = len(self.endpoints)
+        refusal: str | None = None  # a TLS refusal seen on the way: it explains the failure
         for step in range(count):
             index = (start + step) % count
             for attempt in range(2):  # a second try only with a fresh auth token
@@ -301,6 +339,11 @@ class EtcdStore(Store, LeaseStore):
                     if code not in _UNREACHABLE:
                         raise self._failure(index, code, details) from exc
                     self._endpoint_failed(index)
+                    if refusal is None:
+                        refusal = tls_problem(self.client_urls[index], details,
+                                              self._presented)
+                    if refusal is not None:
+                        self._drop_client(index)  # a new handshake next time, new files
                     if write and code == grpc.StatusCode.DEADLINE_EXCEEDED:
                         raise StoreUnavailable(
                             f"etcd at {self.client_urls[index]} did not answer within "
@@ -312,7 +355,7 @@ class EtcdStore(Store, LeaseStore):
                 with self._lock:
                     self._current = index
                 return result
-        raise StoreUnavailable(self._unreachable())
+        raise StoreUnavailable(f"{refusal} {HINT}" if refusal else self._unreachable())
 
     def _unreachable(self) -> str:
         what = "is etcd running?"
@@ -322,14 +365,9 @@ class EtcdStore(Store, LeaseStore):
 
     def _failure(self, index: int, code: grpc.StatusCode | None, details: str) -> Exception:
         url = self.client_urls[index]
-        if code == grpc.StatusCode.UNAUTHENTICATED:
-            return StoreUnavailable(f"etcd at {url} refused the credentials of user "
-                                    f"{self.user!r} ({details}): check user and password "
-                                    f"in the store URL {HINT}")
-        if code == grpc.StatusCode.PERMISSION_DENIED:
-            return StoreUnavailable(f"etcd at {url} denied user {self.user!r} access under "
-                                    f"{self.prefix} ({details}): grant its role read-write "
-                                    "on that prefix")
+        refusal = auth_problem(url, code, details, self._presented, self.prefix)
+        if refusal is not None:
+            return StoreUnavailable(refusal)
         return StoreUnavailable(f"etcd at {url} failed: {details or code}")
 
 
@@ -394,9 +432,12 @@ class _Watch:
                                             start_revision=self.cursor.revision + 1,
                                             progress_notify=True)
         ended = threading.Event()
+        # hasleader: a member cut off from the cluster's leader ends the stream (etcd's
+        # WithRequireLeader) instead of going quiet, so the watch moves to another member.
+        metadata = (*(client.metadata or ()), ("hasleader", "true"))
         stream = etcdrpc.WatchStub(client.channel).Watch(
             _requests(etcdrpc.WatchRequest(create_request=create), ended),
-            credentials=client.call_credentials, metadata=client.metadata)
+            credentials=client.call_credentials, metadata=metadata)
         with self._lock:
             self._stream = stream
         established = False
@@ -422,8 +463,11 @@ class _Watch:
         except grpc.RpcError as exc:
             if self._stop.is_set():
                 return established
-            if _status(exc)[0] in _UNREACHABLE:
+            code, details = _status(exc)
+            if code in _UNREACHABLE:
                 self.store._endpoint_failed(index)
+            elif code == grpc.StatusCode.UNAUTHENTICATED:
+                self.store._drop_client(index)  # its auth token expired: log in again
             raise
         finally:
             ended.set()

@@ -6,6 +6,15 @@
     memory://                           in-process, gone at exit (tests)
     etcd://h1:2379,h2:2379?prefix=/pycnm/&user=U&password=P&timeout=2
     etcds://h1:2379?ca=CA.pem&cert=CLIENT.pem&key=CLIENT-KEY.pem     etcd over TLS
+
+An etcd URL names several members with commas; pycnm fails over among them. What the URL
+leaves out comes from the environment, so that secrets need not sit in a command line
+(where every local user can read them) or in a unit file:
+
+    PYCNM_ETCD_USER, PYCNM_ETCD_PASSWORD      etcd's user/password authentication
+    PYCNM_ETCD_CA, PYCNM_ETCD_CERT, PYCNM_ETCD_KEY    TLS files (etcds:// URLs only)
+
+A parameter in the URL wins over its variable.
 """
 
 from __future__ import annotations
@@ -23,6 +32,9 @@ FORMS = ("sqlite:///ABS/PATH.db, sqlite://REL/PATH.db or a plain file path; memo
          "etcd://HOST:PORT[,HOST:PORT...][?prefix=/pycnm/&user=U&password=P&timeout=2]; "
          "etcds://HOST:PORT[,...]?ca=FILE[&cert=FILE&key=FILE] for etcd over TLS")
 _ETCD_PARAMS = ("prefix", "ca", "cert", "key", "user", "password", "timeout")
+ENV_ETCD = {"ca": "PYCNM_ETCD_CA", "cert": "PYCNM_ETCD_CERT", "key": "PYCNM_ETCD_KEY",
+            "user": "PYCNM_ETCD_USER", "password": "PYCNM_ETCD_PASSWORD"}
+_TLS_PARAMS = ("ca", "cert", "key")
 
 
 def open_store(url: str | None = None) -> Store:
@@ -78,8 +90,12 @@ def _open_etcd(url: str, tls: bool) -> Store:
         if name in params:
             raise _bad(url, f"parameter {name!r} given twice")
         params[name] = value
+    for name, variable in ENV_ETCD.items():
+        if name not in params and os.environ.get(variable) and (tls or name not in _TLS_PARAMS):
+            params[name] = os.environ[variable]
     if tls and "ca" not in params:
-        raise _bad(url, "etcds:// needs the CA that signed etcd's certificate: ?ca=FILE")
+        raise _bad(url, "etcds:// needs the CA that signed etcd's certificate: ?ca=FILE "
+                   "(or PYCNM_ETCD_CA)")
     if not tls and params.keys() & {"ca", "cert", "key"}:
         raise _bad(url, "TLS files need etcds://")
     try:

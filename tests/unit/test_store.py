@@ -536,8 +536,9 @@ def test_open_store_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert isinstance(etcd, EtcdStore)
     assert etcd.endpoints == [("127.0.0.1", 2379), ("[::1]", 2380), ("other", 2379)]
     assert etcd.prefix == "/x/" and etcd.timeout == 0.5 and "secret" not in etcd.url
-    ca = tmp_path / "ca.pem"
-    ca.write_text("")
+    from netns_fixtures.pki import CertificateAuthority
+
+    ca = CertificateAuthority.create(tmp_path, "ca").cert
     tls = open_store(f"etcds://h:2379?ca={ca}")
     assert isinstance(tls, EtcdStore) and tls.client_urls == ["https://h:2379"]
 
