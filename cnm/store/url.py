@@ -12,6 +12,7 @@ leaves out comes from the environment, so that secrets need not sit in a command
 (where every local user can read them) or in a unit file:
 
     PYCNM_ETCD_USER, PYCNM_ETCD_PASSWORD      etcd's user/password authentication
+    PYCNM_ETCD_PASSWORD_FILE                  or a file holding the password (password_file=)
     PYCNM_ETCD_CA, PYCNM_ETCD_CERT, PYCNM_ETCD_KEY    TLS files (etcds:// URLs only)
 
 A parameter in the URL wins over its variable.
@@ -29,11 +30,14 @@ from cnm.store.base import Store
 ENV_STORE = "PYCNM_STORE"
 DEFAULT_URL = "sqlite:///var/lib/pycnm/state.db"
 FORMS = ("sqlite:///ABS/PATH.db, sqlite://REL/PATH.db or a plain file path; memory://; "
-         "etcd://HOST:PORT[,HOST:PORT...][?prefix=/pycnm/&user=U&password=P&timeout=2]; "
+         "etcd://HOST:PORT[,HOST:PORT...][?prefix=/pycnm/&user=U&password=P"
+         "|password_file=F&timeout=2]; "
          "etcds://HOST:PORT[,...]?ca=FILE[&cert=FILE&key=FILE] for etcd over TLS")
-_ETCD_PARAMS = ("prefix", "ca", "cert", "key", "user", "password", "timeout")
+_ETCD_PARAMS = ("prefix", "ca", "cert", "key", "user", "password", "password_file",
+                "timeout")
 ENV_ETCD = {"ca": "PYCNM_ETCD_CA", "cert": "PYCNM_ETCD_CERT", "key": "PYCNM_ETCD_KEY",
-            "user": "PYCNM_ETCD_USER", "password": "PYCNM_ETCD_PASSWORD"}
+            "user": "PYCNM_ETCD_USER", "password": "PYCNM_ETCD_PASSWORD",
+            "password_file": "PYCNM_ETCD_PASSWORD_FILE"}
 _TLS_PARAMS = ("ca", "cert", "key")
 
 
@@ -90,9 +94,15 @@ def _open_etcd(url: str, tls: bool) -> Store:
         if name in params:
             raise _bad(url, f"parameter {name!r} given twice")
         params[name] = value
+    if "password" in params and "password_file" in params:
+        raise _bad(url, "give password or password_file, not both")
     for name, variable in ENV_ETCD.items():
         if name not in params and os.environ.get(variable) and (tls or name not in _TLS_PARAMS):
             params[name] = os.environ[variable]
+    if "password_file" in params:
+        if "password" not in params:
+            params["password"] = _read_password(url, params["password_file"])
+        del params["password_file"]
     if tls and "ca" not in params:
         raise _bad(url, "etcds:// needs the CA that signed etcd's certificate: ?ca=FILE "
                    "(or PYCNM_ETCD_CA)")
@@ -110,6 +120,19 @@ def _open_etcd(url: str, tls: bool) -> Store:
                          password=params.get("password"), timeout=timeout)
     except InvalidOption as exc:
         raise _bad(url, str(exc)) from None
+
+
+def _read_password(url: str, path: str) -> str:
+    """The password in ``path``: its first line, without the line end."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            password = handle.readline().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _bad(url, f"cannot read password_file {path} "
+                   f"({getattr(exc, 'strerror', None) or exc})") from None
+    if not password:
+        raise _bad(url, f"password_file {path} is empty")
+    return password
 
 
 def _bad(url: str, reason: str) -> InvalidOption:

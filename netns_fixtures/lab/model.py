@@ -188,6 +188,15 @@ class Expectation:
 
 
 @dataclass(frozen=True)
+class EtcdSpec:
+    """How an overlay lab's etcd runs: ``tls``, over TLS with client certificates (a CA
+    the lab makes); ``auth``, with user/password authentication (user ``pycnm``)."""
+
+    tls: bool = False
+    auth: bool = False
+
+
+@dataclass(frozen=True)
 class Topology:
     name: str
     description: str
@@ -197,6 +206,7 @@ class Topology:
     sandboxes: tuple[SandboxSpec, ...]
     expect: tuple[Expectation, ...]
     data: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    etcd: EtcdSpec = EtcdSpec()
 
     def node_names(self) -> list[str]:
         return [h.name for h in self.hosts] + [s.name for s in self.sandboxes]

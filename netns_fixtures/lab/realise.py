@@ -6,7 +6,9 @@ needs them, networks, sandboxes, then a wait until every VTEP knows its peers), 
 one progress line per step. Each host of kind ``host`` gets its own pycnm Controller,
 acting on that host's namespace (``host_ns``) with the lab's own store: a SQLite file in
 the lab's folder, or an etcd the lab starts on loopback (every pycnm process of the lab
-keeps its sockets in the root namespace and reaches the hosts through netlink). ``up``
+keeps its sockets in the root namespace and reaches the hosts through netlink); with the
+file's ``etcd: {tls, auth}``, over TLS with certificates from a CA the lab makes, and with
+user ``pycnm``'s password in a file of the lab's (the store URL names the file). ``up``
 notes each namespace in the lab's state file before making it, and each process as soon
 as it has a pid (one whose pid never reached the file is still found by its lab-specific
 command line); if a step fails, ``up`` removes everything and re-raises.
@@ -22,7 +24,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -169,14 +173,33 @@ class _Builder:
     # --- the cluster store and the agents (overlay labs) --------------------------------
 
     def start_etcd(self) -> str:
-        from netns_fixtures.etcd import start_etcd
+        from netns_fixtures.etcd import EtcdTLS, enable_auth, start_etcd, store_url
 
+        spec = self.topo.etcd
         workdir = self.state.dir / "etcd"
-        server = start_etcd(workdir, die_with_parent=not self.detach)
+        workdir.mkdir(parents=True, exist_ok=True)
+        os.chmod(workdir, 0o700)  # keys and the password file: root's only
+        tls = EtcdTLS.create(workdir / "pki") if spec.tls else None
+        server = start_etcd(workdir, die_with_parent=not self.detach, tls=tls)
         assert server.proc is not None
-        self.state.store = server.url
         self.state.note_process("etcd", server.proc.pid, str(workdir / "data"))
-        return f"{server.client_url} (pid {server.proc.pid}), the overlay's shared store"
+        url, how = server.url, ["TLS with client certificates"] if tls else []
+        if spec.auth:
+            password = workdir / "pycnm.password"
+            fd = os.open(password, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_urlsafe(18) + "\n")
+            enable_auth(server, {"pycnm": (password.read_text().strip(), "/pycnm/")},
+                        root_password=secrets.token_urlsafe(18))
+            # The password stays in its file: the URL (in the state file and every agent's
+            # command line) names the file only.
+            url = store_url([server.endpoint], tls,
+                            {"user": "pycnm", "password_file": str(password)})
+            how.append("user/password auth")
+        self.state.store = url
+        self.state.save()
+        extra = f", {' and '.join(how)}" if how else ""
+        return f"{server.client_url} (pid {server.proc.pid}){extra}, the overlay's shared store"
 
     def start_agent(self, host: str) -> str:
         ns = host_netns(self.topo.name, host)

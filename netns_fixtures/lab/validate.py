@@ -26,6 +26,7 @@ from netns_fixtures.lab.model import (
     PROTOS,
     SWITCH_BRIDGE,
     Attachment,
+    EtcdSpec,
     Expectation,
     Link,
     LinkEnd,
@@ -159,7 +160,9 @@ def _suggest(word: str, choices: Iterable[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-TOP_KEYS = ("name", "description", "hosts", "links", "networks", "sandboxes", "expect")
+TOP_KEYS = ("name", "description", "etcd", "hosts", "links", "networks", "sandboxes",
+            "expect")
+ETCD_KEYS = ("tls", "auth")
 NODE_RULE = "lower-case letters and digits, starting with a letter, at most 20"
 LAB_RULE = "lower-case letters and digits, starting with a letter, at most 12"
 
@@ -195,10 +198,24 @@ def validate(data: Any) -> Topology:
     for i, sb in enumerate(sandboxes):
         _check_routes(v, sb.routes, ("sandboxes", i), sb.name, connected)
     expect = _expectations(v, top, kinds, links)
+    etcd = _etcd(v, top, networks)
     if v.problems:
         raise TopologyError(v.problems)
     return Topology(lab, description, tuple(hosts.values()), tuple(links), tuple(networks),
-                    tuple(sandboxes), tuple(expect), data=dict(top))
+                    tuple(sandboxes), tuple(expect), data=dict(top), etcd=etcd)
+
+
+def _etcd(v: _Checker, top: Mapping[str, Any], networks: list[NetworkSpec]) -> EtcdSpec:
+    """``etcd: {tls: true, auth: true}``: how the etcd of an overlay lab runs."""
+    if top.get("etcd") is None:
+        return EtcdSpec()
+    spec = v.mapping(top["etcd"], ("etcd",), ETCD_KEYS)
+    if spec is None:
+        return EtcdSpec()
+    if not any(n.driver == "overlay" for n in networks):
+        v.add(("etcd",), "only an overlay lab runs etcd: this lab has no overlay network")
+    return EtcdSpec(tls=v.boolean(spec.get("tls"), ("etcd", "tls")),
+                    auth=v.boolean(spec.get("auth"), ("etcd", "auth")))
 
 
 def _index(top: Mapping[str, Any], key: str, name: str) -> int:

@@ -256,6 +256,9 @@ BAD = [
     pytest.param("subnet: 10.1.0.0/24", "subnet: [10.1.0.0/24", "gateway: 10.1.0.1",
                  "YAML syntax: expected ',' or ']', but got ':' (while parsing a flow "
                  "sequence that starts at line {line_of:subnet: [})", id="yaml-syntax"),
+    pytest.param("\nhosts:", "\netcd: {tls: true}\nhosts:", "etcd:",
+                 "etcd: only an overlay lab runs etcd: this lab has no overlay network",
+                 id="etcd-without-overlay"),
 ]
 
 
