@@ -252,6 +252,23 @@ def test_credentials_from_the_environment(auth_etcd: EtcdServer, pki: EtcdTLS,
     assert "wrong user name or password" in refusal(wrong)
 
 
+def test_the_password_from_a_file(auth_etcd: EtcdServer, pki: EtcdTLS, tmp_path: Path,
+                                  opened) -> None:
+    secret = tmp_path / "password"
+    secret.write_text(f"{PASSWORD}\n")
+    store = opened(url_of(auth_etcd, pki, user="pycnm", password_file=str(secret)))
+    store.put("file", {"n": 1})
+    empty = tmp_path / "empty"
+    empty.write_text("")
+    for path, expected in ((empty, f"password_file {empty} is empty"),
+                           (tmp_path / "none", f"cannot read password_file {tmp_path}/none")):
+        with pytest.raises(InvalidOption, match=expected):
+            open_store(url_of(auth_etcd, pki, user="pycnm", password_file=str(path)))
+    with pytest.raises(InvalidOption, match="password or password_file, not both"):
+        open_store(url_of(auth_etcd, pki, user="pycnm", password="x",
+                          password_file=str(secret)))
+
+
 # --- the command line: refused before anything is made ---------------------------------------
 
 
