@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from cnm.errors import InvalidOption
+from cnm.inputs import address_text, shown
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -22,25 +23,31 @@ class PoolRequest:
     aux: dict[str, IPAddress] = field(default_factory=dict)
 
 
-def _network(text: str, what: str) -> IPNetwork:
+def _network(value: str, what: str) -> IPNetwork:
+    text = address_text(value)
     try:
-        return ipaddress.ip_network(text.strip(), strict=True)
+        if text is None:
+            raise ValueError
+        return ipaddress.ip_network(text, strict=True)
     except ValueError as exc:
-        if "host bits set" in str(exc):
+        if text is not None and "host bits set" in str(exc):
             raise InvalidOption(
                 f"{what} {text!r} has host bits set; did you mean "
-                f"{ipaddress.ip_network(text.strip(), strict=False)}?"
+                f"{ipaddress.ip_network(text, strict=False)}?"
             ) from None
         raise InvalidOption(
-            f"{what} {text!r} is not a valid CIDR subnet (e.g. 10.1.0.0/24)"
+            f"{what} {shown(value)} is not a valid CIDR subnet (e.g. 10.1.0.0/24)"
         ) from None
 
 
-def _address(text: str, what: str) -> IPAddress:
+def _address(value: str, what: str) -> IPAddress:
+    text = address_text(value)
     try:
-        return ipaddress.ip_address(text.strip().split("/")[0])
+        if text is None:
+            raise ValueError
+        return ipaddress.ip_address(text.split("/")[0])
     except ValueError:
-        raise InvalidOption(f"{what} {text!r} is not a valid IP address") from None
+        raise InvalidOption(f"{what} {shown(value)} is not a valid IP address") from None
 
 
 def plan_pools(
@@ -87,8 +94,10 @@ def plan_pools(
             raise InvalidOption(f"subnet {r.subnet} has two ip-ranges")
         r.ip_range = rng
     for name, text in (aux_addresses or {}).items():
-        if not name or "=" in name:
-            raise InvalidOption(f"aux-address needs the form NAME=IP, got {name!r}")
+        if not isinstance(name, str) or not name or "=" in name or not name.isprintable() \
+                or any(c.isspace() for c in name):
+            raise InvalidOption(f"aux-address needs the form NAME=IP with a NAME of printable "
+                                f"characters and no blanks, got {shown(name)}")
         ip = _address(text, f"aux-address {name}")
         owner(ip, f"aux-address {name}").aux[name] = ip
     if not any(r.version == 4 for r in requests):

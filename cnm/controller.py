@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import drivers as driver_registry
-from cnm import addressing, etcfiles, modes, names, osl
+from cnm import addressing, etcfiles, inputs, modes, names, osl
 from cnm.driverapi import OPT_ENABLE_IPV6, OPT_INTERNAL, Driver, DriverContext
 from cnm.endpoint import Endpoint
 from cnm.errors import CNMError, Conflict, InvalidOption, NotFound
@@ -37,6 +37,16 @@ from cnm.store import Store, open_store
 from cnm.store.prefixed import PrefixedStore
 
 log = logging.getLogger(__name__)
+
+
+def _object_id(given: str | None, what: str) -> str:
+    """A caller's object id (Docker's), or a new one. Ids become store keys and parts of
+    kernel names and paths: letters and digits only."""
+    if given is None:
+        return names.new_id()
+    if not names.is_valid_id(given):
+        raise InvalidOption(f"{what} {inputs.shown(given)} must be 12 to 64 letters and digits")
+    return given
 
 
 def _as_list(value: str | Iterable[str] | None) -> list[str]:
@@ -105,6 +115,30 @@ class Controller:
                 self._drivers[name] = driver_registry.load(name, ctx)
             return self._drivers[name]
 
+    def _claim_kernel_names(self, kind: str, object_id: str,
+                            undo: contextlib.ExitStack) -> None:
+        """Hold the kernel names derived from ``object_id`` for it alone (undone by
+        ``undo`` on failure, released by ``_release_kernel_names``): a second object whose
+        id starts the same way would share them, and its join could remove the first
+        one's interface."""
+        key = names.kernel_claim(kind, object_id)
+        if not self.local.create(key, {"id": object_id}):
+            holder = self.local.get(key)
+            other = holder.value.get("id", "") if holder is not None else ""
+            if other != object_id:
+                raise Conflict(
+                    f"{kind[:-1]} id {object_id[:12]} starts with the same "
+                    f"{names.KERNEL_ID_CHARS} characters as that of {kind[:-1]} {other[:12]}, "
+                    "and pycnm names its interfaces after them: use another id")
+            return
+        undo.callback(self.local.delete, key)
+
+    def _release_kernel_names(self, kind: str, object_id: str) -> None:
+        key = names.kernel_claim(kind, object_id)
+        holder = self.local.get(key)
+        if holder is not None and holder.value.get("id") == object_id:
+            self.local.delete(key)
+
     def ipam_for(self, scope: str) -> Ipam:
         return self.global_ipam if scope == "global" else self.ipam
 
@@ -137,7 +171,7 @@ class Controller:
                 f"network name {name!r} is invalid: use letters, digits, '_', '.', '-' "
                 "(at most 63, starting with a letter or digit)"
             )
-        nid = network_id or names.new_id()
+        nid = _object_id(network_id, "network id")
         existing = self.local.get(f"networks/{nid}")
         if existing is not None:
             return Network(self, nid)  # a retried create
@@ -156,6 +190,7 @@ class Controller:
             if not self.local.create(f"names/networks/{name}", {"id": nid}):
                 raise Conflict(f"a network named {name!r} already exists")
             undo.callback(self.local.delete, f"names/networks/{name}")
+            self._claim_kernel_names("networks", nid, undo)
             if preallocated is not None:
                 record.ipam = "external"
                 for pool in preallocated:
@@ -268,7 +303,7 @@ class Controller:
                 "(at most 40, starting with a letter or digit)"
             )
         parsed = modes.parse(mode)
-        dns, dns_search, dns_options = list(dns), list(dns_search), list(dns_options)
+        dns, dns_search, dns_options = _as_list(dns), _as_list(dns_search), _as_list(dns_options)
         if not parsed.own_namespace:
             given = [what for what, value in (
                 ("a namespace path", netns_path), ("a hostname", hostname),
@@ -284,19 +319,25 @@ class Controller:
         elif parsed.kind == "none" and (netns_path or ip_forward):
             raise InvalidOption("a namespace path and IP forwarding cannot be given with mode "
                                 "none: the sandbox is a new namespace with loopback only")
-        sid = sandbox_id or names.new_id()
+        sid = _object_id(sandbox_id, "sandbox id")
         if parsed.kind == "host":
             return self._new_shared_sandbox(name, sid, parsed, self._host_netns_path(), None)
         if parsed.kind == "container":
             return self._new_sharer(name, sid, parsed)
         if netns_path is not None and not netns_exists(netns_path):
-            raise NotFound(f"{netns_path} is not a network namespace")
+            raise NotFound(f"{inputs.shown(netns_path)} is not a network namespace")
         record = SandboxRecord(
             id=sid, name=name, netns_path=netns_path or osl.named_netns_path(
                 names.sandbox_netns(name)),
-            owned=netns_path is None, hostname=hostname or name,
-            dns_servers=dns, dns_search=dns_search, dns_options=dns_options,
-            extra_hosts=dict(extra_hosts or {}), ip_forward=ip_forward, mode=parsed.kind,
+            owned=netns_path is None,
+            hostname=inputs.hostname(hostname, "hostname") if hostname else name,
+            dns_servers=[str(inputs.address(s, "DNS server")) for s in dns],
+            dns_search=[inputs.domain(d, "DNS search domain") for d in dns_search],
+            dns_options=[inputs.dns_option(o, "DNS option") for o in dns_options],
+            extra_hosts={inputs.hostname(host, "extra host name"):
+                         str(inputs.address(ip, f"address of extra host {host}"))
+                         for host, ip in dict(extra_hosts or {}).items()},
+            ip_forward=bool(ip_forward), mode=parsed.kind,
         )
         with contextlib.ExitStack() as undo:
             if not self.local.create(f"names/sandboxes/{name}", {"id": sid}):

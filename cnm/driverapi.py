@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import abc
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+from cnm.errors import InvalidOption
 from cnm.store.base import Store
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -32,6 +34,19 @@ OPT_MACADDRESS = "com.docker.network.endpoint.macaddress"
 # A driver that can create the interface directly there (skipping a move between
 # namespaces, which costs an RCU grace period, ~20 ms) does so and sets JoinInfo.placed.
 OPT_JOIN_IFNAME = "pycnm.join.ifname"
+# Every key under this prefix is the core's to set: a caller (Docker, the CLI, the Python
+# API) may not, as it would steer a driver (OPT_JOIN_IFNAME opens the sandbox's namespace
+# and creates an interface there).
+INTERNAL_PREFIX = "pycnm."
+
+
+def refuse_internal_options(options: Mapping[str, Any] | None, where: str) -> dict[str, Any]:
+    """A caller's options as a dict, refused if one of its keys is pycnm's own."""
+    found = sorted(str(k) for k in (options or {}) if str(k).startswith(INTERNAL_PREFIX))
+    if found:
+        raise InvalidOption(f"{where}: option {found[0]} is set by pycnm itself, never by a "
+                            "caller; remove it")
+    return dict(options or {})
 
 ROUTE_NEXTHOP = 0
 ROUTE_CONNECTED = 1

@@ -13,9 +13,12 @@ import ipaddress
 import logging
 from typing import TYPE_CHECKING, Any
 
-from cnm.driverapi import OPT_JOIN_IFNAME, JoinInfo
-from cnm.errors import Busy, Conflict, NotFound
+from cnm.driverapi import OPT_JOIN_IFNAME, OPT_PORTMAP, JoinInfo, refuse_internal_options
+from cnm.errors import Busy, Conflict, InvalidOption, NotFound
+from cnm.inputs import shown
 from cnm.osl import plumbing
+from cnm.osl.netns import netns_exists
+from cnm.portmap import parse_portmap
 from cnm.records import EndpointRecord, SandboxRecord
 
 if TYPE_CHECKING:
@@ -77,9 +80,10 @@ class Endpoint:
                 raise Conflict(
                     f"sandbox {sb.name} is already attached to network {self.network.name}"
                 )
+        opts = {**ep.options, **refuse_internal_options(options, f"join of {ep.name}")}
+        parse_portmap(opts.get(OPT_PORTMAP))
         net = ctl._network_record(self.network_id)
         drv = ctl.driver(net.driver)
-        opts = {**ep.options, **(options or {})}
         slot = f"{self.network_id}/{self.id}"
         with contextlib.ExitStack() as undo:
             ifname = sandbox._reserve_ifname("eth", slot)
@@ -185,8 +189,12 @@ class Endpoint:
         """The driver's half of a join whose sandbox another program manages (Docker moves
         and configures the interface itself): return what to plug and record the key."""
         ep = self.record
+        opts = {**ep.options, **refuse_internal_options(options, f"join of {ep.name}")}
+        if not netns_exists(sandbox_key):  # checked without opening it (a FIFO would hang)
+            raise InvalidOption(f"SandboxKey {shown(sandbox_key)} is not a network namespace "
+                                "file (such as /var/run/docker/netns/ID or /proc/PID/ns/net)")
         drv = self._driver()
-        info = drv.join(self.network_id, self.id, sandbox_key, {**ep.options, **(options or {})})
+        info = drv.join(self.network_id, self.id, sandbox_key, opts)
         ep.sandbox_key, ep.src_name = sandbox_key, info.src_name
         ep.gateway = str(info.gateway) if info.gateway else None
         ep.gateway_v6 = str(info.gateway_v6) if info.gateway_v6 else None
@@ -203,8 +211,9 @@ class Endpoint:
 
     def program_external_connectivity(self, options: dict[str, Any] | None = None) -> None:
         """Publish ports etc. for an externally managed sandbox's gateway endpoint."""
+        opts = refuse_internal_options(options, "program external connectivity")
         drv = self._driver()
-        drv.program_external_connectivity(self.network_id, self.id, dict(options or {}))
+        drv.program_external_connectivity(self.network_id, self.id, opts)
 
     def revoke_external_connectivity(self) -> None:
         drv = self._driver()
@@ -240,6 +249,7 @@ class Endpoint:
                         ipam.release_address(pool.pool_id, ip)
         ctl.local.delete(self._key())
         ctl.local.delete(f"names/endpoints/{self.network_id}/{ep.name}")
+        ctl._release_kernel_names("endpoints", self.id)
 
     def inspect(self) -> dict[str, Any]:
         ep = self.record

@@ -11,6 +11,8 @@ import ipaddress
 import os
 import re
 
+from cnm import inputs
+from cnm.errors import KernelError
 from cnm.records import EndpointRecord, SandboxRecord
 
 HOST_RESOLV_CONF = "/etc/resolv.conf"
@@ -76,6 +78,23 @@ def render_hosts(sandbox: SandboxRecord, endpoints: list[EndpointRecord]) -> str
     return "\n".join(lines) + "\n"
 
 
+def check_values(sandbox: SandboxRecord) -> None:
+    """Refuse (InvalidOption, one sentence) any value of ``sandbox`` that is not what its
+    line of the files may hold: no value can add a line. The Controller checks them when
+    the sandbox is made; this also covers a record that came from elsewhere."""
+    if sandbox.hostname and sandbox.hostname != sandbox.name:  # a name is checked as one
+        inputs.hostname(sandbox.hostname, "the hostname")
+    for server in sandbox.dns_servers:
+        inputs.address(server, "the DNS server")
+    for domain in sandbox.dns_search:
+        inputs.domain(domain, "the DNS search domain")
+    for option in sandbox.dns_options:
+        inputs.dns_option(option, "the DNS option")
+    for host, ip in sandbox.extra_hosts.items():
+        inputs.hostname(host, "the extra host's name")
+        inputs.address(ip, f"the address of extra host {host}")
+
+
 def files_dir(sandbox: SandboxRecord, netns_name: str | None) -> str:
     if netns_name is not None:
         return os.path.join("/etc/netns", netns_name)
@@ -96,15 +115,21 @@ def write(
     it was given, so a process already running in the sandbox would never see a renamed
     replacement. Each file is small and goes out in one write() after the truncation.
     """
+    check_values(sandbox)
     folder = files_dir(sandbox, netns_name)
     files = [("hosts", render_hosts(sandbox, endpoints))]
     if not hosts_only:
-        os.makedirs(folder, mode=0o755, exist_ok=True)
         files += [("resolv.conf", render_resolv_conf(sandbox)),
                   ("hostname", (sandbox.hostname or sandbox.name) + "\n")]
-    for name, text in files:
-        with open(os.path.join(folder, name), "w") as handle:
-            handle.write(text)
+    try:
+        if not hosts_only:
+            os.makedirs(folder, mode=0o755, exist_ok=True)
+        for name, text in files:
+            with open(os.path.join(folder, name), "w") as handle:
+                handle.write(text)
+    except OSError as exc:
+        raise KernelError(f"cannot write the files of sandbox {sandbox.name} in {folder}: "
+                          f"{exc.strerror or exc}") from exc
     return folder
 
 

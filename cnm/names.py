@@ -32,6 +32,19 @@ KERNEL_NAME_RE = re.compile(r"^pc(br|v|p|mv|sh|vl|vx|sb|ov|lab)-")
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
+_ID_RE = re.compile(r"[0-9A-Za-z]{12,64}")
+
+
+# Kernel names keep only the start of an id (IFNAMSIZ): at most this many characters of a
+# network's or an endpoint's id (macvlan's pcmv-/pcsh-; the bridge's pcv- take 11). Two
+# objects whose ids start alike would get one name, so the core refuses the second.
+KERNEL_ID_CHARS = 10
+
+
+def kernel_claim(kind: str, object_id: str) -> str:
+    """The store key (under the host's space) by which one ``kind`` ("networks",
+    "endpoints") object holds the kernel names derived from ``object_id``."""
+    return f"names/kernel-{kind}/{short(object_id, KERNEL_ID_CHARS)}"
 
 
 def new_id() -> str:
@@ -63,6 +76,11 @@ def sandbox_netns(sandbox_name: str) -> str:
 def is_valid_object_name(name: str) -> bool:
     """Names of networks and sandboxes: what Docker accepts for container names."""
     return isinstance(name, str) and bool(_NAME_RE.fullmatch(name))
+
+
+def is_valid_id(object_id: str) -> bool:
+    """An object id: 12 to 64 letters and digits (Docker's are 64 hex digits)."""
+    return isinstance(object_id, str) and bool(_ID_RE.fullmatch(object_id))
 
 
 def is_valid_ifname(name: str) -> bool:

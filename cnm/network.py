@@ -7,10 +7,18 @@ import ipaddress
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from cnm import names
-from cnm.driverapi import OPT_MACADDRESS, InterfaceInfo, IpamData
+from cnm import inputs, names
+from cnm.driverapi import (
+    OPT_MACADDRESS,
+    OPT_PORTMAP,
+    InterfaceInfo,
+    IpamData,
+    refuse_internal_options,
+)
 from cnm.endpoint import Endpoint
 from cnm.errors import Busy, Conflict, InvalidOption, NotFound, PoolExhausted
+from cnm.inputs import address_text, shown
+from cnm.portmap import parse_portmap
 from cnm.records import EndpointRecord, NetworkRecord, PoolRecord
 
 if TYPE_CHECKING:
@@ -72,19 +80,24 @@ class Network:
         """
         ctl = self.controller
         net = self.record
+        if endpoint_id is not None and not names.is_valid_id(endpoint_id):
+            raise InvalidOption(f"endpoint id {shown(endpoint_id)} must be 12 to 64 letters "
+                                "and digits")
         eid = endpoint_id or names.new_id()
         if ctl.local.get(f"endpoints/{self.id}/{eid}") is not None:
             return Endpoint(ctl, self.id, eid)  # a retried create
         name = name or eid[:12]
         if not names.is_valid_object_name(name):
             raise InvalidOption(f"endpoint name {name!r} is invalid")
-        mac = _normalise_mac(mac) if mac else None
-        opts = dict(options or {})
+        mac = inputs.mac(mac, "the MAC address") if mac else None
+        opts = refuse_internal_options(options, f"endpoint {name}")
+        parse_portmap(opts.get(OPT_PORTMAP))  # refused now rather than at join
         drv = ctl.driver(net.driver)
         with contextlib.ExitStack() as undo:
             if not ctl.local.create(f"names/endpoints/{self.id}/{name}", {"id": eid}):
                 raise Conflict(f"network {net.name} already has an endpoint named {name!r}")
             undo.callback(ctl.local.delete, f"names/endpoints/{self.id}/{name}")
+            ctl._claim_kernel_names("endpoints", eid, undo)
             address = self._address(net, 4, ip, undo)
             address_v6 = self._address(net, 6, ipv6_address, undo) if net.ipv6 else None
             if ipv6_address and not net.ipv6:
@@ -178,6 +191,7 @@ class Network:
                 ipam.release_pool(pool.pool_id)
         ctl.local.delete(f"networks/{self.id}")
         ctl.local.delete(f"names/networks/{net.name}")
+        ctl._release_kernel_names("networks", self.id)
 
     def _driver_info(self) -> dict[str, str]:
         try:
@@ -217,10 +231,13 @@ def _interface(
     wanted: str, pools: list[PoolRecord]
 ) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
     """A user's address (with or without /len) placed in the pool that holds it."""
+    text = address_text(wanted)
     try:
-        ip = ipaddress.ip_address(wanted.split("/")[0])
+        if text is None:
+            raise ValueError
+        ip = ipaddress.ip_address(text.split("/")[0])
     except ValueError:
-        raise InvalidOption(f"{wanted!r} is not a valid IP address") from None
+        raise InvalidOption(f"{shown(wanted)} is not a valid IP address") from None
     for pool in pools:
         subnet = ipaddress.ip_network(pool.subnet)
         if ip in subnet:
@@ -229,16 +246,3 @@ def _interface(
         f"address {ip} is not in the network's subnet(s) {', '.join(p.subnet for p in pools)}"
     )
 
-
-def _normalise_mac(mac: str) -> str:
-    parts = mac.replace("-", ":").lower().split(":")
-    if len(parts) != 6 or not all(len(p) == 2 for p in parts):
-        raise InvalidOption(f"{mac!r} is not a MAC address (e.g. 02:42:ac:11:00:02)")
-    try:
-        first = int(parts[0], 16)
-        [int(p, 16) for p in parts]
-    except ValueError:
-        raise InvalidOption(f"{mac!r} is not a MAC address (e.g. 02:42:ac:11:00:02)") from None
-    if first & 1:
-        raise InvalidOption(f"{mac} is a multicast address; an interface needs a unicast MAC")
-    return ":".join(parts)

@@ -7,8 +7,10 @@ import ipaddress
 import secrets
 from typing import Any
 
+from cnm import inputs
 from cnm.driverapi import OPT_MACADDRESS, IpamData
 from cnm.errors import Conflict, InvalidOption
+from cnm.inputs import shown
 
 
 def mac_from_ip(address: ipaddress.IPv4Address | None) -> str:
@@ -23,16 +25,16 @@ def mac_option(value: Any) -> str | None:
     02:42:aa:bb:cc:dd); the Python API passes it as text."""
     if not value:
         return None
-    text = str(value)
-    if ":" in text:
-        return text.lower()
+    if isinstance(value, str) and (":" in value or "-" in value):
+        return inputs.mac(value, f"option {OPT_MACADDRESS}")
     try:
-        raw = base64.b64decode(text, validate=True)
+        raw = base64.b64decode(value, validate=True) if isinstance(value, str) else b""
     except ValueError:
-        raise InvalidOption(f"{OPT_MACADDRESS} {text!r} is not a MAC address") from None
+        raw = b""
     if len(raw) != 6:
-        raise InvalidOption(f"{OPT_MACADDRESS} {text!r} is not a MAC address")
-    return ":".join(f"{b:02x}" for b in raw)
+        raise InvalidOption(f"option {OPT_MACADDRESS} must be a MAC address (e.g. "
+                            f"02:42:ac:11:00:02, or its 6 bytes in base64), not {shown(value)}")
+    return inputs.mac(":".join(f"{b:02x}" for b in raw), f"option {OPT_MACADDRESS}")
 
 
 def ipam_record(data: IpamData) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from plugin_server.server import DEFAULT_SOCKET, DEFAULT_THREADS, ServeOptions
+from plugin_server.server import DEFAULT_SOCKET, DEFAULT_THREADS, ServeOptions, check_options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,7 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--store", default=argparse.SUPPRESS,
                        help="state store URL (as pycnm --store)")
     serve.add_argument("--tcp", metavar="HOST:PORT", default=None,
-                       help="also listen on TCP (no authentication: loopback only, please)")
+                       help="also listen on TCP, on a loopback address only (the protocol "
+                       "has no authentication)")
     serve.add_argument("--threads", type=int, default=DEFAULT_THREADS,
                        help=f"worker threads (default {DEFAULT_THREADS})")
     serve.add_argument("--no-background", action="store_true",
@@ -45,6 +46,7 @@ def _serve(args: argparse.Namespace) -> int:
     logging.getLogger().setLevel(args.log_level.upper())
     options = ServeOptions(socket_path=args.socket, tcp=args.tcp, threads=max(1, args.threads),
                            background=not args.no_background)
+    check_options(options)  # before the Controller restores anything
     with open_controller(args, reconcile=True) as ctl:
         for problem in ctl.last_reconcile:
             print(f"reconcile: {problem}", file=sys.stderr)

@@ -221,7 +221,7 @@ def create_endpoint(ctx: PluginContext, body: Body) -> Answer:
     iface = body.sub("Interface")
     address, address_v6 = iface.cidr_interface("Address"), iface.cidr_interface("AddressIPv6")
     mac = iface.mac("MacAddress")
-    options = body.mapping("Options")
+    options = body.options("Options")
     option_mac = body.sub("Options").base64_mac(OPT_MACADDRESS)
     if mac and option_mac and mac != option_mac:
         raise BadRequest(f"{body.call}: Interface.MacAddress {mac} and {OPT_MACADDRESS} "
@@ -260,7 +260,7 @@ def join(ctx: PluginContext, body: Body) -> Answer:
     if not sandbox_key.startswith("/"):
         raise BadRequest(f"{body.call}: SandboxKey must be the path of a network namespace, "
                          f"not {sandbox_key!r}")
-    options = body.mapping("Options")
+    options = body.options("Options")
     info = ctx.endpoint(nid, eid).join_external(sandbox_key, options)
     answer: Answer = {
         "InterfaceName": {"SrcName": info.src_name, "DstPrefix": info.dst_prefix},
@@ -291,7 +291,7 @@ def program_external(ctx: PluginContext, body: Body) -> Answer:
     {"com.docker.network.portmap": [{"Proto", "IP", "Port", "HostIP", "HostPort",
     "HostPortEnd"}], "com.docker.network.endpoint.exposedports": [...]}} -> {}"""
     ep = ctx.endpoint(body.id("NetworkID"), body.id("EndpointID"))
-    ep.program_external_connectivity(body.mapping("Options"))
+    ep.program_external_connectivity(body.options("Options"))
     return {}
 
 

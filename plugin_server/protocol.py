@@ -15,14 +15,17 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from cnm.driverapi import INTERNAL_PREFIX
 from cnm.errors import InvalidOption
+from cnm.inputs import address_text
 
 CONTENT_TYPE = "application/vnd.docker.plugins.v1+json"
 MAX_BODY = 1 << 20  # 1 MiB: Docker's largest real request is a few kB
 
 # Docker's object ids are 64 hex digits; we accept any 12-64 letters and digits (they end
 # up in store keys and, shortened, in interface names, so nothing else may appear).
-_ID_RE = re.compile(r"^[0-9A-Za-z]{12,64}$")
+_ID_RE = re.compile(r"[0-9A-Za-z]{12,64}")
+_MAC_RE = re.compile(r"([0-9A-Fa-f]{2}[:-]){5}[0-9A-Fa-f]{2}")
 
 
 class BadRequest(InvalidOption):
@@ -37,12 +40,23 @@ def decode(raw: bytes, call: str) -> dict[str, Any]:
         value = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"{call}: the request body is not valid JSON ({_short(exc)})") from None
+    except RecursionError:
+        raise BadRequest(f"{call}: the request body nests JSON too deeply") from None
     if value is None:
         return {}
     if not isinstance(value, dict):
         raise BadRequest(f"{call}: the request body must be a JSON object, "
                          f"not {type(value).__name__}")
     return value
+
+
+def _plain(text: str) -> str:
+    """``text`` if only address characters make it up (no IPv6 zone: ipaddress would keep
+    whatever follows a '%', newlines too), else a ValueError."""
+    plain = address_text(text)
+    if plain is None or plain != text:
+        raise ValueError(text)
+    return plain
 
 
 def _short(exc: Exception) -> str:
@@ -57,7 +71,12 @@ class Body:
         self.data = data
 
     def _bad(self, field: str, wanted: str, value: Any) -> BadRequest:
-        shown = json.dumps(value)[:80]
+        try:
+            shown = json.dumps(value)
+        except (ValueError, RecursionError):
+            shown = type(value).__name__
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
         return BadRequest(f"{self.call}: field {field} must be {wanted}, not {shown}")
 
     def id(self, field: str) -> str:
@@ -65,7 +84,7 @@ class Body:
         value = self.data.get(field)
         if value is None or value == "":
             raise BadRequest(f"{self.call}: the request has no {field}")
-        if not isinstance(value, str) or not _ID_RE.match(value):
+        if not isinstance(value, str) or not _ID_RE.fullmatch(value):
             raise self._bad(field, "an id of 12 to 64 letters and digits", value)
         return value
 
@@ -103,6 +122,16 @@ class Body:
             raise self._bad(field, "a list of JSON objects", value)
         return value
 
+    def options(self, field: str) -> dict[str, Any]:
+        """An ``Options`` object from Docker: keys pycnm sets itself (``pycnm.*``, such as
+        the name of the interface to make inside the sandbox) are refused."""
+        value = self.mapping(field)
+        internal = sorted(str(k) for k in value if str(k).startswith(INTERNAL_PREFIX))
+        if internal:
+            raise BadRequest(f"{self.call}: {field} key {internal[0]} is pycnm's own: a request "
+                             "may not set it")
+        return value
+
     def sub(self, field: str) -> Body:
         return Body(f"{self.call} ({field})", self.mapping(field))
 
@@ -116,7 +145,7 @@ class Body:
         if not text:
             return ""
         try:
-            return str(ipaddress.ip_network(text, strict=True))
+            return str(ipaddress.ip_network(_plain(text), strict=True))
         except ValueError:
             raise self._bad(field, "a subnet in CIDR form (e.g. 10.1.0.0/24)", text) from None
 
@@ -128,7 +157,7 @@ class Body:
         if "/" not in text:
             raise self._bad(field, "an address with its prefix length (e.g. 10.1.0.2/24)", text)
         try:
-            return str(ipaddress.ip_interface(text))
+            return str(ipaddress.ip_interface(_plain(text)))
         except ValueError:
             raise self._bad(field, "an address with its prefix length (e.g. 10.1.0.2/24)",
                             text) from None
@@ -139,13 +168,13 @@ class Body:
         if not text:
             return ""
         try:
-            return str(ipaddress.ip_address(text.split("/")[0]))
+            return str(ipaddress.ip_address(_plain(text).split("/")[0]))
         except ValueError:
             raise self._bad(field, "an IP address", text) from None
 
     def mac(self, field: str) -> str:
         text = self.string(field)
-        if text and not re.match(r"^([0-9A-Fa-f]{2}[:-]){5}[0-9A-Fa-f]{2}$", text):
+        if text and not _MAC_RE.fullmatch(text):
             raise self._bad(field, "a MAC address (e.g. 02:42:ac:11:00:02)", text)
         return text.replace("-", ":").lower()
 

@@ -17,6 +17,7 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import signal
 import socket
 import stat
@@ -25,6 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from cnm import inputs
 from cnm.errors import CNMError, Conflict, InvalidOption
 
 if TYPE_CHECKING:
@@ -35,6 +37,8 @@ log = logging.getLogger("plugin_server")
 DEFAULT_SOCKET = "/run/docker/plugins/pycnm.sock"
 SOCKET_MODE = 0o660
 DEFAULT_THREADS = 16
+UNIX_PATH_MAX = 108  # sun_path, NUL included
+_PORT_TEXT = re.compile(r"[0-9]{1,5}")
 
 
 @dataclass
@@ -89,22 +93,57 @@ def unix_listener(path: str) -> socket.socket:
     return sock
 
 
-def tcp_listener(spec: str) -> socket.socket:
+def check_options(options: ServeOptions) -> None:
+    """Refuse, with one sentence, a socket path or a TCP address the server cannot or must
+    not listen on, before anything starts."""
+    socket_path(options.socket_path)
+    if options.tcp is not None:
+        tcp_address(options.tcp)
+
+
+def socket_path(path: str) -> str:
+    """``--socket``: a path the kernel can bind (at most 107 bytes, no NUL)."""
+    size = len(os.fsencode(path))
+    if not path or "\0" in path or size >= UNIX_PATH_MAX:
+        raise InvalidOption(f"--socket must be a path of 1 to {UNIX_PATH_MAX - 1} bytes "
+                            f"without NUL (a Unix socket's limit), not one of {size} bytes")
+    return path
+
+
+def tcp_address(spec: str) -> tuple[str, int]:
+    """``--tcp HOST:PORT``, where HOST is a loopback address: the plugin protocol has no
+    authentication, so whoever reaches the port could change the host's networks."""
     host, sep, port_text = spec.rpartition(":")
-    if not sep or not host or not port_text.isdigit():
+    if not sep or not host or not _PORT_TEXT.fullmatch(port_text):
         raise InvalidOption(f"--tcp needs HOST:PORT (e.g. 127.0.0.1:9234), not {spec!r}")
-    host = host.strip("[]")
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise InvalidOption(f"--tcp {spec}: the port must be between 1 and 65535, not {port}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        address = inputs.address(host, "--tcp HOST")
+    except InvalidOption:
+        address = None
+    if address is None or not address.is_loopback:
+        raise InvalidOption(f"--tcp {spec}: HOST must be a loopback address (127.0.0.1 or "
+                            "[::1]): the plugin protocol has no authentication")
+    return str(address), port
+
+
+def tcp_listener(spec: str) -> socket.socket:
+    host, port = tcp_address(spec)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((host, int(port_text)))
+        sock.bind((host, port))
     except OSError as exc:
         sock.close()
         raise InvalidOption(f"cannot listen on {spec}: {exc.strerror}") from None
     sock.listen(128)
-    log.warning("listening on tcp://%s too: anyone who can reach it can change this host's "
-                "networks", spec)
+    log.warning("listening on tcp://%s too (loopback: any local user can change this "
+                "host's networks through it)", spec)
     return sock
 
 
@@ -146,6 +185,7 @@ def serve(controller: Controller, options: ServeOptions) -> None:
 
     from plugin_server.app import create_app
 
+    check_options(options)
     with _stop_on_signals() as stopping:  # from the start: a SIGTERM now still stops cleanly
         app = create_app(controller)
         if options.background:

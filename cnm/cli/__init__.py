@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -41,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="this host's name in a shared store")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    parser.add_argument("--debug", action="store_true",
+                        help="on an unexpected error, print its traceback too")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     import importlib
@@ -76,14 +79,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args) or 0
     except CNMError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
+        _error(str(exc), args)
         return exc.exit_code
     except PermissionError as exc:
-        print(f"Error: permission denied ({exc.filename or exc}): pycnm needs root",
-              file=sys.stderr)
+        _error(f"permission denied ({exc.filename or exc}): pycnm needs root", args)
+        return 1
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        _error(f"{exc.strerror or exc}{where}", args)
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a bug: one line, the traceback only when asked for
+        _error(f"internal error ({type(exc).__name__}: {_first_line(exc)}); run again with "
+               "--debug for the traceback", args)
+        return 1
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else "no message"
+
+
+def _error(message: str, args: argparse.Namespace) -> None:
+    """``Error: message`` on stderr; with --debug, the traceback of the error being
+    handled first."""
+    if getattr(args, "debug", False):
+        traceback.print_exc()
+    print(f"Error: {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 
 from cnm.cli import open_controller
 from cnm.cli.output import emit
@@ -45,8 +46,12 @@ def _address_flags(parser: argparse.ArgumentParser) -> None:
                         metavar="[HOSTIP:]HOSTPORT:PORT[/PROTO]")
 
 
+_NUMBER = re.compile(r"[0-9]{1,5}")
+
+
 def parse_publish(specs: list[str]) -> list[dict[str, object]]:
-    """Docker's -p syntax -> portmap entries."""
+    """Docker's -p syntax, ``[HOSTIP:][HOSTPORT[-END]:]PORT[/PROTO]`` (an IPv6 HOSTIP in
+    brackets), -> portmap entries; the driver checks the values themselves."""
     from cnm.errors import InvalidOption
 
     result: list[dict[str, object]] = []
@@ -54,23 +59,20 @@ def parse_publish(specs: list[str]) -> list[dict[str, object]]:
         body, _, proto = spec.partition("/")
         proto = proto or "tcp"
         if proto not in ("tcp", "udp", "sctp"):
-            raise InvalidOption(f"-p {spec}: protocol must be tcp, udp or sctp")
+            raise InvalidOption(f"-p {spec!r}: the protocol must be tcp, udp or sctp")
         parts = body.rsplit(":", 2)
-        if len(parts) == 1:
-            host_ip, host_port, port = "", "", parts[0]
-        elif len(parts) == 2:
-            host_ip, (host_port, port) = "", parts
-        else:
-            host_ip, host_port, port = parts
+        host_ip, host_port, port = [""] * (3 - len(parts)) + parts
+        if host_ip.startswith("[") and host_ip.endswith("]"):
+            host_ip = host_ip[1:-1]
         low, _, high = host_port.partition("-")
-        try:
-            result.append({
-                "Proto": {"tcp": 6, "udp": 17, "sctp": 132}[proto], "Port": int(port),
-                "HostIP": host_ip, "HostPort": int(low) if low else 0,
-                "HostPortEnd": int(high) if high else 0,
-            })
-        except ValueError:
-            raise InvalidOption(f"-p {spec}: ports must be numbers") from None
+        if not all(_NUMBER.fullmatch(n) for n in (port, *(n for n in (low, high) if n))):
+            raise InvalidOption(f"-p {spec!r}: ports must be numbers, as in "
+                                "[HOSTIP:]HOSTPORT:PORT[/tcp|udp|sctp]")
+        result.append({
+            "Proto": {"tcp": 6, "udp": 17, "sctp": 132}[proto], "Port": int(port),
+            "HostIP": host_ip, "HostPort": int(low) if low else 0,
+            "HostPortEnd": int(high) if high else 0,
+        })
     return result
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cnm.errors import Conflict, InvalidOption, PoolExhausted
+from cnm.inputs import address_text, shown
 from cnm.ipam import pools as P
 from cnm.ipam import runs as R
 
@@ -30,10 +31,13 @@ RECORD_VERSION = 2
 
 def parse_address(address: str | P.IPAddress) -> P.IPAddress:
     """An address as given by a caller (``10.1.0.5`` or ``10.1.0.5/24``)."""
+    text = address_text(address)
     try:
-        return ipaddress.ip_address(str(address).split("/")[0].strip())
+        if text is None:
+            raise ValueError
+        return ipaddress.ip_address(text.split("/")[0])
     except ValueError:
-        raise InvalidOption(f"{str(address)!r} is not a valid IP address") from None
+        raise InvalidOption(f"{shown(address)} is not a valid IP address") from None
 
 
 @dataclass

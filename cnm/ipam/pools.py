@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from cnm.errors import InvalidOption
+from cnm.inputs import address_text, shown
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -86,8 +87,11 @@ def _merged(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
 def parse_network(text: str, what: str = "subnet") -> IPNetwork:
     """A user's subnet or ip-range in CIDR form, with one clear sentence for each way it can
     be wrong (``what`` names the flag in the message)."""
-    cleaned = str(text).strip()
-    if cleaned and "/" not in cleaned:
+    cleaned = address_text(text)
+    if cleaned is None:
+        raise InvalidOption(
+            f"{what} {shown(text)} is not a valid subnet in CIDR form (e.g. 10.1.0.0/24)")
+    if "/" not in cleaned:
         try:
             bare = ipaddress.ip_address(cleaned)
         except ValueError:

@@ -23,11 +23,12 @@ from typing import Any, TypeVar
 
 from pyroute2 import IPRoute
 
-from cnm.errors import Conflict, KernelError, NotFound
+from cnm.errors import Conflict, InvalidOption, KernelError, NotFound
 from cnm.osl.rtnl import Rtnl
 
 NETNS_RUN_DIR = "/run/netns"
 CLONE_NEWNET = 0x40000000
+_NS_GET_NSTYPE = 0xB703  # ioctl: which kind of namespace a namespace file is
 _MS_BIND = 4096
 _MS_SHARED = 1 << 20
 _MS_REC = 16384
@@ -46,13 +47,20 @@ def _check(result: int, what: str) -> None:
 
 
 def named_netns_path(name: str) -> str:
-    """Where ``ip netns`` keeps the namespace called ``name``."""
+    """Where ``ip netns`` keeps the namespace called ``name`` (a name, never a path)."""
+    if not isinstance(name, str) or not name or "/" in name or name in (".", "..") \
+            or not name.isprintable():
+        raise InvalidOption(f"{name!r} is not a namespace name (no '/', not '.' or '..')")
     return os.path.join(NETNS_RUN_DIR, name)
 
 
 def netns_exists(ns: str) -> bool:
     """Whether ``ns`` (a path) is a live network namespace file."""
-    return _is_nsfs(ns)
+    try:
+        os.close(open_netns(ns))
+    except (NotFound, OSError):
+        return False
+    return True
 
 
 def _is_nsfs(path: str) -> bool:
@@ -60,8 +68,26 @@ def _is_nsfs(path: str) -> bool:
     # or any ordinary file, does not.
     try:
         return os.stat(path).st_dev == os.stat("/proc/self/ns/net").st_dev
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL in the path
         return False
+
+
+def open_netns(ns: str) -> int:
+    """A read-only descriptor of the network namespace file ``ns``; NotFound if it is not
+    one. Checked before it is opened (a path off nsfs is never opened: a FIFO would block,
+    a device could act on the open) and after (a namespace of another kind, such as
+    /proc/PID/ns/mnt, is refused)."""
+    if not isinstance(ns, str) or not _is_nsfs(ns):
+        raise NotFound(f"network namespace {ns} does not exist")
+    fd = os.open(ns, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        if (os.fstat(fd).st_dev != os.stat("/proc/self/ns/net").st_dev
+                or fcntl.ioctl(fd, _NS_GET_NSTYPE) != CLONE_NEWNET):
+            raise NotFound(f"{ns} is not a network namespace")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 _run_dir_ready = False
@@ -141,10 +167,7 @@ def in_netns(ns: str | None, job: Callable[[], T],
         return job()
 
     def entered() -> T:
-        try:
-            target = os.open(ns, os.O_RDONLY)
-        except FileNotFoundError:
-            raise NotFound(f"network namespace {ns} does not exist") from None
+        target = open_netns(ns)
         try:
             _check(_libc.setns(target, CLONE_NEWNET), f"enter {ns}")
         finally:
@@ -159,7 +182,7 @@ def in_netns(ns: str | None, job: Callable[[], T],
 def netns_fd(ns: str | None) -> Iterator[int]:
     """A file descriptor of namespace ``ns`` (None: the calling thread's), for requests
     that place an interface there (``net_ns_fd``); closed afterwards."""
-    fd = os.open(ns or "/proc/thread-self/ns/net", os.O_RDONLY)
+    fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY) if ns is None else open_netns(ns)
     try:
         yield fd
     finally:

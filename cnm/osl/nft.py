@@ -22,7 +22,7 @@ from typing import Any
 
 from cnm.errors import Conflict, KernelError, KernelFeatureMissing
 from cnm.osl import nftjson
-from cnm.osl.netns import in_netns
+from cnm.osl.netns import in_netns, open_netns
 from cnm.osl.nftjson import Command, Family
 
 LOCK_DIR = "/run/pycnm"
@@ -98,7 +98,7 @@ def ruleset_lock(ns: str | None) -> Iterator[None]:
     file (nsfs supports flock): every path to one namespace is one inode, and no lock
     file is left behind per namespace ever used.
     """
-    fd = os.open(ns or "/proc/thread-self/ns/net", os.O_RDONLY)
+    fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY) if ns is None else open_netns(ns)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:

@@ -206,8 +206,16 @@ class BridgeDriver(Driver):
                 make()
             except Conflict:
                 # A half-made pair from an interrupted try, or a name still held by a
-                # link whose deletion is queued: finish those, then start again.
+                # link whose deletion is queued: finish those, then start again. The core
+                # gives each endpoint its names alone (names.kernel_claim); a link of that
+                # name on another bridge is still not ours to delete.
                 reaper.flush()
+                held = osl_links.link_info(ipr, ep["host_veth"])
+                if held is not None and held["master"] not in (None, 0, bridge_index):
+                    raise Conflict(
+                        f"interface {ep['host_veth']} of endpoint {eid[:12]} already exists "
+                        "on another bridge; remove it, or give the endpoint another id"
+                    ) from None
                 osl_links.delete_link(ipr, ep["host_veth"])
                 make()
             if not network["options"]["icc"]:
@@ -248,6 +256,11 @@ class BridgeDriver(Driver):
                 return  # a retried call
             if not ep["address"]:
                 raise InvalidOption("ports can only be published for an endpoint with IPv4")
+            for b in wanted:
+                if ":" in b.host_ip and not ep.get("address_v6"):
+                    raise InvalidOption(f"HostIP {b.host_ip} is IPv6 but endpoint {eid[:12]} "
+                                        "has no IPv6 address to forward port "
+                                        f"{b.port}/{b.proto} to")
             host_ip_default = network["options"].get("host_ip") or ""
             wanted = [
                 b if b.host_ip else ports.PortBinding(b.proto, b.port, b.host_port,

@@ -77,6 +77,7 @@ def _say(line: str) -> None:
 def _up(args: argparse.Namespace) -> int:
     from netns_fixtures.lab.handle import up
     from netns_fixtures.lab.loader import LabFileError
+    from netns_fixtures.lab.model import TopologyError
 
     def interrupted(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt  # SIGTERM like Ctrl-C: up removes what it built
@@ -87,6 +88,9 @@ def _up(args: argparse.Namespace) -> int:
     except LabFileError as exc:
         for message in exc.messages:
             print(message, file=sys.stderr)
+        return 2
+    except TopologyError as exc:  # --name
+        print(str(exc).replace("topology: name:", "--name:"), file=sys.stderr)
         return 2
     finally:
         signal.signal(signal.SIGTERM, previous)

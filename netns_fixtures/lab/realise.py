@@ -55,7 +55,7 @@ from netns_fixtures.lab.state import (
     UP,
     LabState,
     is_ours,
-    labs_dir,
+    lab_dir,
     processes_with,
     stop,
 )
@@ -376,10 +376,11 @@ def _missing(state: LabState) -> list[str]:
 
 
 def down(name: str, *, progress: Progress = print) -> list[str]:
-    """Remove lab ``name`` completely; return what was removed. Idempotent."""
+    """Remove lab ``name`` completely; return what was removed. Idempotent. ``name`` must
+    be a lab's name (InvalidOption otherwise): it makes a path that is removed."""
+    folder = lab_dir(name)
     state = LabState.load(name)
     found = leftovers(name)
-    folder = labs_dir() / name
     if state is None and not found and not folder.exists():
         progress(f"lab {name} is not up: nothing to remove")
         return []

@@ -24,6 +24,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cnm.errors import InvalidOption
+from netns_fixtures.lab.model import LAB_NAME_RE
+
 DEFAULT_LABS_DIR = "/run/pycnm/labs"
 STATE_FILE = "state.json"
 BUILDING, UP, REMOVING = "building", "up", "removing"
@@ -31,6 +34,20 @@ BUILDING, UP, REMOVING = "building", "up", "removing"
 
 def labs_dir() -> Path:
     return Path(os.environ.get("PYCNM_LAB_DIR", DEFAULT_LABS_DIR))
+
+
+def lab_dir(name: str) -> Path:
+    """The folder of lab ``name``: the name is checked to be a lab's name (never a path),
+    and the folder it resolves to to lie directly inside the labs dir. Every path made from
+    a name a user typed goes through here (``lab down`` removes this folder)."""
+    if not isinstance(name, str) or not LAB_NAME_RE.fullmatch(name):
+        raise InvalidOption(f"{name!r} is not a lab name (a lower-case letter, then at most 11 "
+                            "lower-case letters and digits)")
+    base = labs_dir().resolve()
+    folder = (base / name).resolve()
+    if folder.parent != base:
+        raise InvalidOption(f"lab {name}: its folder {folder} is not inside {base}")
+    return folder
 
 
 @dataclass
@@ -56,7 +73,7 @@ class LabState:
 
     @property
     def dir(self) -> Path:
-        return labs_dir() / self.name
+        return lab_dir(self.name)
 
     def save(self) -> None:
         """Write atomically: a reader sees the old state or the new one, never half."""
@@ -81,7 +98,7 @@ class LabState:
     @classmethod
     def load(cls, name: str) -> LabState | None:
         """The state of lab ``name``, or None if it has none (never built, or removed)."""
-        path = labs_dir() / name / STATE_FILE
+        path = lab_dir(name) / STATE_FILE
         try:
             raw = json.loads(path.read_text())
         except FileNotFoundError:
@@ -101,7 +118,7 @@ def all_states() -> list[LabState]:
         return []
     states = []
     for entry in entries:
-        if entry.is_dir():
+        if entry.is_dir() and LAB_NAME_RE.fullmatch(entry.name):
             state = LabState.load(entry.name)
             states.append(state or LabState(name=entry.name, status=REMOVING))
     return states

@@ -83,7 +83,7 @@ class _Checker:
             self.add(path, f"must be text, not {_kind(value)}")
             return None
         text = str(value)
-        if pattern is not None and not pattern.match(text):
+        if pattern is not None and not pattern.fullmatch(text):
             self.add(path, f"{text!r} is not a valid name: {rule}")
             return None
         return text
