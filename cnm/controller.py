@@ -79,7 +79,7 @@ class Controller:
         self.store: Store = store if isinstance(store, Store) else open_store(store)
         self.host_ns = host_ns
         if host_ns is not None and not netns_exists(host_ns):
-            raise NotFound(f"host namespace {host_ns} does not exist")
+            raise NotFound(f"host namespace {inputs.shown(host_ns)} does not exist")
         self.host_id = host_id or (
             host_ns.rsplit("/", 1)[-1] if host_ns else socket.gethostname()
         )

@@ -135,6 +135,8 @@ def write(
 
 def remove(sandbox: SandboxRecord, netns_name: str | None) -> None:
     folder = files_dir(sandbox, netns_name)
+    if not os.path.isdir(folder):
+        return  # gone, or never ours (a file of that name is left alone)
     for name in ("resolv.conf", "hosts", "hostname"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(folder, name))

@@ -14,6 +14,7 @@ newlines included, and ``int()`` turns ``80.9`` into 80 and ``True`` into 1.
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import re
 
@@ -39,16 +40,15 @@ def shown(value: object, limit: int = 60) -> str:
 
 
 def address_text(value: object) -> str | None:
-    """The text of an address or prefix, stripped of surrounding blanks, or None when it
-    holds a character no address is written with (or is not text at all)."""
+    """The text of an address or prefix, or None when it holds a character no address is
+    written with (a blank or a line break anywhere included), or is not text at all."""
     if isinstance(value, ipaddress.IPv4Address | ipaddress.IPv6Address
                   | ipaddress.IPv4Network | ipaddress.IPv6Network
                   | ipaddress.IPv4Interface | ipaddress.IPv6Interface):
         value = str(value)
     if not isinstance(value, str):
         return None
-    text = value.strip()
-    return text if _ADDRESS_TEXT.fullmatch(text) else None
+    return value if _ADDRESS_TEXT.fullmatch(value) else None
 
 
 def address(value: object, what: str, version: int | None = None) -> IPAddress:
@@ -111,3 +111,21 @@ def mac(value: object, what: str) -> str:
         raise InvalidOption(f"{what} {text} is a multicast address; an interface needs a "
                             "unicast MAC")
     return text
+
+
+def mac_option(value: object, what: str) -> str | None:
+    """A MAC address as Docker's ``com.docker.network.endpoint.macaddress`` carries it
+    (its 6 bytes in base64, ``AkKsEQAC``) or as the Python API passes it (text); None for
+    none."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str) and (":" in value or "-" in value):
+        return mac(value, what)
+    try:
+        raw = base64.b64decode(value, validate=True) if isinstance(value, str) else b""
+    except ValueError:
+        raw = b""
+    if len(raw) != 6:
+        raise InvalidOption(f"{what} must be a MAC address (e.g. 02:42:ac:11:00:02, or its "
+                            f"6 bytes in base64), not {shown(value)}")
+    return mac(":".join(f"{b:02x}" for b in raw), what)

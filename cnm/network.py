@@ -92,6 +92,7 @@ class Network:
         mac = inputs.mac(mac, "the MAC address") if mac else None
         opts = refuse_internal_options(options, f"endpoint {name}")
         parse_portmap(opts.get(OPT_PORTMAP))  # refused now rather than at join
+        inputs.mac_option(opts.get(OPT_MACADDRESS), f"option {OPT_MACADDRESS}")
         drv = ctl.driver(net.driver)
         with contextlib.ExitStack() as undo:
             if not ctl.local.create(f"names/endpoints/{self.id}/{name}", {"id": eid}):

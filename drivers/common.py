@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import base64
 import ipaddress
 import secrets
 from typing import Any
 
 from cnm import inputs
 from cnm.driverapi import OPT_MACADDRESS, IpamData
-from cnm.errors import Conflict, InvalidOption
-from cnm.inputs import shown
+from cnm.errors import Conflict
 
 
 def mac_from_ip(address: ipaddress.IPv4Address | None) -> str:
@@ -21,20 +19,8 @@ def mac_from_ip(address: ipaddress.IPv4Address | None) -> str:
 
 
 def mac_option(value: Any) -> str | None:
-    """The endpoint's MAC option: Docker sends it base64-encoded ("AkKqu8zd" =
-    02:42:aa:bb:cc:dd); the Python API passes it as text."""
-    if not value:
-        return None
-    if isinstance(value, str) and (":" in value or "-" in value):
-        return inputs.mac(value, f"option {OPT_MACADDRESS}")
-    try:
-        raw = base64.b64decode(value, validate=True) if isinstance(value, str) else b""
-    except ValueError:
-        raw = b""
-    if len(raw) != 6:
-        raise InvalidOption(f"option {OPT_MACADDRESS} must be a MAC address (e.g. "
-                            f"02:42:ac:11:00:02, or its 6 bytes in base64), not {shown(value)}")
-    return inputs.mac(":".join(f"{b:02x}" for b in raw), f"option {OPT_MACADDRESS}")
+    """The endpoint's MAC option (see ``cnm.inputs.mac_option``)."""
+    return inputs.mac_option(value, f"option {OPT_MACADDRESS}")
 
 
 def ipam_record(data: IpamData) -> dict[str, Any]:

@@ -3,14 +3,17 @@ bad value."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from cnm.errors import InvalidOption
+from cnm.inputs import shown
 from cnm.names import is_valid_ifname
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+_DIGITS = re.compile(r"[0-9]{1,10}")
 
 
 def canonical(
@@ -36,7 +39,7 @@ def canonical(
 def parse_bool(key: str, value: Any) -> bool:
     if isinstance(value, bool):
         return value
-    text = str(value).strip().lower()
+    text = str(value).lower()
     if text in _TRUE:
         return True
     if text in _FALSE:
@@ -45,10 +48,12 @@ def parse_bool(key: str, value: Any) -> bool:
 
 
 def parse_int(key: str, value: Any, low: int, high: int) -> int:
-    try:
-        number = int(str(value).strip(), 10)
-    except ValueError:
-        raise InvalidOption(f"option {key} must be a whole number, not {value!r}") from None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and _DIGITS.fullmatch(value):
+        number = int(value, 10)
+    else:
+        raise InvalidOption(f"option {key} must be a whole number, not {shown(value)}")
     if not low <= number <= high:
         raise InvalidOption(f"option {key} must be between {low} and {high}, not {number}")
     return number

@@ -54,7 +54,7 @@ def _plain(text: str) -> str:
     """``text`` if only address characters make it up (no IPv6 zone: ipaddress would keep
     whatever follows a '%', newlines too), else a ValueError."""
     plain = address_text(text)
-    if plain is None or plain != text:
+    if plain is None:
         raise ValueError(text)
     return plain
 

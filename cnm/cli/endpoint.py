@@ -64,8 +64,9 @@ def parse_publish(specs: list[str]) -> list[dict[str, object]]:
         host_ip, host_port, port = [""] * (3 - len(parts)) + parts
         if host_ip.startswith("[") and host_ip.endswith("]"):
             host_ip = host_ip[1:-1]
-        low, _, high = host_port.partition("-")
-        if not all(_NUMBER.fullmatch(n) for n in (port, *(n for n in (low, high) if n))):
+        low, dash, high = host_port.partition("-")
+        numbers = [port, *([low] if low else []), *([high] if dash else [])]
+        if not all(_NUMBER.fullmatch(n) for n in numbers):
             raise InvalidOption(f"-p {spec!r}: ports must be numbers, as in "
                                 "[HOSTIP:]HOSTPORT:PORT[/tcp|udp|sctp]")
         result.append({

@@ -78,12 +78,12 @@ def open_netns(ns: str) -> int:
     a device could act on the open) and after (a namespace of another kind, such as
     /proc/PID/ns/mnt, is refused)."""
     if not isinstance(ns, str) or not _is_nsfs(ns):
-        raise NotFound(f"network namespace {ns} does not exist")
+        raise NotFound(f"network namespace {ns!r} does not exist")
     fd = os.open(ns, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     try:
         if (os.fstat(fd).st_dev != os.stat("/proc/self/ns/net").st_dev
                 or fcntl.ioctl(fd, _NS_GET_NSTYPE) != CLONE_NEWNET):
-            raise NotFound(f"{ns} is not a network namespace")
+            raise NotFound(f"{ns!r} is not a network namespace")
     except BaseException:
         os.close(fd)
         raise
