@@ -17,7 +17,6 @@ from cnm.driverapi import OPT_JOIN_IFNAME, OPT_PORTMAP, JoinInfo, refuse_interna
 from cnm.errors import Busy, Conflict, InvalidOption, NotFound
 from cnm.inputs import shown
 from cnm.osl import plumbing
-from cnm.osl.netns import netns_exists
 from cnm.portmap import parse_portmap
 from cnm.records import EndpointRecord, SandboxRecord
 
@@ -190,9 +189,14 @@ class Endpoint:
         and configures the interface itself): return what to plug and record the key."""
         ep = self.record
         opts = {**ep.options, **refuse_internal_options(options, f"join of {ep.name}")}
-        if not netns_exists(sandbox_key):  # checked without opening it (a FIFO would hang)
-            raise InvalidOption(f"SandboxKey {shown(sandbox_key)} is not a network namespace "
-                                "file (such as /var/run/docker/netns/ID or /proc/PID/ns/net)")
+        # Docker joins before the namespace exists (runc makes it, then dockerd binds it
+        # there), so the path need not be a namespace yet; whatever opens it later checks
+        # that it is one first (cnm.osl.netns.open_netns).
+        if not isinstance(sandbox_key, str) or not sandbox_key.startswith("/") \
+                or not sandbox_key.isprintable() or len(sandbox_key) > 4096:
+            raise InvalidOption(f"SandboxKey must be the absolute path of a network namespace "
+                                f"file (such as /var/run/docker/netns/ID), not "
+                                f"{shown(sandbox_key)}")
         drv = self._driver()
         info = drv.join(self.network_id, self.id, sandbox_key, opts)
         ep.sandbox_key, ep.src_name = sandbox_key, info.src_name

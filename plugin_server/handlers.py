@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from cnm.driverapi import OPT_ENABLE_IPV6, OPT_INTERNAL, OPT_MACADDRESS
 from cnm.endpoint import Endpoint
 from cnm.errors import NotFound
+from cnm.inputs import shown
 from cnm.network import Network
 from cnm.records import PoolRecord
 from plugin_server.docker_ipam import GLOBAL_SPACE, LOCAL_SPACE, DockerIpam
@@ -257,9 +258,9 @@ def join(ctx: PluginContext, body: Body) -> Answer:
     [{"Destination", "RouteType", "NextHop"}], "DisableGatewayService"}"""
     nid, eid = body.id("NetworkID"), body.id("EndpointID")
     sandbox_key = body.string("SandboxKey", required=True)
-    if not sandbox_key.startswith("/"):
+    if not sandbox_key.startswith("/") or not sandbox_key.isprintable():
         raise BadRequest(f"{body.call}: SandboxKey must be the path of a network namespace, "
-                         f"not {sandbox_key!r}")
+                         f"not {shown(sandbox_key)}")
     options = body.options("Options")
     info = ctx.endpoint(nid, eid).join_external(sandbox_key, options)
     answer: Answer = {

@@ -68,6 +68,10 @@ class Plugin:
     starts: int = 0
 
     def start(self) -> None:
+        # A test owns the plugin it talks to: another one answering on the socket would
+        # be mistaken for ours below, and its store would be checked instead of ours.
+        if answers(self.socket):
+            raise AssertionError(f"another plugin already serves {self.socket}: stop it first")
         argv = [sys.executable, "-m", "cnm.cli", "--store", self.store_url,
                 *(["--host-id", self.host_id] if self.host_id else []),
                 "plugin", "serve", "--socket", self.socket]

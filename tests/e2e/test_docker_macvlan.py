@@ -10,7 +10,8 @@ its containers, networks and links in ``finally``.
 
 The plugin: this module runs ``pycnm plugin serve`` on Docker's socket for its own
 tests (module scope, so it is gone before tests/e2e/test_docker_plugin.py starts its
-session plugin); if a plugin already answers there, it is used as it is.
+session plugin). A test owns the plugin it talks to: if another process already answers
+there, the module fails rather than test someone else's plugin and store.
 """
 
 from __future__ import annotations
@@ -42,12 +43,10 @@ NO_DNS_OUT = ["--dns", "127.0.0.1"]  # names Docker does not know stay on the ma
 
 
 @pytest.fixture(scope="module")
-def plugin(docker_engine: Any, tmp_path_factory: pytest.TempPathFactory
-           ) -> Iterator[Plugin | None]:
-    """Our own plugin process for this module, or None if one already serves the socket."""
+def plugin(docker_engine: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plugin]:
+    """Our own plugin process for this module (Plugin.start fails if another serves)."""
     if answers(SOCKET):
-        yield None
-        return
+        pytest.fail(f"another plugin already serves {SOCKET}: stop it first")
     workdir = tmp_path_factory.mktemp("pycnm-macvlan-plugin")
     with Plugin(f"sqlite://{workdir}/state.db", workdir / "plugin.log").serving() as served:
         yield served
@@ -112,7 +111,7 @@ def root_overlaps(prefix: str) -> list[str]:
 
 
 @pytest.fixture
-def wire(docker_engine: Any, plugin: Plugin | None,
+def wire(docker_engine: Any, plugin: Plugin,
          netns: Callable[..., Namespace]) -> Iterator[Wire]:
     overlaps = root_overlaps(LAN)
     assert not overlaps, f"the test LAN {LAN} overlaps this machine's {overlaps}: pick another"
@@ -154,10 +153,8 @@ def root_links() -> set[str]:
     return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines()}
 
 
-def macvlan_records(plugin: Plugin | None, network_id: str) -> list[str]:
+def macvlan_records(plugin: Plugin, network_id: str) -> list[str]:
     """Store keys of the macvlan driver (or the core) still naming ``network_id``."""
-    if plugin is None:
-        return []  # someone else's plugin: its store is not ours to read
     store = open_store(plugin.store_url)
     try:
         return [e.key for e in store.list("") if network_id in e.key]
@@ -175,7 +172,7 @@ def server_learns(server: Namespace, address: str, deadline: float = 5.0) -> str
 
 
 def test_container_on_a_macvlan_network_is_a_machine_on_the_lan(
-    wire: Wire, plugin: Plugin | None
+    wire: Wire, plugin: Plugin
 ) -> None:
     net = wire.network()
     network_id = json.loads(wire.docker("network", "inspect", net).stdout)[0]["Id"]
@@ -195,6 +192,7 @@ def test_container_on_a_macvlan_network_is_a_machine_on_the_lan(
     addresses = subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True,
                                check=True).stdout
     assert ROUTER not in addresses
+    assert macvlan_records(plugin, network_id)  # our plugin's store holds the network
     # Removal: the container, then the network; nothing of either is left.
     wire.docker("rm", "-f", c)
     wire.containers.remove(c)
@@ -206,7 +204,7 @@ def test_container_on_a_macvlan_network_is_a_machine_on_the_lan(
     assert wire.parent in root_links()  # the parent is the user's: left as found
 
 
-def test_host_shim_through_docker(wire: Wire, plugin: Plugin | None) -> None:
+def test_host_shim_through_docker(wire: Wire, plugin: Plugin) -> None:
     net = wire.network("--aux-address", f"host={SHIM_IP}", "-o", "host_shim=host")
     network_id = json.loads(wire.docker("network", "inspect", net).stdout)[0]["Id"]
     shim = f"pcsh-{network_id[:10]}"
@@ -231,7 +229,7 @@ def test_host_shim_through_docker(wire: Wire, plugin: Plugin | None) -> None:
                                          text=True, check=True).stdout
 
 
-def test_bad_parent_is_refused_in_docker_words(wire: Wire, plugin: Plugin | None) -> None:
+def test_bad_parent_is_refused_in_docker_words(wire: Wire, plugin: Plugin) -> None:
     name = f"pt{wire.tag}-bad"
     result = wire.docker("network", "create", "-d", "pycnm", "-o", "driver=macvlan",
                          "-o", "parent=nosuch0", "--subnet", LAN, name, check=False)

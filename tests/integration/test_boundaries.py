@@ -155,17 +155,16 @@ def plugin(netns: Callable[..., Namespace], store_url: str) -> Iterator[Any]:
         ctl.close()
 
 
-def refused_in_time(call: Callable[[], tuple[int, dict[str, Any]]], fifo: Path | None = None,
+def refused_in_time(call: Callable[[], tuple[int, dict[str, Any]]], fifo: Path,
                     timeout: float = 20) -> str:
-    """The call's Err, which must come within ``timeout`` (a plugin that opened a FIFO
-    would block: the FIFO is then opened for writing to let it go, and the test fails)."""
+    """The call's Err, which must come within ``timeout`` (a plugin that opened the FIFO
+    would block: it is then opened for writing to let it go, and the test fails)."""
     box: dict[str, Any] = {}
     worker = threading.Thread(target=lambda: box.update(answer=call()), daemon=True)
     worker.start()
     worker.join(timeout)
     if worker.is_alive():
-        if fifo is not None:
-            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
         worker.join(10)
         pytest.fail("the plugin blocked opening the SandboxKey")
     status, answer = box["answer"]
@@ -187,17 +186,50 @@ def sandbox_keys(tmp_path: Path) -> dict[str, str]:
 
 @pytest.mark.parametrize("kind", ["fifo", "file", "dir", "mount namespace", "missing",
                                   "device"])
-def test_join_refuses_a_sandbox_key_that_is_not_a_network_namespace(
+def test_join_never_opens_a_sandbox_key_that_is_not_a_network_namespace(
         plugin: Any, tmp_path: Path, kind: str) -> None:
+    """Docker joins before the container's namespace exists (its SandboxKey is a plain file
+    until runc's namespace is bound there), so Join takes the path; nothing may open it
+    unless it is a network namespace by then (a FIFO would block the plugin for good)."""
     key = sandbox_keys(tmp_path)[kind]
-    before = sorted(e.key for e in plugin.ctl.store.list(""))
-    message = refused_in_time(lambda: plugin("NetworkDriver.Join", {
-        "NetworkID": plugin.nid, "EndpointID": plugin.eid, "SandboxKey": key}),
-        Path(key) if kind == "fifo" else None)
-    assert "SandboxKey" in message and "network namespace" in message
-    assert sorted(e.key for e in plugin.ctl.store.list("")) == before
-    assert plugin.ctl.network(plugin.nid).endpoint(plugin.eid).record.sandbox_key is None
-    assert "pcp-" not in plugin.host.run(["ip", "-br", "link"]).stdout
+    box: dict[str, Any] = {}
+    worker = threading.Thread(daemon=True, target=lambda: box.update(answer=plugin(
+        "NetworkDriver.Join", {"NetworkID": plugin.nid, "EndpointID": plugin.eid,
+                               "SandboxKey": key})))
+    worker.start()
+    worker.join(20)
+    if worker.is_alive():
+        if kind == "fifo":
+            os.close(os.open(key, os.O_WRONLY | os.O_NONBLOCK))
+        worker.join(10)
+        pytest.fail("the plugin blocked opening the SandboxKey")
+    assert box["answer"][0] == 200, box
+    assert f"pcp-{plugin.eid[:11]}" in plugin.host.run(["ip", "-br", "link"]).stdout
+    assert plugin("NetworkDriver.Leave", {"NetworkID": plugin.nid,
+                                          "EndpointID": plugin.eid})[0] == 200
+
+
+def test_attach_to_a_sandbox_whose_namespace_is_gone_is_one_sentence(
+        netns: Callable[..., Namespace], store_url: str) -> None:
+    host, holder = netns("host"), netns("holder")
+    base = ("--store", store_url, "--host-ns", host.path)
+    sleeper = holder.popen(["sleep", "600"], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    name, net = unique("s"), unique("n")
+    try:
+        assert pycnm(*base, "network", "create", net, "--subnet", "10.79.0.0/24"
+                     ).returncode == 0
+        adopt = pycnm(*base, "sandbox", "create", name, "--netns",
+                      f"/proc/{sleeper.pid}/ns/net")
+        assert adopt.returncode == 0, adopt.stderr
+    finally:
+        sleeper.kill()
+        sleeper.wait(timeout=10)
+    one_error_line(pycnm(*base, "attach", net, name), f"/proc/{sleeper.pid}/ns/net",
+                   "does not exist")
+    assert pycnm(*base, "--json", "endpoint", "ls").stdout.strip() == "[]"
+    assert "pcv-" not in host.run(["ip", "-br", "link"]).stdout
+    assert pycnm(*base, "cleanup").returncode == 0
 
 
 def test_an_option_only_pycnm_sets_never_makes_the_plugin_open_a_path(

@@ -123,11 +123,29 @@ def test_published_port_is_reachable_from_outside(lab: Lab) -> None:
              {"Proto": 17, "Port": 53, "HostPort": 5353, "HostIP": ""}]
     ep = lab.attach(net, a, options={OPT_PORTMAP: ports})
     assert ep.operational_info()[OPT_PORTMAP][0]["HostPort"] == 18080
+    published = {("tcp", 18080, "10.66.0.2", 80), ("udp", 5353, "10.66.0.2", 53)}
+    assert set(dnat_rules(lab.host)) == published
     with TcpServer(a.netns_name, "0.0.0.0", 80):
         assert tcp_hello(lab.outside.name, HOST_OUT, 18080) == f"from {OUTSIDE}"
-    ep.leave()  # ports are withdrawn with the endpoint's way out
-    with TcpServer(a.netns_name, "0.0.0.0", 80, timeout=5):
-        assert tcp_hello(lab.outside.name, HOST_OUT, 18080, timeout=2) is None
+    ep.leave()  # ports are withdrawn with the endpoint's way out: the rules themselves
+    assert dnat_rules(lab.host) == []
+    assert "table inet pycnm" in lab.host.run(["nft", "list", "tables"]).stdout  # net stays
+
+
+def dnat_rules(host) -> list[tuple[str, int, str, int]]:
+    """(proto, host port, address, port) of every DNAT rule in pycnm's prerouting chain."""
+    listed = json.loads(host.run(["nft", "-j", "list", "chain", "inet", "pycnm",
+                                  "prerouting"]).stdout)["nftables"]
+    found = []
+    for item in listed:
+        exprs = item.get("rule", {}).get("expr", [])
+        ports = [(e["match"]["left"]["payload"]["protocol"], e["match"]["right"])
+                 for e in exprs if "payload" in e.get("match", {}).get("left", {})
+                 and e["match"]["left"]["payload"].get("field") == "dport"]
+        targets = [(e["dnat"]["addr"], e["dnat"]["port"]) for e in exprs if "dnat" in e]
+        found += [(proto, dport, addr, port) for (proto, dport) in ports
+                  for (addr, port) in targets]
+    return found
 
 
 def test_sandbox_on_two_networks_does_not_route_between_them(lab: Lab) -> None:
