@@ -70,4 +70,5 @@ def test_the_ruleset_lock_is_the_namespace_itself_across_processes(netns) -> Non
         inside.kill()
         inside.wait(timeout=10)
     assert (held, free) == ("held", "free")
-    assert after == before
+    # Other runs may share LOCK_DIR: look for a file named after this namespace only.
+    assert not [f for f in after - before if str(os.stat(ns.path).st_ino) in f]

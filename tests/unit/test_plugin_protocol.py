@@ -87,11 +87,11 @@ class Lab:
         store = sorted((e.key, json.dumps(e.value, sort_keys=True))
                        for e in self.ctl.store.list(""))
         # Names, MACs and addresses, not states or flags (a new bridge's carrier settles
-        # on its own).
+        # on its own, and with it the kernel adds its IPv6 link-local address).
         links = [(f[0], f[2]) for f in map(str.split, self.run("ip", "-br", "link")
                                            .splitlines())]
-        addrs = [(f[0], f[2:]) for f in map(str.split, self.run("ip", "-br", "addr")
-                                            .splitlines())]
+        addrs = [(f[0], [a for a in f[2:] if not a.startswith("fe80:")])
+                 for f in map(str.split, self.run("ip", "-br", "addr").splitlines())]
         return store, links, addrs, self.run("nft", "list", "ruleset")
 
     def close(self) -> None:
