@@ -29,6 +29,7 @@ from cnm.errors import CNMError
 from cnm.osl.netns import named_netns_path, read_sysctl
 from netns_fixtures.lab import kernel
 from netns_fixtures.lab.model import lab_netns_prefix
+from netns_fixtures.lab.netem import Netem
 
 if TYPE_CHECKING:
     from netns_fixtures.lab.handle import Lab
@@ -57,6 +58,9 @@ class Iface:
     port: int | None = None
     remotes: list[str] = field(default_factory=list)  # VTEPs this one floods to
     peers: list[str] = field(default_factory=list)  # "ip at mac via vtep" it answers for
+    mtu: int | None = None
+    carrier: bool = True
+    netem: Netem | None = None  # filled in by ``live.with_netem``
 
     @property
     def key(self) -> str:
@@ -147,7 +151,8 @@ def _iface(ns: str, link: dict[str, Any], nsids: dict[int, str],
     kind = info.get("info_kind", "") or link.get("link_type", "")
     iface = Iface(ns=ns, name=link["ifname"], ifindex=int(link.get("ifindex", 0)), kind=kind,
                   up="UP" in link.get("flags", []), mac=link.get("address", ""),
-                  addresses=addrs.get(link["ifname"], []), master=link.get("master"))
+                  addresses=addrs.get(link["ifname"], []), master=link.get("master"),
+                  mtu=link.get("mtu"), carrier="NO-CARRIER" not in link.get("flags", []))
     if "link_index" in link:
         peer_ns = nsids.get(link["link_netnsid"]) if "link_netnsid" in link else ns
         if peer_ns is not None:
@@ -200,7 +205,11 @@ def _label(iface: Iface) -> str:
     elif iface.kind == "macvlan":
         kind = f"macvlan {iface.mode}"
     small = html.escape(f"{kind}  {iface.mac}" if iface.mac else kind)
-    lines.append(f'<font point-size="9">{small}{"" if iface.up else "  DOWN"}</font>')
+    state = "" if iface.up and iface.carrier else "  DOWN" if not iface.up else "  NO-CARRIER"
+    lines.append(f'<font point-size="9">{small}{state}</font>')
+    if iface.netem is not None:
+        lines.append(f'<font point-size="9" color="#b91c1c">netem '
+                     f'{html.escape(iface.netem.describe())}</font>')
     if iface.kind == "vxlan" and iface.local:
         lines.append(f'<font point-size="9">local {html.escape(iface.local)} '
                      f'UDP {iface.port}</font>')
@@ -270,8 +279,13 @@ def _edges(views: list[NsView]) -> list[str]:
                                                    (rank[peer.ns], peer.key))))
                 if pair not in drawn:
                     drawn.add(pair)  # type: ignore[arg-type]
+                    broken = not (iface.up and iface.carrier and peer.up and peer.carrier)
+                    impaired = iface.netem is not None or peer.netem is not None
+                    style = ("style=dashed, color=\"#dc2626\", label=\"veth DOWN\""
+                             if broken else "color=\"#b91c1c\", label=\"veth netem\""
+                             if impaired else "color=\"#1d4ed8\", label=\"veth\"")
                     lines.append(f"  {_q(pair[0])} -> {_q(pair[1])} [dir=none, penwidth=2.5, "
-                                 "color=\"#1d4ed8\", label=\"veth\"];")
+                                 f"{style}];")
             if iface.master and (iface.ns, iface.master) in by_name:
                 master = by_name[(iface.ns, iface.master)]  # drawn bridge first: ports follow
                 lines.append(f"  {_q(master.key)} -> {_q(iface.key)} [style=dashed, "
@@ -304,7 +318,9 @@ def draw(lab: Lab, outdir: Path, basename: str) -> GraphFiles:
     """Scan the lab and write ``basename``.dot, .svg and .png into ``outdir``."""
     if shutil.which("dot") is None:
         raise CNMError("graphviz's 'dot' is not installed (apt-get install graphviz)")
-    views = scan(lab)
+    from netns_fixtures.lab.live import with_netem
+
+    views = with_netem(scan(lab))
     outdir.mkdir(parents=True, exist_ok=True)
     dot = outdir / f"{basename}.dot"
     title = f"lab {lab.name}" + (f": {lab.topology.description}"

@@ -79,6 +79,69 @@ class Lab:
         ends = [e for e in self.topology.ends_of(node) if e.address]
         return ends[0].iface if ends else None
 
+    def iface(self, node: str, iface: str) -> tuple[str, str]:
+        """(namespace path, interface) of ``NODE``'s ``IFACE``, both checked: the node is
+        one of the lab's, the name a valid interface name."""
+        from cnm import names
+        from cnm.errors import InvalidOption
+        from cnm.osl.netns import named_netns_path
+
+        ns = self.netns(node)
+        if not names.is_valid_ifname(iface):
+            raise InvalidOption(f"{iface!r} is not an interface name (1-15 letters, digits, "
+                                "'_', '.', ':' or '-')")
+        return named_netns_path(ns), iface
+
+    def netem(self, node: str, iface: str, netem: Any) -> None:
+        """Impair ``node``'s ``iface`` with a ``Netem`` (an empty one removes it)."""
+        from netns_fixtures.lab import tc
+
+        where = self.iface(node, iface)
+        tc.require()
+        try:
+            tc.apply(*where, netem)
+        except NotFound:
+            raise NotFound(f"{node} has no interface {iface!r}") from None
+
+    def netem_reset(self, node: str, iface: str) -> bool:
+        from netns_fixtures.lab import tc
+
+        where = self.iface(node, iface)
+        try:
+            return tc.reset(*where)
+        except NotFound:
+            raise NotFound(f"{node} has no interface {iface!r}") from None
+
+    def netem_all(self) -> dict[str, dict[str, Any]]:
+        """node -> interface -> ``Netem``, for every impaired interface, live."""
+        from cnm.osl.netns import list_named_netns, named_netns_path
+        from netns_fixtures.lab import tc
+
+        present = set(list_named_netns())
+        found: dict[str, dict[str, Any]] = {}
+        for node in self.topology.node_names():
+            if self.netns(node) in present:
+                impaired = tc.read_all(named_netns_path(self.netns(node)))
+                if impaired:
+                    found[node] = impaired
+        return found
+
+    def set_link(self, node: str, iface: str, up: bool) -> None:
+        """Bring ``node``'s ``iface`` down or up (a veth's peer then loses its carrier)."""
+        from netns_fixtures.lab import linkstate
+
+        where = self.iface(node, iface)
+        try:
+            linkstate.set_state(*where, up)
+        except NotFound:
+            raise NotFound(f"{node} has no interface {iface!r}") from None
+
+    def problems(self) -> list[str]:
+        """What is broken in the lab's interfaces right now, one sentence each."""
+        from netns_fixtures.lab import linkstate
+
+        return linkstate.problems(self.topology)
+
     def controller(self, host: str) -> Any:
         """A pycnm Controller for lab host ``host`` (close it, or use it in ``with``)."""
         from cnm.controller import Controller
@@ -102,6 +165,26 @@ class Lab:
         from netns_fixtures.lab.capture import Capture
 
         return Capture(self.netns(node), iface, **kwargs)
+
+    def apply(self, path: str | Path, *, dry_run: bool = False, progress: Any = print,
+              detach: bool = True) -> Any:
+        """Change this running lab in place to match the topology file at ``path``; with
+        ``dry_run`` only return the plan (see ``netns_fixtures.lab.apply``)."""
+        from netns_fixtures.lab import apply as changes
+
+        the_plan = changes.plan(self, load(path), detach=detach)
+        if dry_run:
+            the_plan.builder.close()
+            return the_plan
+        self.state.source = str(path)
+        changes.run(self, the_plan, progress)
+        return the_plan
+
+    def inspect(self, networks: bool = True) -> dict[str, Any]:
+        """Nodes, interfaces, addresses, links and networks, read from the kernel now."""
+        from netns_fixtures.lab.live import snapshot
+
+        return snapshot(self, networks=networks)
 
     def down(self, progress: Any = None) -> list[str]:
         return realise.down(self.name, progress=progress or realise._quiet)

@@ -16,7 +16,8 @@ A topology names:
   ``switch`` is a Linux bridge whose ports are its links (one L2 segment); ``server`` is an
   ordinary machine (an "outside" or a LAN server). Each may have static ``routes``.
 - ``links``: veth pairs between two hosts, ``endpoints: [h1:eth0, r1:eth1]``, with optional
-  ``addresses``.
+  ``addresses``, ``mtu`` and ``netem`` (delay, jitter, loss, rate, corrupt, duplicate,
+  reorder on both ends).
 - ``networks``: pycnm networks (``driver`` bridge, macvlan or overlay, ``subnet``,
   ``gateway``, ``ip_range``, ``internal``, driver ``options``) on one ``host`` or several
   ``hosts``.
@@ -39,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cnm import names
+from netns_fixtures.lab.netem import Netem
 
 Path = tuple[str | int, ...]
 
@@ -121,6 +123,11 @@ class Link:
     a: LinkEnd
     b: LinkEnd
     mtu: int | None = None
+    netem: Netem | None = None  # on both ends: each direction is impaired once
+
+    def key(self) -> str:
+        """``h1:eth0-r1:eth1``: how ``apply`` and the live picture tell links apart."""
+        return f"{self.a.node}:{self.a.iface}-{self.b.node}:{self.b.iface}"
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import re
 import secrets
@@ -40,7 +41,7 @@ from typing import Any
 from cnm import names
 from cnm.errors import CNMError, Conflict
 from cnm.osl.netns import delete_named_netns, list_named_netns, named_netns_path
-from netns_fixtures.lab import kernel
+from netns_fixtures.lab import kernel, tc
 from netns_fixtures.lab.model import (
     SWITCH_BRIDGE,
     Topology,
@@ -126,6 +127,11 @@ class _Builder:
                  for h in topo.hosts]
         steps += [Step(f"link {lk.a.node}:{lk.a.iface} <-> {lk.b.node}:{lk.b.iface}",
                        partial(self.make_link, lk)) for lk in topo.links]
+        impaired = [lk for lk in topo.links if lk.netem]
+        if impaired:
+            tc.require()  # one sentence, before anything is built, if the kernel lacks netem
+        steps += [Step(f"netem on {lk.key()}", partial(tc.impair, topo, lk))
+                  for lk in impaired]
         steps += [Step(f"route on {h.name}: {r.to} via {r.via}",
                        partial(self.make_route, h.name, r.to, r.via))
                   for h in topo.hosts for r in h.routes]

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from cnm import names
+from cnm.errors import InvalidOption
 from netns_fixtures.lab.model import (
     DRIVERS,
     KINDS,
@@ -41,6 +42,8 @@ from netns_fixtures.lab.model import (
     TopologyError,
     format_path,
 )
+from netns_fixtures.lab.netem import Netem
+from netns_fixtures.lab.netem import parse as parse_netem
 
 
 class _Checker:
@@ -267,7 +270,7 @@ def _links(v: _Checker, top: Mapping[str, Any], hosts: Mapping[str, Node]) -> li
     addresses: dict[str, Path] = {}
     for i, item in enumerate(v.sequence(top.get("links"), ("links",))):
         path: Path = ("links", i)
-        entry = v.mapping(item, path, ("endpoints", "addresses", "mtu"),
+        entry = v.mapping(item, path, ("endpoints", "addresses", "mtu", "netem"),
                           required=("endpoints",))
         if entry is None:
             continue
@@ -316,8 +319,20 @@ def _links(v: _Checker, top: Mapping[str, Any], hosts: Mapping[str, Node]) -> li
                                 or not 68 <= mtu <= 65535):
             v.add(path + ("mtu",), f"must be a number between 68 and 65535, not {mtu!r}")
             mtu = None
-        links.append(Link(ends[0], ends[1], mtu))
+        links.append(Link(ends[0], ends[1], mtu, _netem(v, entry.get("netem"),
+                                                      path + ("netem",))))
     return links
+
+
+def _netem(v: _Checker, value: Any, path: Path) -> Netem | None:
+    if value is None:
+        return None
+    try:
+        netem = parse_netem(value)
+    except InvalidOption as exc:
+        v.add(path, str(exc))
+        return None
+    return None if netem.empty() else netem
 
 
 def _link_end(v: _Checker, raw: Any, path: Path, hosts: Mapping[str, Node],
