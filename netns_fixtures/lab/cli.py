@@ -114,7 +114,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     iperf.add_argument("--lab", help="lab name or file (default: the only lab up)")
     iperf.add_argument("src", metavar="A")
     iperf.add_argument("dst", metavar="B")
-    iperf.add_argument("-t", "--time", type=float, default=3.0, help="seconds (default 3)")
+    iperf.add_argument("-t", "--time", type=int, default=3,
+                       help="whole seconds, 1 to 60 (default 3)")
     _json_flag(iperf)
     iperf.set_defaults(handler=_iperf)
 
@@ -465,7 +466,8 @@ def _iperf(args: argparse.Namespace) -> int:
     from netns_fixtures.lab.traffic import human_bps, iperf
 
     lab = find(args.lab)
-    _say(f"iperf3 from {args.src} to {args.dst} for {args.time:g} s")
+    if not args.json:
+        _say(f"iperf3 from {args.src} to {args.dst} for {args.time} s")
     result = iperf(lab, args.src, args.dst, seconds=args.time)
     if args.json:
         emit(True, result.__dict__)

@@ -27,7 +27,7 @@ PING_TRIES = 2
 PING_WAIT = 1  # seconds per echo request
 PARALLEL = 4
 IPERF_PORT = 5201
-IPERF_MAX_SECONDS = 60.0
+IPERF_MAX_SECONDS = 60
 IPERF_READY_TIMEOUT = 10.0
 
 
@@ -95,12 +95,13 @@ class IperfResult:
     retransmits: int | None
 
 
-def iperf(lab: Lab, src: str, dst: str, seconds: float = 3.0,
+def iperf(lab: Lab, src: str, dst: str, seconds: int = 3,
           port: int = IPERF_PORT) -> IperfResult:
     """TCP from ``src`` to ``dst`` for ``seconds`` (bounded), iperf3's figures."""
-    if not 0.5 <= seconds <= IPERF_MAX_SECONDS:
-        raise InvalidOption(f"iperf time must be between 0.5 and {IPERF_MAX_SECONDS:g} "
-                            f"seconds, not {seconds:g}")
+    if isinstance(seconds, bool) or not isinstance(seconds, int) \
+            or not 1 <= seconds <= IPERF_MAX_SECONDS:
+        raise InvalidOption(f"iperf time must be a whole number of seconds between 1 and "
+                            f"{IPERF_MAX_SECONDS}, not {seconds!r}")
     if not 1 <= port <= 65535:
         raise InvalidOption(f"iperf port must be between 1 and 65535, not {port}")
     address = lab.address(dst)
@@ -112,9 +113,13 @@ def iperf(lab: Lab, src: str, dst: str, seconds: float = 3.0,
                                       stdout=subprocess.DEVNULL)
     try:
         _wait_listening(lab, dst, port, server)
-        client = lab.exec(src, ["iperf3", "--client", address, "--port", str(port),
-                                "--time", f"{seconds:g}", "--json", "--connect-timeout",
-                                "3000"], timeout=seconds + 30)
+        try:
+            client = lab.exec(src, ["iperf3", "--client", address, "--port", str(port),
+                                    "--time", str(seconds), "--json", "--connect-timeout",
+                                    "3000"], timeout=seconds + 30)
+        except subprocess.TimeoutExpired:
+            raise CNMError(f"iperf3 from {src} to {dst} ({address}) did not finish in "
+                           f"{seconds + 30} s") from None
     finally:
         if server.poll() is None:
             server.terminate()

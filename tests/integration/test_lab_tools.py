@@ -1,0 +1,374 @@
+"""Tools on a running lab: links down and up (and ``lab check`` saying what broke),
+``inspect`` from the live kernel, ``pingall``, ``iperf``, ``apply`` (a lab changed in place
+three ways, the untouched parts keeping their namespaces and addresses) and netem
+(measured with real pings where the kernel has it, refused in one sentence where not).
+
+Every lab is built under a unique name (``unique_lab``), so parallel runs never collide.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import statistics
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from cnm.osl.netns import list_named_netns
+from netns_fixtures.lab import find
+from netns_fixtures.lab.check import table
+from tests.integration.test_labs import LABS, lab_objects, pycnm, unique_lab
+
+pytestmark = pytest.mark.root
+
+BRIDGE_LAB = LABS / "01-bridge" / "lab.yaml"
+
+
+def inode(ns: str) -> int:
+    return os.stat(f"/run/netns/{ns}").st_ino
+
+
+def passed(outcomes: list) -> bool:
+    return bool(outcomes) and all(o.passed for o in outcomes)
+
+
+# --- links down and up ----------------------------------------------------------------------
+
+
+def test_link_down_breaks_checks_and_check_says_why(lab) -> None:
+    name = unique_lab()
+    handle = lab(BRIDGE_LAB, name=name)
+    pycnm("lab", "link", "--lab", name, "host1:eth0", "down")
+    result = pycnm("lab", "check", name, check=False)
+    assert result.returncode == 1, result.stdout
+    # c1 -> outside and outside -> host1 cross that link; c1 <-> c2 does not.
+    rows = {line.split()[0]: line for line in result.stdout.splitlines()
+            if re.match(r"^\d+\s", line)}
+    assert "FAIL" in rows["4"] and "FAIL" in rows["5"] and "PASS" in rows["1"], result.stdout
+    assert "host1:eth0 is down: 'pycnm lab link host1:eth0 up' brings it back" in result.stdout
+    assert "outside:eth0 has no carrier: its peer host1:eth0 is down" in result.stdout
+    assert handle.inspect(networks=False)["links"][0]["state"] == "down"
+    pycnm("lab", "link", "--lab", name, "host1:eth0", "up")
+    assert passed(handle.check()), table(handle.check())
+    assert handle.problems() == []
+
+
+def test_link_refuses_bad_input_in_one_sentence(lab) -> None:
+    name = unique_lab()
+    lab(BRIDGE_LAB, name=name)
+    for end, message in (("nosuch:eth0", "has no node 'nosuch'"),
+                         ("c1:eth9", "c1 has no interface 'eth9'"),
+                         ("c1:../x", "is not an interface name"),
+                         ("c1", "must be NODE:IFACE")):
+        result = pycnm("lab", "link", "--lab", name, end, "down", check=False)
+        assert result.returncode != 0 and message in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+# --- inspect, pingall, iperf --------------------------------------------------------------
+
+
+def test_inspect_reports_the_kernel_not_the_file(lab) -> None:
+    name = unique_lab()
+    handle = lab(BRIDGE_LAB, name=name)
+    data = json.loads(pycnm("lab", "inspect", name, "--json").stdout)
+    nodes = {n["name"]: n for n in data["nodes"]}
+    assert set(nodes) == {"host1", "outside", "c1", "c2"} and data["missing"] == []
+    c1 = {i["name"]: i for i in nodes["c1"]["interfaces"]}["eth0"]
+    assert c1["addresses"] == ["10.1.0.2/24"] and c1["state"] == "up"
+    assert c1["peer"].startswith("host1:pcv-") and c1["mtu"] == 1500
+    host_ifaces = {i["name"]: i for i in nodes["host1"]["interfaces"]}
+    assert host_ifaces["eth0"]["peer"] == "outside:eth0"
+    bridge = next(i for i in host_ifaces.values() if i["kind"] == "bridge")
+    assert bridge["addresses"] == ["10.1.0.1/24"]
+    web = data["networks"][0]
+    assert (web["name"], web["driver"], web["gateway"]) == ("web", "bridge", "10.1.0.1")
+    assert {e["name"]: e["address"] for e in web["endpoints"]} == {
+        "c1": "10.1.0.2/24", "c2": "10.1.0.3/24"}
+    # What the kernel has, even where it differs from the file.
+    handle.exec("c2", ["ip", "addr", "add", "10.1.0.77/24", "dev", "eth0"], check=True)
+    again = json.loads(pycnm("--json", "lab", "inspect", name).stdout)
+    c2 = {n["name"]: n for n in again["nodes"]}["c2"]["interfaces"][0]
+    assert "10.1.0.77/24" in c2["addresses"]
+    text = pycnm("lab", "inspect", name).stdout
+    assert "c1: sandbox on host1 (pcsb-" in text and "host1:eth0 <-> outside:eth0: up" in text
+
+
+def test_pingall_is_a_matrix_of_real_pings(lab) -> None:
+    name = unique_lab()
+    handle = lab(LABS / "02-two-networks" / "lab.yaml", name=name)
+    result = pycnm("lab", "pingall", name, check=False)
+    lines = dict(line.split(" -> ") for line in result.stdout.splitlines() if " -> " in line)
+    # alice reaches multi (same network) and carol (red), not bob or dave (blue: multi
+    # does not forward; alice has no route through router).
+    alice = lines["alice"].split()
+    assert "multi" in alice and "carol" in alice and "X" in alice
+    assert result.returncode == 1 and "% dropped" in result.stdout
+    data = json.loads(pycnm("lab", "pingall", name, "--json", check=False).stdout)
+    pairs = {(p["from"], p["to"]): p for p in data}
+    assert pairs[("carol", "dave")]["reached"] and not pairs[("alice", "bob")]["reached"]
+    assert pairs[("multi", "bob")]["address"] == "10.2.0.2"  # on the network they share
+    handle.exec("dave", ["ip", "link", "set", "eth0", "down"], check=True)
+    data = json.loads(pycnm("lab", "pingall", name, "--json", check=False).stdout)
+    assert not any(p["reached"] for p in data if "dave" in (p["from"], p["to"]))
+
+
+def test_iperf_measures_throughput_in_bounded_time(lab) -> None:
+    name = unique_lab()
+    lab(BRIDGE_LAB, name=name)
+    data = json.loads(pycnm("lab", "iperf", "--lab", name, "c1", "c2", "-t", "1", "--json",
+                            timeout=60).stdout)
+    assert data["address"] == "10.1.0.3" and 0.5 <= data["seconds"] <= 3
+    assert data["received_bps"] > 1e6, data  # veths on one host: far more than 1 Mbit/s
+    out = pycnm("lab", "iperf", "--lab", name, "c2", "c1", "-t", "1").stdout
+    assert re.search(r"c2 -> c1 \(10\.1\.0\.2\): sent [\d.]+ [GMk]bit/s", out), out
+    bad = pycnm("lab", "iperf", "--lab", name, "c1", "c2", "-t", "600", check=False)
+    assert bad.returncode == 2 and "seconds between 1 and 60, not 600" in bad.stderr
+
+
+# --- apply: a running lab changed in place ---------------------------------------------------
+
+BASE = """
+name: LABNAME
+hosts:
+  - name: host1
+    routes: [{to: default, via: 203.0.113.2}]
+  - {name: outside, kind: server}
+links:
+  - endpoints: [host1:eth0, outside:eth0]
+    addresses: [203.0.113.1/24, 203.0.113.2/24]
+networks:
+  - {name: web, driver: bridge, host: host1, subnet: 10.1.0.0/24, gateway: 10.1.0.1}
+sandboxes:
+  - {name: c1, host: host1, networks: [{name: web, ip: 10.1.0.2}], ports: ["8080:80"]}
+  - {name: c2, host: host1, networks: [{name: web, ip: 10.1.0.3}]}
+expect:
+  - {from: c1, to: c2}
+  - {from: outside, to: c1, expect: blocked}
+"""
+
+# 1: a new network with a sandbox, and a third sandbox on web.
+STEP1 = BASE.replace("expect:\n", """  - {name: c3, host: host1, networks: [web]}
+  - {name: d1, host: host1, networks: [{name: db, ip: 10.3.0.5}]}
+expect:
+  - {from: c3, to: c1}
+  - {from: d1, to: c1, expect: blocked}
+""").replace("networks:\n  - {name: web", """networks:
+  - {name: db, driver: bridge, host: host1, subnet: 10.3.0.0/24}
+  - {name: web""")
+# 2: c2 goes; a new server on a new link of host1.
+STEP2 = STEP1.replace("  - {name: c2, host: host1, networks: [{name: web, ip: 10.1.0.3}]}\n",
+                      "").replace("  - {from: c1, to: c2}\n", "  - {from: c1, to: srv}\n") \
+    .replace("  - {name: outside, kind: server}\n",
+             "  - {name: outside, kind: server}\n  - {name: srv, kind: server}\n") \
+    .replace("links:\n", """links:
+  - endpoints: [host1:eth1, srv:eth0]
+    addresses: [198.51.100.1/24, 198.51.100.2/24]
+""").replace("    routes: [{to: default, via: 203.0.113.2}]\n", "")
+# 3: network db (and d1) go; outside learns a route to web, so it now reaches c1.
+STEP3 = STEP2.replace("  - {name: d1, host: host1, networks: [{name: db, ip: 10.3.0.5}]}\n",
+                      "").replace("  - {name: db, driver: bridge, host: host1, "
+                                  "subnet: 10.3.0.0/24}\n", "") \
+    .replace("  - {from: d1, to: c1, expect: blocked}\n", "") \
+    .replace("{from: outside, to: c1, expect: blocked}", "{from: outside, to: c1}") \
+    .replace("  - {name: outside, kind: server}\n", """  - name: outside
+    kind: server
+    routes: [{to: 10.1.0.0/24, via: 203.0.113.1}]
+""")
+
+
+def test_apply_changes_a_running_lab_three_ways_touching_nothing_else(
+        lab, tmp_path: Path) -> None:
+    name = unique_lab()
+    path = tmp_path / "lab.yaml"
+    path.write_text(BASE.replace('LABNAME', name))
+    handle = lab(path, name=name)
+    assert passed(handle.check())
+    c1, outside = handle.netns("c1"), handle.netns("outside")
+    kept = {c1: inode(c1), outside: inode(outside), handle.netns("host1"):
+            inode(handle.netns("host1"))}
+    mac = handle.exec("c1", ["cat", "/sys/class/net/eth0/address"]).stdout
+
+    def unchanged() -> None:
+        for ns, number in kept.items():
+            assert inode(ns) == number, f"{ns} was remade"
+        assert handle.namespace("c1").addresses("eth0")[0] == "10.1.0.2/24"
+        assert handle.exec("c1", ["cat", "/sys/class/net/eth0/address"]).stdout == mac
+
+    # A dry run prints the plan and changes nothing.
+    path.write_text(STEP1.replace('LABNAME', name))
+    before = lab_objects(name)
+    plan = pycnm("lab", "apply", str(path), "--dry-run").stdout
+    assert f"lab {name}: 3 changes" in plan, plan
+    for line in ("+ network db on host1", "+ sandbox c3 on host1", "+ sandbox d1 on host1"):
+        assert line in plan, plan
+    assert "c1" not in plan and "- " not in plan
+    assert lab_objects(name) == before
+
+    out = pycnm("lab", "apply", str(path)).stdout
+    assert "sandbox c3 on host1: pcsb-" in out, out
+    handle = find(name)  # the CLI changed it: a fresh handle sees the new topology
+    assert {s.name for s in handle.topology.sandboxes} == {"c1", "c2", "c3", "d1"}
+    assert passed(handle.check()), table(handle.check())
+    unchanged()
+    c2 = inode(handle.netns("c2"))
+
+    path.write_text(STEP2.replace('LABNAME', name))
+    plan = str(handle.apply(path, dry_run=True))
+    assert "- sandbox c2 on host1" in plan and "+ server srv" in plan
+    assert "+ link host1:eth1-srv:eth0" in plan and "- route on host1" in plan
+    handle.apply(path, progress=lambda _line: None, detach=False)
+    assert not os.path.exists(f"/run/netns/pcsb-{name}-c2") and c2
+    assert passed(handle.check()), table(handle.check())
+    assert handle.exec("host1", ["ip", "route", "show", "default"]).stdout == ""
+    unchanged()
+
+    path.write_text(STEP3.replace('LABNAME', name))
+    handle.apply(path, progress=lambda _line: None, detach=False)
+    assert not any(ns.startswith(f"pcsb-{name}-d1") for ns in list_named_netns())
+    with handle.controller("host1") as ctl:
+        assert sorted(n.name for n in ctl.networks()) == ["web"]
+    outcomes = handle.check()
+    assert passed(outcomes), table(outcomes)
+    assert any(o.expectation.src == "outside" and o.got == "reach" for o in outcomes)
+    unchanged()
+    assert "nothing to change" in pycnm("lab", "apply", str(path), "--dry-run").stdout
+
+    handle.down()
+    assert lab_objects(name) == []
+
+
+def test_apply_refuses_a_first_overlay_and_a_bad_file(lab, tmp_path: Path) -> None:
+    name = unique_lab()
+    path = tmp_path / "lab.yaml"
+    path.write_text(BASE.replace('LABNAME', name))
+    lab(path, name=name)
+    before = lab_objects(name)
+    path.write_text(BASE.replace('LABNAME', name).replace(
+        "driver: bridge", "driver: overlay").replace(', ports: ["8080:80"]', ""))
+    result = pycnm("lab", "apply", str(path), check=False)
+    assert result.returncode == 1 and "take it down and up again" in result.stderr
+    path.write_text(BASE.replace('LABNAME', name).replace("ip: 10.1.0.3", "ip: 10.9.0.3"))
+    result = pycnm("lab", "apply", str(path), check=False)
+    assert result.returncode == 2 and "is not in network 'web'" in result.stderr
+    assert lab_objects(name) == before
+
+
+# --- netem ------------------------------------------------------------------------------------
+
+NETEM_LAB = """
+name: LABNAME
+hosts:
+  - {name: a, kind: server}
+  - {name: b, kind: server}
+links:
+  - endpoints: [a:eth0, b:eth0]
+    addresses: [10.77.0.1/24, 10.77.0.2/24]
+    netem: {delay: 20ms}
+expect:
+  - {from: a, to: b}
+"""
+
+
+def ping_stats(handle, count: int, interval: float = 0.02) -> tuple[float, float]:
+    """(loss in percent, median round trip in ms) of ``count`` pings from a to b."""
+    out = handle.exec("a", ["ping", "-n", "-c", str(count), "-i", str(interval), "-W", "1",
+                            "10.77.0.2"], timeout=count * (interval + 1) + 30).stdout
+    rtts = [float(m) for m in re.findall(r"time=([\d.]+) ms", out)]
+    sent = int(re.search(r"(\d+) packets transmitted", out)[1])  # type: ignore[index]
+    loss = 100 * (sent - len(rtts)) / sent
+    return loss, statistics.median(rtts) if rtts else float("nan")
+
+
+@pytest.mark.kernel("sch_netem")
+def test_netem_delay_and_loss_are_measured(lab, tmp_path: Path) -> None:
+    name = unique_lab()
+    path = tmp_path / "lab.yaml"
+    path.write_text(NETEM_LAB.replace('LABNAME', name))
+    handle = lab(path, name=name)
+    # From the file: 20 ms on each end, so about 40 ms a round trip.
+    loss, rtt = ping_stats(handle, 20)
+    assert loss == 0 and 38 <= rtt <= 120, (loss, rtt)
+    shown = pycnm("lab", "netem", "--lab", name, "show").stdout
+    assert re.search(r"a\s+eth0\s+delay 20ms", shown) and re.search(r"b\s+eth0\s+delay", shown)
+    # Changed on the running lab: 50 ms and 30 % loss on a's side only.
+    pycnm("lab", "netem", "--lab", name, "a", "eth0", "--delay", "50ms", "--loss", "30%")
+    pycnm("lab", "netem", "--lab", name, "b", "eth0", "--reset")
+    loss, rtt = ping_stats(handle, 200, interval=0.01)
+    assert 15 <= loss <= 45, loss  # 30 % of requests lost; replies are not impaired
+    assert 48 <= rtt <= 150, rtt
+    data = json.loads(pycnm("lab", "netem", "--lab", name, "show", "--json").stdout)
+    assert data == [{"Node": "a", "Interface": "eth0",
+                     "Netem": {"delay": "50ms", "loss": "30%"}}]
+    live = handle.inspect(networks=False)
+    assert live["links"][0]["netem"] == {"a:eth0": "delay 50ms loss 30%"}
+    every = {"delay": "10ms", "jitter": "2ms", "loss": "1%", "rate": "10mbit",
+             "corrupt": "0.5%", "duplicate": "0.1%", "reorder": "5%"}
+    pycnm("lab", "netem", "--lab", name, "a", "eth0",
+          *[f"--{k}={v}" for k, v in every.items()])
+    got = json.loads(pycnm("lab", "netem", "--lab", name, "show", "a", "--json").stdout)
+    assert got[0]["Netem"] == every
+    assert "had no netem" in pycnm("lab", "netem", "--lab", name, "b", "eth0", "--reset").stdout
+    pycnm("lab", "netem", "--lab", name, "a", "eth0", "--reset")
+    loss, rtt = ping_stats(handle, 20)
+    assert loss == 0 and rtt < 20, rtt
+    assert passed(handle.check())
+
+
+@pytest.mark.kernel(absent="sch_netem")
+def test_netem_on_a_kernel_without_it_is_one_sentence(lab, tmp_path: Path) -> None:
+    name = unique_lab()
+    path = tmp_path / "lab.yaml"
+    path.write_text(NETEM_LAB.replace('LABNAME', name))
+    result = pycnm("lab", "up", str(path), check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "this kernel has no netem qdisc (CONFIG_NET_SCH_NETEM is not set)" in result.stderr
+    assert lab_objects(name) == []
+    handle = lab(LABS / "01-bridge" / "lab.yaml", name=name)
+    result = pycnm("lab", "netem", "--lab", name, "c1", "eth0", "--delay", "5ms",
+                   check=False)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1
+    assert "no netem qdisc" in result.stderr
+    assert handle.netem_all() == {}
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--delay", "50"], "netem delay must be a time with a unit (us, ms or s)"),
+    (["--loss", "150%"], "netem loss must be between 0% and 100%"),
+    (["--rate", "10mbps"], "netem rate must be a rate with a unit (bit, kbit, mbit or gbit)"),
+    (["--jitter", "5ms"], "netem jitter varies the delay: give a delay as well"),
+    (["--reorder", "5%"], "give a delay as well"),
+    (["--delay", "5ms", "--reset"], "--reset removes the impairment"),
+])
+def test_netem_flags_are_checked_before_the_kernel_is_asked(lab, flags: list[str],
+                                                            message: str) -> None:
+    name = unique_lab()
+    lab(LABS / "01-bridge" / "lab.yaml", name=name)
+    result = pycnm("lab", "netem", "--lab", name, "c1", "eth0", *flags, check=False)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+def test_netem_in_a_lab_file_is_checked_with_its_line(tmp_path: Path) -> None:
+    from netns_fixtures.lab import LabFileError, load
+
+    path = tmp_path / "lab.yaml"
+    path.write_text(NETEM_LAB.replace("LABNAME", "x").replace("{delay: 20ms}",
+                                                       "{delay: 20ms, lose: 1%}"))
+    with pytest.raises(LabFileError) as caught:
+        load(path)
+    assert caught.value.messages == [
+        f"{path}:9: links[0].netem: netem has no setting 'lose' (known: delay, jitter, loss, "
+        "rate, corrupt, duplicate, reorder)"]
+
+
+def test_link_and_netem_leave_nothing(lab) -> None:
+    name = unique_lab()
+    handle = lab(LABS / "01-bridge" / "lab.yaml", name=name)
+    pycnm("lab", "link", "--lab", name, "c2:eth0", "down")
+    handle.down()
+    assert lab_objects(name) == []
+    assert subprocess.run(["ip", "netns", "list"], capture_output=True, text=True
+                          ).stdout.count(name) == 0
