@@ -15,7 +15,7 @@ import functools
 import threading
 from typing import TYPE_CHECKING, Any
 
-from pyroute2.netlink.exceptions import NetlinkError  # type: ignore[import-untyped]
+from pyroute2.netlink.exceptions import NetlinkError
 
 from cnm.errors import KernelError, KernelFeatureMissing, NotFound
 from netns_fixtures.lab.netem import Netem
@@ -38,7 +38,7 @@ def available() -> bool:
     answer: dict[str, bool] = {}
 
     def probe() -> None:
-        from pyroute2 import IPRoute  # type: ignore[import-untyped]
+        from pyroute2 import IPRoute
 
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.unshare(CLONE_NEWNET) != 0:
@@ -79,8 +79,8 @@ def _feature_error(exc: NetlinkError, what: str) -> Exception:
 
 def _qdisc_request(index: int, handle: int, options: Any | None, msg_type: int,
                    flags: int, what: str) -> Any:
-    from pyroute2.netlink.rtnl import TC_H_ROOT  # type: ignore[import-untyped]
-    from pyroute2.netlink.rtnl.tcmsg import tcmsg  # type: ignore[import-untyped]
+    from pyroute2.netlink.rtnl import TC_H_ROOT
+    from pyroute2.netlink.rtnl.tcmsg import tcmsg
 
     from cnm.osl.rtnl import Request
 
@@ -98,7 +98,7 @@ def apply(ns_path: str, iface: str, netem: Netem) -> None:
     The request is built from pyroute2's message classes and sent on the handle's plain
     rtnetlink channel: pyroute2's ``tc()`` would also read a ``rate`` keyword as the
     qdisc's own TCA_RATE attribute and fail to encode it."""
-    from pyroute2.netlink.rtnl.tcmsg import sched_netem  # type: ignore[import-untyped]
+    from pyroute2.netlink.rtnl.tcmsg import sched_netem
 
     from cnm.osl.netns import iproute
     from cnm.osl.rtnl import REPLACE, RequestFailed
@@ -175,7 +175,7 @@ def _netem_qdisc(ipr: Any, index: int) -> Any:
 
 def decode(qdisc: Any) -> Netem:
     """A netem qdisc message -> ``Netem`` (ticks to microseconds, u32 to percent)."""
-    from pyroute2.netlink.rtnl.tcmsg.common import tick_in_usec  # type: ignore[import-untyped]
+    from pyroute2.netlink.rtnl.tcmsg.common import tick_in_usec
 
     opts = qdisc.get_attr("TCA_OPTIONS")
 
