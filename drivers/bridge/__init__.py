@@ -272,6 +272,8 @@ class BridgeDriver(Driver):
             self.ctx.store.put(key, ep)
             try:
                 self._apply_firewall(locked=True)
+                with self._host.handle() as ipr:
+                    self._hairpin(ipr, ep["host_veth"])
             except Exception:
                 ep["ports"] = []
                 self.ctx.store.put(key, ep)
@@ -367,6 +369,16 @@ class BridgeDriver(Driver):
                 ipr.link("set", index=info["index"], master=bridge_index, state="up")
                 if not net["options"]["icc"]:
                     self._isolate(ipr, entry.value["host_veth"])
+                if entry.value["ports"]:
+                    self._hairpin(ipr, entry.value["host_veth"])
+
+    @staticmethod
+    def _hairpin(ipr: Any, port: str) -> None:
+        """A sandbox that reaches its own published port (through a host address) gets its
+        packets back out of the port they came in by: the bridge must allow that (hairpin
+        mode), as Docker does without its userland proxy. Only ports that publish pay for
+        it; the firewall masquerades such packets so the replies come back the same way."""
+        ipr.brport("set", index=osl_links.require_index(ipr, port), mode=1)
 
     @staticmethod
     def _isolate(ipr: Any, port: str) -> None:

@@ -74,12 +74,23 @@ def _forward_rules(rules: Ruleset) -> list[j.Rule]:
 
 
 def _masquerade_rules(rules: Ruleset) -> list[j.Rule]:
-    return [
+    outbound = [
         j.rule(j.match_addr("saddr", subnet), j.match_ifname("oifname", net.bridge, "!="),
                j.masquerade())
         for net in rules.networks if net.masquerade and not net.internal
         for subnet in net.subnets_v4
     ]
+    # Hairpin: a sandbox reaching its own published port comes back to itself; its own
+    # address as the source would make it answer itself directly (and the connection
+    # fail), so the packet takes the gateway's address instead (Docker's rule, without
+    # its userland proxy).
+    targets = dict.fromkeys((p.proto, p.address, p.port) for p in rules.ports)
+    hairpin = [
+        j.rule(j.match_addr("saddr", address), j.match_addr("daddr", address),
+               j.match_port(proto, "dport", port), j.masquerade())
+        for proto, address, port in targets
+    ]
+    return outbound + hairpin
 
 
 def _dnat_rules(rules: Ruleset) -> list[j.Rule]:

@@ -85,6 +85,10 @@ EXAMPLES = [
                  id="overlay", marks=pytest.mark.etcd),
     pytest.param("04-macvlan", ["macvlan bridge", "br0", "192.168.50.21/24", "srv", "gw"],
                  id="macvlan"),
+    pytest.param("08-port-mapping", ["198.51.100.1/24", "dport 9000 dnat ip to 10.8.0.3:5000",
+                                     "ip daddr 198.51.100.1 tcp dport 5001 dnat",
+                                     "ip saddr 10.8.0.2 ip daddr 10.8.0.2 tcp dport 80 "
+                                     "masquerade"], id="port-mapping"),
 ]
 
 
