@@ -179,9 +179,12 @@ def plan(lab: Lab, new: Topology, *, detach: bool = True) -> Plan:
             wanted = link.netem or Netem()
             changes.append(Change("~", f"netem on {key}: {wanted.describe()}",
                                   partial(tc.impair, new, link, wanted)))
+    # A remade link takes the routes through it along with its interface: they come back.
+    rewired = {e.node for k, lk in new_links.items() if k not in kept_links
+               for e in (lk.a, lk.b)}
     for node in new.hosts:
-        had: set[Route] = set() if node.name in remade_hosts or node.name not in old_hosts \
-            else set(old_hosts[node.name].routes)
+        had: set[Route] = set() if node.name in remade_hosts | rewired \
+            or node.name not in old_hosts else set(old_hosts[node.name].routes)
         for route in node.routes:
             if route not in had:
                 changes.append(Change("+", f"route on {node.name}: {route.to} via {route.via}",

@@ -9,6 +9,7 @@ milliseconds. Traffic goes only between the lab's own namespaces.
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -64,10 +65,24 @@ def run_checks(lab: Lab, progress: Callable[[Outcome], None] | None = None) -> l
 def _icmp(lab: Lab, exp: Expectation, address: str) -> tuple[str, str]:
     source = lab.namespace(exp.src)
     tries = REACH_TRIES if exp.expect == "reach" else 1
+    sized = f" to {exp.size} bytes, unfragmented" if exp.size is not None else ""
     for _ in range(tries):
-        if source.ping(address, count=1, timeout=PROBE_TIMEOUT):
+        if exp.size is None and source.ping(address, count=1, timeout=PROBE_TIMEOUT):
             return "reach", f"{address} answered"
-    return "blocked", f"no echo reply from {address}"
+        if exp.size is not None and _ping_sized(lab, exp.src, address, exp.size):
+            return "reach", f"{address} answered{sized}"
+    return "blocked", f"no echo reply from {address}{sized}"
+
+
+def _ping_sized(lab: Lab, node: str, address: str, size: int) -> bool:
+    """One echo request of ``size`` payload bytes with "don't fragment" set: a path whose
+    MTU is smaller drops it (or says so), so a mismatch shows."""
+    argv = ["ping", "-4", "-n", "-q", "-c", "1", "-W", str(PROBE_TIMEOUT), "-M", "do",
+            "-s", str(size), address]
+    try:
+        return lab.exec(node, argv, timeout=PROBE_TIMEOUT + 10).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
 
 
 def _tcp(lab: Lab, exp: Expectation, address: str) -> tuple[str, str]:
@@ -102,6 +117,8 @@ def table(outcomes: list[Outcome]) -> str:
     for o in outcomes:
         exp = o.expectation
         proto = exp.proto if exp.port is None else f"{exp.proto}/{exp.port}"
+        if exp.size is not None:
+            proto += f" {exp.size}B"
         rows.append((o.index, exp.src, f"{exp.dst} ({o.target})", proto, exp.expect, o.got,
                      "PASS" if o.passed else "FAIL", o.detail))
     text = render(("#", "FROM", "TO", "PROTO", "EXPECT", "GOT", "RESULT", "DETAIL"), rows)

@@ -16,8 +16,8 @@ A topology names:
   ``switch`` is a Linux bridge whose ports are its links (one L2 segment); ``server`` is an
   ordinary machine (an "outside" or a LAN server). Each may have static ``routes``.
 - ``links``: veth pairs between two hosts, ``endpoints: [h1:eth0, r1:eth1]``, with optional
-  ``addresses``, ``mtu`` and ``netem`` (delay, jitter, loss, rate, corrupt, duplicate,
-  reorder on both ends).
+  ``addresses``, ``mtu`` (one for both ends, or one per end) and ``netem`` (delay, jitter,
+  loss, rate, corrupt, duplicate, reorder on both ends).
 - ``networks``: pycnm networks (``driver`` bridge, macvlan or overlay, ``subnet``,
   ``gateway``, ``ip_range``, ``internal``, driver ``options``) on one ``host`` or several
   ``hosts``.
@@ -25,7 +25,8 @@ A topology names:
   ...), optionally at a static ``ip``, publishing ``ports``, forwarding (``ip_forward``)
   and with extra ``routes``; or, with ``mode``, using the host's namespace (``host``),
   loopback only (``none``) or another sandbox's namespace (``container:OTHER``).
-- ``expect``: the reachability matrix, ``{from, to, proto, port, expect, listen, seen_as}``.
+- ``expect``: the reachability matrix, ``{from, to, proto, port, expect, listen, seen_as,
+  size}`` (``size``: an ICMP payload sent with "don't fragment", to check a path's MTU).
 
 Names of lab nodes are lower-case letters and digits only: the kernel names derived from
 them (``pclab-<lab>-<node>``) then parse back unambiguously, so removing a lab never
@@ -116,6 +117,7 @@ class LinkEnd:
     node: str
     iface: str
     address: str | None  # with prefix length
+    mtu: int | None = None  # this end's own MTU (``mtu: [1500, 1400]``), if it differs
 
 
 @dataclass(frozen=True)
@@ -192,6 +194,7 @@ class Expectation:
     expect: str = "reach"
     listen: tuple[str, int] | None = None  # (node, port) that serves a TCP check
     seen_as: Target | None = None  # the client's address as the server must see it
+    size: int | None = None  # ICMP payload bytes, sent with "don't fragment" (MTU checks)
 
 
 @dataclass(frozen=True)

@@ -166,6 +166,10 @@ class _Builder:
         veth(self.ns(a.node), a.iface, self.ns(b.node), b.iface, a.address, b.address,
              mtu=link.mtu)
         for end in (a, b):
+            if end.mtu is not None:  # one end differs (a lab may be broken on purpose)
+                self.ns(end.node).run(["ip", "link", "set", "dev", end.iface, "mtu",
+                                       str(end.mtu)])
+        for end in (a, b):
             if self.topo.host(end.node).kind == "switch":  # type: ignore[union-attr]
                 subprocess.run(["ip", "-n", self.topo.netns(end.node), "link", "set", end.iface,
                                 "master", SWITCH_BRIDGE], check=True, capture_output=True,

@@ -10,6 +10,7 @@ here touches the kernel.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import ipaddress
 import re
@@ -168,6 +169,7 @@ TOP_KEYS = ("name", "description", "etcd", "hosts", "links", "networks", "sandbo
 ETCD_KEYS = ("tls", "auth")
 NODE_RULE = "lower-case letters and digits, starting with a letter, at most 20"
 LAB_RULE = "lower-case letters and digits, starting with a letter, at most 12"
+MAX_PING_SIZE = 65507  # the largest ICMP payload in one IPv4 packet
 
 
 def validate(data: Any) -> Topology:
@@ -315,13 +317,28 @@ def _links(v: _Checker, top: Mapping[str, Any], hosts: Mapping[str, Node]) -> li
                 v.add(path + ("addresses",), f"{ends[0].address} and {ends[1].address} are "
                       "not in one subnet: the two ends could not talk")
         mtu = entry.get("mtu")
-        if mtu is not None and (isinstance(mtu, bool) or not isinstance(mtu, int)
-                                or not 68 <= mtu <= 65535):
-            v.add(path + ("mtu",), f"must be a number between 68 and 65535, not {mtu!r}")
+        if isinstance(mtu, list):  # one per end: [1500, 1400] (null keeps the default)
+            if len(mtu) != 2:
+                v.add(path + ("mtu",), "give one MTU for both ends, or a list of two: "
+                      "[1500, 1400]")
+            else:
+                mtus = [_mtu(v, value, path + ("mtu", j)) for j, value in enumerate(mtu)]
+                ends = [dataclasses.replace(end, mtu=m) for end, m in zip(ends, mtus,
+                                                                           strict=True)]
             mtu = None
+        else:
+            mtu = _mtu(v, mtu, path + ("mtu",))
         links.append(Link(ends[0], ends[1], mtu, _netem(v, entry.get("netem"),
                                                       path + ("netem",))))
     return links
+
+
+def _mtu(v: _Checker, value: Any, path: Path) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                              or not 68 <= value <= 65535):
+        v.add(path, f"must be a number between 68 and 65535, not {value!r}")
+        return None
+    return value
 
 
 def _netem(v: _Checker, value: Any, path: Path) -> Netem | None:
@@ -748,7 +765,7 @@ def _expectations(v: _Checker, top: Mapping[str, Any], nodes: Mapping[str, str],
         for end in (link.a, link.b):
             if end.address:
                 addressed.setdefault(end.node, []).append(end.iface)
-    keys = ("from", "to", "proto", "port", "expect", "listen", "seen_as")
+    keys = ("from", "to", "proto", "port", "expect", "listen", "seen_as", "size")
     result = []
     for i, item in enumerate(v.sequence(top.get("expect"), ("expect",))):
         path: Path = ("expect", i)
@@ -781,8 +798,18 @@ def _expectations(v: _Checker, top: Mapping[str, Any], nodes: Mapping[str, str],
             else:
                 seen_as = _target(v, entry.get("seen_as"), path + ("seen_as",), nodes,
                                   addressed)
+        size = entry.get("size")
+        if size is not None:
+            if proto != "icmp":
+                v.add(path + ("size",), "only icmp checks have a size (a ping's payload)")
+                size = None
+            elif isinstance(size, bool) or not isinstance(size, int) \
+                    or not 0 <= size <= MAX_PING_SIZE:
+                v.add(path + ("size",), f"must be a number of bytes between 0 and "
+                      f"{MAX_PING_SIZE}, not {size!r}")
+                size = None
         if src and dst and (proto == "icmp" or (port and listen)):
-            result.append(Expectation(src, dst, proto, port, outcome, listen, seen_as))
+            result.append(Expectation(src, dst, proto, port, outcome, listen, seen_as, size))
     return result
 
 

@@ -24,6 +24,7 @@ import pytest
 
 from cnm.osl.netns import list_named_netns
 from netns_fixtures.lab import LabFileError, load, load_text
+from netns_fixtures.lab import find as find_lab
 from netns_fixtures.lab.realise import leftovers
 from netns_fixtures.lab.state import LabState, labs_dir, processes_with
 
@@ -309,3 +310,47 @@ def test_every_problem_of_a_file_is_reported_at_once() -> None:
     assert len(messages) == 2 and all(re.match(r"x\.yaml:\d+: ", m) for m in messages)
     assert [int(m.split(":")[1]) for m in messages] == sorted(int(m.split(":")[1])
                                                              for m in messages)
+
+
+# --- the troubleshooting exercise ----------------------------------------------------------
+
+
+@pytest.mark.etcd
+def test_troubleshooting_lab_fails_until_its_three_faults_are_fixed(lab,
+                                                                    tmp_path: Path) -> None:
+    name = unique_lab()
+    source = LABS / "11-troubleshooting" / "lab.yaml"
+    handle = lab(source, name=name)
+    outcomes = handle.check()
+    from netns_fixtures.lab.check import table
+
+    assert [o.index for o in outcomes if not o.passed] == [3, 5, 6, 7], table(outcomes)
+    assert handle.problems() == []  # every interface is up: the faults are subtler
+    # The GUIDE's live fixes: db's route back, then one MTU on the r1-h2 link.
+    handle.exec("db", ["ip", "route", "add", "default", "via", "10.9.9.1"], check=True)
+    outcomes = handle.check()
+    assert [o.index for o in outcomes if not o.passed] == [3, 5], table(outcomes)
+    assert "1500" not in handle.exec("r1", ["ip", "link", "show", "eth2"]).stdout
+    handle.exec("r1", ["ip", "link", "set", "dev", "eth2", "mtu", "1500"], check=True)
+    outcomes = handle.check()
+    assert [o.index for o in outcomes if not o.passed] == [5], table(outcomes)
+    # ICC: the network's own setting, changed in the file and applied in place (which
+    # also makes the other two fixes permanent); the overlay's sandboxes are untouched.
+    kept = {ns: os.stat(f"/run/netns/{ns}").st_ino
+            for ns in (handle.netns("c1"), handle.netns("c2"))}
+    fixed = tmp_path / "lab.yaml"
+    fixed.write_text(source.read_text()
+                     .replace("options: {icc: false}", "options: {icc: true}")
+                     .replace("mtu: [1500, 1400]", "mtu: 1500")
+                     .replace("    kind: server ", "    routes: [{to: default, via: 10.9.9.1}]"
+                              "\n    kind: server "))
+    plan = pycnm("lab", "apply", str(fixed), "--lab", name, "--dry-run").stdout
+    for change in ("- sandbox a1 on h1", "- network apps on h1", "+ network apps on h1",
+                   "+ link h2:eth0-r1:eth2", "+ route on db: default via 10.9.9.1"):
+        assert change in plan, plan
+    assert "c1" not in plan and "c2" not in plan and "ov" not in plan
+    pycnm("lab", "apply", str(fixed), "--lab", name)
+    handle = find_lab(name)
+    outcomes = handle.check()
+    assert all(o.passed for o in outcomes), table(outcomes)
+    assert {ns: os.stat(f"/run/netns/{ns}").st_ino for ns in kept} == kept
