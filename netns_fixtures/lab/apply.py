@@ -68,7 +68,7 @@ class Plan:
     def __str__(self) -> str:
         if not self.changes:
             return f"lab {self.lab}: nothing to change"
-        lines = [f"lab {self.lab}: {len(self.changes)} changes"]
+        lines = [f"lab {self.lab}: {_changes(len(self.changes))}"]
         return "\n".join(lines + [f"  {c}" for c in self.changes])
 
 
@@ -228,8 +228,12 @@ def run(lab: Lab, the_plan: Plan, progress: Callable[[str], None] = print) -> No
         lab.state.data = dict(the_plan.new.data)
         lab.state.save()
     lab.topology = the_plan.new
-    progress(f"lab {lab.name}: {len(the_plan.changes)} changes in "
+    progress(f"lab {lab.name}: {_changes(len(the_plan.changes))} in "
              f"{time.monotonic() - started:.1f} s")
+
+
+def _changes(count: int) -> str:
+    return f"{count} change" + ("" if count == 1 else "s")
 
 
 # --- removing ------------------------------------------------------------------------------

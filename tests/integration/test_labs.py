@@ -17,6 +17,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -86,6 +87,9 @@ EXAMPLES = [
                  id="overlay", marks=pytest.mark.etcd),
     pytest.param("04-macvlan", ["macvlan bridge", "br0", "192.168.50.21/24", "srv", "gw"],
                  id="macvlan"),
+    pytest.param("10-overlay-internals", ["pcov-4096-pclab-", "10.20.3.2/24",
+                                          "local 10.20.3.2", "VXLAN tunnel VNI 4096"],
+                 id="overlay-internals", marks=pytest.mark.etcd),
     pytest.param("08-port-mapping", ["198.51.100.1/24", "dport 9000 dnat ip to 10.8.0.3:5000",
                                      "ip daddr 198.51.100.1 tcp dport 5001 dnat",
                                      "ip saddr 10.8.0.2 ip daddr 10.8.0.2 tcp dport 80 "
@@ -354,3 +358,68 @@ def test_troubleshooting_lab_fails_until_its_three_faults_are_fixed(lab,
     outcomes = handle.check()
     assert all(o.passed for o in outcomes), table(outcomes)
     assert {ns: os.stat(f"/run/netns/{ns}").st_ino for ns in kept} == kept
+
+
+# --- the overlay's insides -------------------------------------------------------------------
+
+
+@pytest.mark.etcd
+def test_overlay_internals_an_endpoint_joining_elsewhere_and_a_traced_packet(
+        lab, tmp_path: Path) -> None:
+    name = unique_lab()
+    source = LABS / "10-overlay-internals" / "lab.yaml"
+    handle = lab(source, name=name)
+    vtep_ns = f"pcov-4096-pclab-{name}-h1"
+    # An etcd watch, as the GUIDE runs it, while c4 joins on h3 through 'lab apply'.
+    watch = subprocess.Popen(
+        ["etcdctl", "--endpoints", handle.store_url.removeprefix("etcd://"), "watch",
+         "--prefix", "/pycnm/global/drivers/overlay/overlays/ov/endpoints/"],
+        env={**os.environ, "ETCDCTL_API": "3"}, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
+    try:
+        edited = tmp_path / "lab.yaml"
+        edited.write_text(source.read_text().replace(
+            "expect:", "  - {name: c4, host: h3, networks: [{name: ov, ip: 10.0.0.9}]}\n\n"
+            "expect:", 1))
+        handle.apply(edited, progress=lambda _line: None, detach=False)
+        fdb = ""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and "02:42:0a:00:00:09 dst 10.20.3.2" not in fdb:
+            fdb = subprocess.run(["bridge", "-n", vtep_ns, "fdb", "show", "dev", "pcvx-4096"],
+                                 capture_output=True, text=True, timeout=10).stdout
+            time.sleep(0.1)
+        assert "02:42:0a:00:00:09 dst 10.20.3.2" in fdb, fdb
+        neigh = subprocess.run(["ip", "-n", vtep_ns, "neigh", "show", "dev", "pcvx-4096"],
+                               capture_output=True, text=True, timeout=10).stdout
+        assert "10.0.0.9 lladdr 02:42:0a:00:00:09 PERMANENT" in neigh, neigh
+    finally:
+        watch.terminate()
+        seen, _ = watch.communicate(timeout=10)
+    assert "PUT\n/pycnm/global/drivers/overlay/overlays/ov/endpoints/" in seen, seen
+    assert '"ip":"10.0.0.9"' in seen and '"vtep":"10.20.3.2"' in seen, seen
+    assert handle.exec("c1", ["ping", "-c", "1", "-W", "2", "10.0.0.9"]).returncode == 0
+
+    # One packet traced: inside c1, on h1's wire, at the router, inside c2, and back.
+    hops = {("c1", "eth0"): "icmp", ("h1", "eth0"): "udp port 4789",
+            ("r1", "eth2"): "udp port 4789", ("c2", "eth0"): "icmp"}
+    captures = {hop: handle.capture(*hop, count=2, seconds=8, bpf=bpf,
+                                    pcap=tmp_path / f"{hop[0]}-{hop[1]}.pcap")
+                for hop, bpf in hops.items()}
+    for cap in captures.values():
+        cap.start()
+    try:
+        assert handle.exec("c1", ["ping", "-c", "1", "-W", "2", "10.0.0.3"]).returncode == 0
+    finally:
+        lines = {hop: cap.wait() for hop, cap in captures.items()}
+    inner_request = "10.0.0.2 > 10.0.0.3 ICMP echo-request"
+    inner_reply = "10.0.0.3 > 10.0.0.2 ICMP echo-reply"
+    for hop in (("c1", "eth0"), ("c2", "eth0")):
+        text = "\n".join(lines[hop])
+        assert inner_request in text and inner_reply in text and "VXLAN" not in text, text
+    for hop in (("h1", "eth0"), ("r1", "eth2")):
+        text = "\n".join(lines[hop])
+        assert re.search(r"172\.31\.1\.2:\d+ > 192\.168\.1\.2:4789 VXLAN vni 4096 \| "
+                         r"02:42:0a:00:00:02 > 02:42:0a:00:00:03 \| " + inner_request,
+                         text), text
+        assert re.search(r"192\.168\.1\.2:\d+ > 172\.31\.1\.2:4789 VXLAN vni 4096 \| .*"
+                         + inner_reply, text), text
