@@ -138,9 +138,15 @@ def plan(lab: Lab, new: Topology, *, detach: bool = True) -> Plan:
                 and all((att.network, a.host) in kept_nets for att in a.networks))
 
     kept_sbs = {n for n in old_sbs if sandbox_kept(n)}
+    while True:  # a sandbox sharing a remade one's namespace is remade with it
+        lost = {n for n in kept_sbs if old_sbs[n].shares not in (None, *kept_sbs)}
+        if not lost:
+            break
+        kept_sbs -= lost
 
     # --- removals, top down ---
-    for name in old_sbs:
+    # Sharers go before the sandboxes whose namespace they use (pycnm refuses otherwise).
+    for name in sorted(old_sbs, key=lambda n: -_sharing_depth(old, old_sbs[n])):
         if name not in kept_sbs:
             remove.append(Change("-", f"sandbox {name} on {old_sbs[name].host}",
                                  partial(_remove_sandbox, lab, old_sbs[name])))
@@ -200,7 +206,8 @@ def plan(lab: Lab, new: Topology, *, detach: bool = True) -> Plan:
         if (net, host) not in kept_nets:
             changes.append(Change("+", f"network {net} on {host}",
                                   partial(builder.make_network, net_spec, host)))
-    added_sbs = [s for s in new.sandboxes if s.name not in kept_sbs]
+    added_sbs = sorted((s for s in new.sandboxes if s.name not in kept_sbs),
+                       key=lambda s: _sharing_depth(new, s))
     for sb_spec in added_sbs:
         changes.append(Change("+", f"sandbox {sb_spec.name} on {sb_spec.host}",
                               partial(builder.make_sandbox, sb_spec)))
@@ -236,6 +243,14 @@ def _changes(count: int) -> str:
     return f"{count} change" + ("" if count == 1 else "s")
 
 
+def _sharing_depth(topo: Topology, spec: SandboxSpec | None) -> int:
+    """How many sandboxes stand between ``spec`` and a namespace of its own."""
+    depth = 0
+    while spec is not None and spec.shares is not None and depth <= len(topo.sandboxes):
+        depth, spec = depth + 1, topo.sandbox(spec.shares)
+    return depth
+
+
 # --- removing ------------------------------------------------------------------------------
 
 
@@ -251,6 +266,8 @@ def _remove_sandbox(lab: Lab, spec: SandboxSpec) -> str:
     name = sandbox_name(lab.name, spec.name)
     with lab.controller(spec.host) as ctl, contextlib.suppress(NotFound):
         ctl.sandbox(name).delete()
+    if not spec.own_namespace:  # the host's or another sandbox's: never ours to delete
+        return f"mode {spec.mode}: pycnm's record removed"
     delete_named_netns(names.sandbox_netns(name))  # already gone: success
     _forget_namespace(lab, names.sandbox_netns(name))
     return f"namespace {names.sandbox_netns(name)} removed"

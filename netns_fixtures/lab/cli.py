@@ -408,7 +408,12 @@ def _inspect(args: argparse.Namespace) -> int:
     print(f"  store {data['store']}, from {data['source']}")
     for node in data["nodes"]:
         owner = f" on {node['host']}" if node["host"] else ""
+        if "mode" in node:
+            print(f"{node['name']}: {node['kind']}{owner}, mode {node['mode']}: uses the "
+                  f"namespace of {node['uses']} ({node['namespace']})")
+            continue
         extra = ", forwarding" if node["forwarding"] else ""
+        extra += "".join(f", shared by {n}" for n in node["shared_by"])
         print(f"{node['name']}: {node['kind']}{owner} ({node['namespace']}{extra})")
         for i in node["interfaces"]:
             state = i["state"] if i["carrier"] or i["state"] != "up" else "no-carrier"

@@ -230,7 +230,8 @@ def to_dot(title: str, views: list[NsView]) -> str:
             owned.setdefault(view.owner, []).append(view)
     for view in views:
         if not view.owner:
-            out += _cluster(view, owned.get(view.label, []), "  ")
+            # the host's label may name host-mode sandboxes after it ("h1 +tools")
+            out += _cluster(view, owned.get(view.label.split(" +")[0], []), "  ")
     out += _edges(views)
     out.append("}")
     return "\n".join(out) + "\n"

@@ -120,6 +120,9 @@ class Lab:
         present = set(list_named_netns())
         found: dict[str, dict[str, Any]] = {}
         for node in self.topology.node_names():
+            spec = self.topology.sandbox(node)
+            if spec is not None and not spec.own_namespace:
+                continue  # the host's or another sandbox's namespace: listed under it
             if self.netns(node) in present:
                 impaired = tc.read_all(named_netns_path(self.netns(node)))
                 if impaired:

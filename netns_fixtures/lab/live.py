@@ -45,16 +45,24 @@ def snapshot(lab: Lab, views: list[graph.NsView] | None = None, *,
     topo = lab.topology
     views = scan(lab) if views is None else views
     by_ns = {v.name: v for v in views}
-    label = {v.name: v.label for v in views}
+    # graph's labels name the sandboxes sharing a namespace ("app +side"): the node's own
+    # name is the first part.
+    label = {v.name: v.label.split(" +")[0] for v in views}
     peers = {(i.ns, i.ifindex): f"{label[i.ns]}:{i.name}" for v in views for i in v.ifaces}
     nodes = []
     for view in views:
         nodes.append({
-            "name": view.label, "kind": view.role, "namespace": view.name,
+            "name": label[view.name], "kind": view.role, "namespace": view.name,
             "host": view.owner, "forwarding": view.forwarding, "routes": view.routes,
-            "rules": view.rules,
+            "rules": view.rules, "shared_by": view.label.split(" +")[1:],
             "interfaces": [_iface(i, peers) for i in view.ifaces],
         })
+    for spec in topo.sandboxes:
+        if not spec.own_namespace:  # the host's or another sandbox's namespace
+            nodes.append({"name": spec.name, "kind": "sandbox", "mode": spec.mode,
+                          "namespace": topo.netns(spec.name), "host": spec.host,
+                          "uses": spec.shares or spec.host, "forwarding": False,
+                          "routes": [], "rules": [], "shared_by": [], "interfaces": []})
     present = {v.name for v in views}
     missing = [{"name": n, "kind": "missing", "namespace": topo.netns(n)}
                for n in topo.node_names() if topo.netns(n) not in present]

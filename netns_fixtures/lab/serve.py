@@ -244,6 +244,8 @@ function show(state) {
     const addrs = n.interfaces.flatMap(i => i.addresses.map(a => i.name + " " + a));
     const li = el("li", {"class": "node", "data-node": n.name, "data-kind": n.kind});
     li.append(el("b", {}, n.name), " " + n.kind + (n.host ? " on " + n.host : "") +
+              (n.mode ? ", mode " + n.mode + ": in " + n.uses + "'s namespace" : "") +
+              (n.shared_by.length ? " (shared by " + n.shared_by.join(", ") + ")" : "") +
               (addrs.length ? ": " + addrs.join(", ") : ""));
     for (const i of n.interfaces) {
       if (i.state !== "up" || !i.carrier)

@@ -40,17 +40,19 @@ class Ping:
 
 
 def _target_address(lab: Lab, src: str, dst: str) -> str | None:
+    """``dst``'s address on a network it shares with ``src``, else its usual one (a
+    host-mode sandbox's is its host's, a sharer's its owner's; none-mode has none)."""
     topo = lab.topology
-    mine = {a.network for a in topo.sandbox(src).networks}  # type: ignore[union-attr]
-    target = topo.sandbox(dst)
-    assert target is not None
+    source, target = topo.sandbox(src), topo.sandbox(dst)
+    assert source is not None and target is not None
+    mine = {a.network for a in source.networks}
     ns = lab.netns(dst)
     for i, att in enumerate(target.networks):
         if att.network in mine:
             found = kernel.first_ipv4(ns, f"eth{i}")
             if found:
                 return found
-    return kernel.first_ipv4(ns, "eth0")
+    return lab.address(dst)
 
 
 def pingall(lab: Lab) -> list[Ping]:

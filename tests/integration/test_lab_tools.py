@@ -372,3 +372,29 @@ def test_link_and_netem_leave_nothing(lab) -> None:
     assert lab_objects(name) == []
     assert subprocess.run(["ip", "netns", "list"], capture_output=True, text=True
                           ).stdout.count(name) == 0
+
+
+def test_inspect_and_apply_know_the_sandbox_modes(lab, tmp_path: Path) -> None:
+    name = unique_lab()
+    source = LABS / "09-network-modes" / "lab.yaml"
+    handle = lab(source, name=name)
+    data = handle.inspect(networks=False)
+    nodes = {n["name"]: n for n in data["nodes"]}
+    assert set(nodes) == set(handle.topology.node_names())
+    assert nodes["side"]["mode"] == "container:app" and nodes["side"]["uses"] == "app"
+    assert nodes["app"]["shared_by"] == ["side"] and nodes["host1"]["shared_by"] == ["tools"]
+    assert [i["name"] for i in nodes["batch"]["interfaces"]] == []
+    # Remaking app (a new address) remakes side with it; tools and batch stay as they are.
+    app_ns = handle.netns("app")
+    batch = inode(handle.netns("batch"))
+    path = tmp_path / "lab.yaml"
+    path.write_text(source.read_text().replace("networks: [{name: web, ip: 10.9.0.2}]",
+                                               "networks: [{name: web, ip: 10.9.0.12}]"))
+    plan = str(handle.apply(path, dry_run=True))
+    assert plan.index("- sandbox side") < plan.index("- sandbox app"), plan
+    assert plan.index("+ sandbox app") < plan.index("+ sandbox side"), plan
+    assert "tools" not in plan and "batch" not in plan and "peer" not in plan
+    handle.apply(path, progress=lambda _line: None, detach=False)
+    assert handle.namespace("side").addresses("eth0")[0] == "10.9.0.12/24"
+    assert inode(handle.netns("batch")) == batch and handle.netns("app") == app_ns
+    assert passed(handle.check()), table(handle.check())

@@ -87,6 +87,8 @@ EXAMPLES = [
                  id="overlay", marks=pytest.mark.etcd),
     pytest.param("04-macvlan", ["macvlan bridge", "br0", "192.168.50.21/24", "srv", "gw"],
                  id="macvlan"),
+    pytest.param("09-network-modes", ["host1 +tools", "sandbox app +side", "sandbox batch",
+                                      "(no interfaces)", "10.9.0.2/24"], id="network-modes"),
     pytest.param("10-overlay-internals", ["pcov-4096-pclab-", "10.20.3.2/24",
                                           "local 10.20.3.2", "VXLAN tunnel VNI 4096"],
                  id="overlay-internals", marks=pytest.mark.etcd),
