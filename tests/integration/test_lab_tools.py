@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import statistics
 import subprocess
 from pathlib import Path
 
@@ -271,68 +270,6 @@ links:
 expect:
   - {from: a, to: b}
 """
-
-
-def ping_stats(handle, count: int, interval: float = 0.02) -> tuple[float, float]:
-    """(loss in percent, median round trip in ms) of ``count`` pings from a to b."""
-    out = handle.exec("a", ["ping", "-n", "-c", str(count), "-i", str(interval), "-W", "1",
-                            "10.77.0.2"], timeout=count * (interval + 1) + 30).stdout
-    rtts = [float(m) for m in re.findall(r"time=([\d.]+) ms", out)]
-    sent = int(re.search(r"(\d+) packets transmitted", out)[1])  # type: ignore[index]
-    loss = 100 * (sent - len(rtts)) / sent
-    return loss, statistics.median(rtts) if rtts else float("nan")
-
-
-@pytest.mark.kernel("sch_netem")
-def test_netem_delay_and_loss_are_measured(lab, tmp_path: Path) -> None:
-    name = unique_lab()
-    path = tmp_path / "lab.yaml"
-    path.write_text(NETEM_LAB.replace('LABNAME', name))
-    handle = lab(path, name=name)
-    # From the file: 20 ms on each end, so about 40 ms a round trip.
-    loss, rtt = ping_stats(handle, 20)
-    assert loss == 0 and 38 <= rtt <= 120, (loss, rtt)
-    shown = pycnm("lab", "netem", "--lab", name, "show").stdout
-    assert re.search(r"a\s+eth0\s+delay 20ms", shown) and re.search(r"b\s+eth0\s+delay", shown)
-    # Changed on the running lab: 50 ms and 30 % loss on a's side only.
-    pycnm("lab", "netem", "--lab", name, "a", "eth0", "--delay", "50ms", "--loss", "30%")
-    pycnm("lab", "netem", "--lab", name, "b", "eth0", "--reset")
-    loss, rtt = ping_stats(handle, 200, interval=0.01)
-    assert 15 <= loss <= 45, loss  # 30 % of requests lost; replies are not impaired
-    assert 48 <= rtt <= 150, rtt
-    data = json.loads(pycnm("lab", "netem", "--lab", name, "show", "--json").stdout)
-    assert data == [{"Node": "a", "Interface": "eth0",
-                     "Netem": {"delay": "50ms", "loss": "30%"}}]
-    live = handle.inspect(networks=False)
-    assert live["links"][0]["netem"] == {"a:eth0": "delay 50ms loss 30%"}
-    every = {"delay": "10ms", "jitter": "2ms", "loss": "1%", "rate": "10mbit",
-             "corrupt": "0.5%", "duplicate": "0.1%", "reorder": "5%"}
-    pycnm("lab", "netem", "--lab", name, "a", "eth0",
-          *[f"--{k}={v}" for k, v in every.items()])
-    got = json.loads(pycnm("lab", "netem", "--lab", name, "show", "a", "--json").stdout)
-    assert got[0]["Netem"] == every
-    assert "had no netem" in pycnm("lab", "netem", "--lab", name, "b", "eth0", "--reset").stdout
-    pycnm("lab", "netem", "--lab", name, "a", "eth0", "--reset")
-    loss, rtt = ping_stats(handle, 20)
-    assert loss == 0 and rtt < 20, rtt
-    assert passed(handle.check())
-
-
-@pytest.mark.kernel(absent="sch_netem")
-def test_netem_on_a_kernel_without_it_is_one_sentence(lab, tmp_path: Path) -> None:
-    name = unique_lab()
-    path = tmp_path / "lab.yaml"
-    path.write_text(NETEM_LAB.replace('LABNAME', name))
-    result = pycnm("lab", "up", str(path), check=False)
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert "this kernel has no netem qdisc (CONFIG_NET_SCH_NETEM is not set)" in result.stderr
-    assert lab_objects(name) == []
-    handle = lab(LABS / "01-bridge" / "lab.yaml", name=name)
-    result = pycnm("lab", "netem", "--lab", name, "c1", "eth0", "--delay", "5ms",
-                   check=False)
-    assert result.returncode == 1 and result.stderr.count("\n") == 1
-    assert "no netem qdisc" in result.stderr
-    assert handle.netem_all() == {}
 
 
 @pytest.mark.parametrize(("flags", "message"), [
