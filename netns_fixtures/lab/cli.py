@@ -224,7 +224,7 @@ def _check(args: argparse.Namespace) -> int:
     lab = find(args.lab)
     if args.lab and os.path.isfile(args.lab) and _changed(args.lab, lab.state.data):
         _say(f"note: {args.lab} changed since lab {lab.name} was built; checking the lab as "
-             "built (pycnm lab down, then up, to use the new file)")
+             f"built ('pycnm lab apply {args.lab}' changes the lab to match the file)")
     if not lab.topology.expect:
         print(f"lab {lab.name} has no 'expect' matrix to check")
         return 0
@@ -279,6 +279,7 @@ def _capture(args: argparse.Namespace) -> int:
     from netns_fixtures.lab.handle import find
 
     lab = find(args.lab)
+    lab.iface(args.node, args.iface)  # both checked before they name the pcap file
     pcap = args.write or f"{lab.name}-{args.node}-{args.iface}.pcap"
     cap = lab.capture(args.node, args.iface, count=args.count, seconds=args.seconds,
                       pcap=pcap, bpf=args.filter, on_line=_say)

@@ -167,6 +167,7 @@ class Lab:
     def capture(self, node: str, iface: str, **kwargs: Any) -> Any:
         from netns_fixtures.lab.capture import Capture
 
+        self.iface(node, iface)  # an interface name, never a path (it names the pcap file)
         return Capture(self.netns(node), iface, **kwargs)
 
     def apply(self, path: str | Path, *, dry_run: bool = False, progress: Any = print,

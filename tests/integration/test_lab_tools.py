@@ -19,7 +19,7 @@ import pytest
 from cnm.osl.netns import list_named_netns
 from netns_fixtures.lab import find
 from netns_fixtures.lab.check import table
-from tests.integration.test_labs import LABS, lab_objects, pycnm, unique_lab
+from tests.integration.test_labs import LABS, REPO, lab_objects, pycnm, unique_lab
 
 pytestmark = pytest.mark.root
 
@@ -65,6 +65,10 @@ def test_link_refuses_bad_input_in_one_sentence(lab) -> None:
         result = pycnm("lab", "link", "--lab", name, end, "down", check=False)
         assert result.returncode != 0 and message in result.stderr, result.stderr
         assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1
+    # The same check keeps a capture's interface from naming a file elsewhere.
+    result = pycnm("lab", "capture", "--lab", name, "c1", "../../tmp/x", check=False)
+    assert result.returncode == 2 and "is not an interface name" in result.stderr
+    assert not (REPO / f"{name}-c1-../../tmp/x.pcap").exists()
 
 
 # --- inspect, pingall, iperf --------------------------------------------------------------
