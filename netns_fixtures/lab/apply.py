@@ -12,9 +12,9 @@ are never touched. A netem change alone is made in place. ``run`` carries out a 
 records the new topology in the lab's state, namespace by namespace as it goes, so that
 ``lab down`` still removes everything if a step fails half-way.
 
-Refused with one sentence, before anything changes: another lab's name in the file, and
-a first overlay in a lab that was built without etcd (its store cannot move: take it
-down and up).
+Refused with one sentence, before anything changes: a first overlay in a lab that was
+built without etcd (its store cannot move), and changed ``etcd`` settings (TLS and
+authentication stay as the lab's etcd was started): take the lab down and up for those.
 """
 
 from __future__ import annotations
@@ -90,6 +90,10 @@ def plan(lab: Lab, new: Topology, *, detach: bool = True) -> Plan:
         raise Conflict(f"lab {old.name} was built without an overlay, so its store is a "
                        "local SQLite file that other hosts cannot share: take it down and "
                        "up again to add one")
+    if new.etcd != old.etcd and old.needs_etcd():
+        raise Conflict(f"lab {old.name}'s etcd runs as it was built (tls and auth cannot "
+                       "change under running agents): take it down and up again to change "
+                       "its 'etcd' settings")
     if any(link.netem for link in new.links):
         tc.require()
     builder = realise._Builder(new, lab.state, detach)
