@@ -44,7 +44,7 @@ def refuse_internal_options(options: Mapping[str, Any] | None, where: str) -> di
     """A caller's options as a dict, refused if one of its keys is pycnm's own."""
     found = sorted(str(k) for k in (options or {}) if str(k).startswith(INTERNAL_PREFIX))
     if found:
-        raise InvalidOption(f"{where}: option {found[0]} is set by pycnm itself, never by a "
+        raise InvalidOption(f"{where}: option {found[0]!r} is set by pycnm itself, never by a "
                             "caller; remove it")
     return dict(options or {})
 

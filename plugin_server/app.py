@@ -19,6 +19,7 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from cnm.errors import CNMError
+from cnm.inputs import shown
 from plugin_server import handlers
 from plugin_server.protocol import CONTENT_TYPE, MAX_BODY, Body, decode
 
@@ -41,8 +42,9 @@ def _ids(body: dict[str, Any]) -> str:
     for field in _LOGGED:
         value = body.get(field)
         if isinstance(value, str) and value:
-            short = field in ("NetworkID", "EndpointID")
-            parts.append(f"{field}={value[:12] if short else value}")
+            short = value[:12] if field in ("NetworkID", "EndpointID") else value[:64]
+            # A value is logged as it came only if it cannot forge a log line.
+            parts.append(f"{field}={short if short.isprintable() else shown(short)}")
     return " ".join(parts)
 
 
@@ -58,8 +60,8 @@ def create_app(controller: Controller) -> Flask:
         started = time.perf_counter()
         handler = handlers.ROUTES.get(call)
         if handler is None:
-            log.warning("%s: unknown call (404)", call)
-            return _reply({"Err": f"pycnm does not implement {call}"}, 404)
+            log.warning("%s: unknown call (404)", shown(call))
+            return _reply({"Err": f"pycnm does not implement {shown(call)}"}, 404)
         status, fields = 200, ""
         try:
             if (request.content_length or 0) > MAX_BODY:
@@ -94,7 +96,7 @@ def create_app(controller: Controller) -> Flask:
         if code == 413:
             message = f"the request body is larger than {MAX_BODY // 1024} KiB"
         elif code == 404:
-            message = f"pycnm does not implement {request.path}"
+            message = f"pycnm does not implement {shown(request.path)}"
         else:
             message = f"{exc.name}: Docker's plugin protocol uses POST /<Interface.Call>"
         log.warning("%s %s -> %d", request.method, request.path, code)

@@ -138,6 +138,9 @@ def _pools(ctx: PluginContext, body: Body, field: str, version: int) -> list[Poo
         for name, value in item.mapping("AuxAddresses").items():
             aux[str(name)] = Body(f"{item.call} (AuxAddresses)", {name: value}).cidr_interface(
                 name)
+            if not aux[str(name)]:
+                raise BadRequest(f"{item.call}: AuxAddresses {shown(name)} must be an address "
+                                 "with its prefix length (e.g. 10.1.0.9/24), not empty")
         for what, cidr in [("gateway", gateway), *aux.items()]:
             if cidr and ipaddress.ip_interface(cidr).ip not in ipaddress.ip_network(subnet):
                 raise BadRequest(f"{item.call}: {what} {cidr} is not inside subnet {subnet}")
@@ -160,7 +163,7 @@ def create_network(ctx: PluginContext, body: Body) -> Answer:
     options: dict[str, Any] = {}
     for key, value in generic.items():
         if not isinstance(value, str | int | float | bool):
-            raise BadRequest(f"{body.call}: option {key} must be a string, not a "
+            raise BadRequest(f"{body.call}: option {shown(key)} must be a string, not a "
                              f"{type(value).__name__}")
         options[str(key)] = value
     driver = str(options.pop(DRIVER_OPTION, DEFAULT_DRIVER) or DEFAULT_DRIVER)

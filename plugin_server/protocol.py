@@ -17,7 +17,7 @@ from typing import Any
 
 from cnm.driverapi import INTERNAL_PREFIX
 from cnm.errors import InvalidOption
-from cnm.inputs import address_text
+from cnm.inputs import address_text, shown
 
 CONTENT_TYPE = "application/vnd.docker.plugins.v1+json"
 MAX_BODY = 1 << 20  # 1 MiB: Docker's largest real request is a few kB
@@ -37,7 +37,7 @@ def decode(raw: bytes, call: str) -> dict[str, Any]:
     if not raw.strip():
         return {}
     try:
-        value = json.loads(raw)
+        value = json.loads(raw, parse_constant=_not_json)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"{call}: the request body is not valid JSON ({_short(exc)})") from None
     except RecursionError:
@@ -48,6 +48,17 @@ def decode(raw: bytes, call: str) -> dict[str, Any]:
         raise BadRequest(f"{call}: the request body must be a JSON object, "
                          f"not {type(value).__name__}")
     return value
+
+
+def _name(field: str) -> str:
+    """A field name for a message: as it is when printable and short (Docker's own names),
+    else quoted (a name from the request must not add a line or a page)."""
+    return field if field.isprintable() and 0 < len(field) <= 64 else shown(field)
+
+
+def _not_json(name: str) -> Any:
+    """NaN and Infinity: Python's json reads them, JSON has no such values."""
+    raise ValueError(f"{name} is not a JSON value")
 
 
 def _plain(text: str) -> str:
@@ -72,12 +83,12 @@ class Body:
 
     def _bad(self, field: str, wanted: str, value: Any) -> BadRequest:
         try:
-            shown = json.dumps(value)
+            text = json.dumps(value)
         except (ValueError, RecursionError):
-            shown = type(value).__name__
-        if len(shown) > 80:
-            shown = shown[:77] + "..."
-        return BadRequest(f"{self.call}: field {field} must be {wanted}, not {shown}")
+            text = type(value).__name__
+        if len(text) > 80:
+            text = text[:77] + "..."
+        return BadRequest(f"{self.call}: field {_name(field)} must be {wanted}, not {text}")
 
     def id(self, field: str) -> str:
         """A required object id (``NetworkID``, ``EndpointID``)."""
@@ -128,12 +139,12 @@ class Body:
         value = self.mapping(field)
         internal = sorted(str(k) for k in value if str(k).startswith(INTERNAL_PREFIX))
         if internal:
-            raise BadRequest(f"{self.call}: {field} key {internal[0]} is pycnm's own: a request "
-                             "may not set it")
+            raise BadRequest(f"{self.call}: {field} key {_name(internal[0])} is pycnm's own: "
+                             "a request may not set it")
         return value
 
     def sub(self, field: str) -> Body:
-        return Body(f"{self.call} ({field})", self.mapping(field))
+        return Body(f"{self.call} ({_name(field)})", self.mapping(field))
 
     def items(self, field: str) -> list[Body]:
         return [Body(f"{self.call} ({field}[{i}])", v) for i, v in enumerate(self.objects(field))]
