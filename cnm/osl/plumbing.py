@@ -7,6 +7,7 @@ import ipaddress
 import os
 from collections.abc import Iterable
 
+from cnm.errors import Conflict
 from cnm.osl import links
 from cnm.osl.netns import iproute, netns_fd
 from cnm.osl.rtnl import Request
@@ -15,9 +16,18 @@ IPInterface = links.IPInterface
 
 
 def move_into(host_ns: str | None, sandbox_ns: str, src_name: str, ifname: str) -> None:
-    """Move ``src_name`` from the host into the sandbox, renamed ``ifname``."""
+    """Move ``src_name`` from the host into the sandbox, renamed ``ifname``; if that name
+    is taken there, Conflict, with the interface back in the host as it was."""
     with iproute(host_ns) as host, netns_fd(sandbox_ns) as target:
-        links.move_link(host, src_name, target, ifname)
+        try:
+            links.move_link(host, src_name, target, ifname)
+        except Conflict:
+            # The kernel moves the link first and renames it after: a taken name leaves it
+            # inside under its old name. Bring it back, unless it never left.
+            if links.link_index(host, src_name) is None:
+                with iproute(sandbox_ns) as inside, netns_fd(host_ns) as back:
+                    links.move_link(inside, src_name, back)
+            raise
 
 
 def configure_inside(
