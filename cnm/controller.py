@@ -90,6 +90,7 @@ class Controller:
         self.global_ipam = Ipam(PrefixedStore(self.store, "global/"), self._host_prefixes)
         self._drivers: dict[str, Driver] = {}
         self._drivers_lock = threading.Lock()
+        self._dns: Any = None
         self.last_reconcile: list[str] = []
         if reconcile:
             self.last_reconcile = self.reconcile()
@@ -355,10 +356,12 @@ class Controller:
             else:
                 plumbing.set_forwarding(record.netns_path, ip_forward)
                 etcfiles.write(record, [], netns_name)
-            self.local.put(f"sandboxes/{sid}", record.to_dict())
+            revision = self.local.put(f"sandboxes/{sid}", record.to_dict())
             undo.pop_all()
         log.info("sandbox %s (%s): created at %s (mode %s)", name, sid[:12], record.netns_path,
                  parsed)
+        if parsed.kind == "default":
+            self.settle_dns(revision)  # the resolver has taken it over (if one runs)
         return Sandbox(self, sid)
 
     def _host_netns_path(self) -> str:
@@ -477,7 +480,26 @@ class Controller:
             drv.ctx.config.update(config or {})
             if drv.start():
                 started.append(name)
+        if (config or {}).get("dns", True) and self._dns is None:
+            from cnm.dns.service import DnsService
+
+            service = DnsService(self, config)
+            if service.start():
+                self._dns = service
+                started.append("dns")
         return started
+
+    @property
+    def dns(self) -> Any:
+        """The embedded resolver this process runs (``cnm.dns.service``), or None."""
+        return self._dns
+
+    def settle_dns(self, revision: int) -> None:
+        """After a change of names at store ``revision``: wait (briefly) until this host's
+        resolver, if one runs, has applied it, so the name answers at once."""
+        from cnm.dns import client
+
+        client.wait_applied(self.local, revision)
 
     def cleanup_all(self) -> None:
         """Remove every object this host has in the store, and its kernel state."""
@@ -490,6 +512,9 @@ class Controller:
             net.delete()
 
     def close(self) -> None:
+        if self._dns is not None:
+            self._dns.stop()  # sandboxes get their plain files back
+            self._dns = None
         for drv in self._drivers.values():
             drv.close()
         reaper.flush()  # links queued for deletion are gone before we return

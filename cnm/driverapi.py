@@ -190,6 +190,12 @@ class Driver(abc.ABC):
     def discover_delete(self, kind: str, data: dict[str, Any]) -> None:  # noqa: B027
         """A node or datastore went away (Docker's DiscoverDelete)."""
 
+    def dns_scope(self, nid: str) -> str | None:
+        """The cluster-wide name of network ``nid`` if its endpoints on every host form one
+        network (an overlay): service discovery shares the names of all hosts' endpoints
+        under it. None (the default): the network's names stay on this host."""
+        return None
+
     def restore(self) -> list[str]:
         """Reconcile the kernel with the driver's stored state after a restart: recreate
         what is missing and return a sentence for each thing that could not be fixed."""

@@ -59,8 +59,8 @@ class Endpoint:
     def _key(self) -> str:
         return f"endpoints/{self.network_id}/{self.id}"
 
-    def _save(self, record: EndpointRecord) -> None:
-        self.controller.local.put(self._key(), record.to_dict())
+    def _save(self, record: EndpointRecord) -> int:
+        return self.controller.local.put(self._key(), record.to_dict())
 
     # --- join / leave ---------------------------------------------------------------
 
@@ -108,7 +108,7 @@ class Endpoint:
                  "next_hop": str(r.next_hop) if r.next_hop else None}
                 for r in info.static_routes
             ]
-            self._save(ep)
+            revision = self._save(ep)
             undo.callback(self._clear_join)
             if gateway:
                 drv.program_external_connectivity(self.network_id, self.id, opts)
@@ -116,6 +116,7 @@ class Endpoint:
             sandbox._write_files(joined=ep)
             undo.pop_all()
         log.info("endpoint %s: joined sandbox %s as %s", self.id[:12], sb.name, ifname)
+        ctl.settle_dns(revision)  # its names answer once join returns
         return ifname
 
     def _plug(
@@ -145,12 +146,12 @@ class Endpoint:
         drv = self._driver()
         drv.program_external_connectivity(self.network_id, self.id, opts)
 
-    def _clear_join(self) -> None:
+    def _clear_join(self) -> int:
         ep = self.record
         ep.sandbox_id = ep.sandbox_key = ep.ifname = ep.src_name = None
         ep.gateway = ep.gateway_v6 = None
         ep.static_routes = []
-        self._save(ep)
+        return self._save(ep)
 
     def leave(self) -> None:
         """Unplug this endpoint from its sandbox; an endpoint in no sandbox is success."""
@@ -174,13 +175,14 @@ class Endpoint:
         drv.leave(self.network_id, self.id)
         if sb is not None and ep.ifname:
             sandbox._release_ifname(ep.ifname, f"{self.network_id}/{self.id}")
-        self._clear_join()
+        revision = self._clear_join()
         if sb is not None:
             if was_gateway:
                 sandbox._drop_gateway(self.id)
                 sandbox._elect_gateway()
             sandbox._write_files()
         log.info("endpoint %s: left sandbox %s", self.id[:12], sb.name if sb else ep.sandbox_id)
+        ctl.settle_dns(revision)  # its names no longer answer once leave returns
 
     # --- joins where someone else owns the sandbox (dockerd) ------------------------
 
@@ -266,6 +268,7 @@ class Endpoint:
             "IPv6Address": ep.address_v6 or "",
             "SandboxID": ep.sandbox_id or "",
             "Interface": ep.ifname or "",
+            "Aliases": list(ep.aliases),
         }
 
     def repair(self, sandbox: Sandbox) -> None:

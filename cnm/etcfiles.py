@@ -1,7 +1,9 @@
 """A sandbox's /etc/resolv.conf and /etc/hosts, as Docker writes them.
 
 For a named namespace the files go to /etc/netns/NAME/, which ``ip netns exec`` bind-mounts
-over /etc. Entries come from the sandbox record; service discovery will add its names here.
+over /etc. Entries come from the sandbox record. A sandbox served by the embedded resolver
+(``cnm.dns``) gets ``nameserver 127.0.0.11`` and ``options ndots:0`` (as Docker writes it);
+its own ``dns`` servers are then the resolver's upstreams, dialled from inside it.
 """
 
 from __future__ import annotations
@@ -46,12 +48,16 @@ def host_nameservers(path: str = HOST_RESOLV_CONF) -> tuple[list[str], list[str]
     return servers, search, options
 
 
-def render_resolv_conf(sandbox: SandboxRecord) -> str:
+def render_resolv_conf(sandbox: SandboxRecord, served: bool = False) -> str:
     servers, search, options = host_nameservers()
     servers = sandbox.dns_servers or servers
     search = sandbox.dns_search or search
     options = sandbox.dns_options or options
     lines = ["# written by pycnm for sandbox " + sandbox.name]
+    if served:
+        lines[0] += " (names from pycnm's resolver at 127.0.0.11)"
+        servers = ["127.0.0.11"]
+        options = ["ndots:0", *(o for o in options if not o.startswith("ndots:"))]
     lines += [f"nameserver {s}" for s in servers]
     if search:
         lines.append("search " + " ".join(search))
@@ -106,6 +112,7 @@ def write(
     endpoints: list[EndpointRecord],
     netns_name: str | None,
     hosts_only: bool = False,
+    served: bool = False,
 ) -> str:
     """Write the files (only /etc/hosts when endpoints came or went, the one file that
     depends on them); return their folder.
@@ -119,7 +126,7 @@ def write(
     folder = files_dir(sandbox, netns_name)
     files = [("hosts", render_hosts(sandbox, endpoints))]
     if not hosts_only:
-        files += [("resolv.conf", render_resolv_conf(sandbox)),
+        files += [("resolv.conf", render_resolv_conf(sandbox, served)),
                   ("hostname", (sandbox.hostname or sandbox.name) + "\n")]
     try:
         if not hosts_only:
@@ -131,6 +138,20 @@ def write(
         raise KernelError(f"cannot write the files of sandbox {sandbox.name} in {folder}: "
                           f"{exc.strerror or exc}") from exc
     return folder
+
+
+def write_resolv_conf(sandbox: SandboxRecord, netns_name: str | None, served: bool) -> None:
+    """Rewrite only resolv.conf (in place, as ``write``): the resolver takes a sandbox over
+    or gives it back."""
+    check_values(sandbox)
+    folder = files_dir(sandbox, netns_name)
+    try:
+        os.makedirs(folder, mode=0o755, exist_ok=True)
+        with open(os.path.join(folder, "resolv.conf"), "w") as handle:
+            handle.write(render_resolv_conf(sandbox, served))
+    except OSError as exc:
+        raise KernelError(f"cannot write the resolv.conf of sandbox {sandbox.name} in "
+                          f"{folder}: {exc.strerror or exc}") from exc
 
 
 def remove(sandbox: SandboxRecord, netns_name: str | None) -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from cnm import inputs, names
+from cnm.dns.names import check_aliases
 from cnm.driverapi import (
     OPT_MACADDRESS,
     OPT_PORTMAP,
@@ -72,11 +73,14 @@ class Network:
         mac: str | None = None,
         options: Mapping[str, Any] | None = None,
         endpoint_id: str | None = None,
+        aliases: Iterable[str] | None = None,
     ) -> Endpoint:
         """Create an endpoint (an interface not yet in any sandbox) with its addresses.
 
         ``ip``/``ipv6_address`` ask for static addresses; networks whose addressing is
-        owned by the caller (Docker) must be given them.
+        owned by the caller (Docker) must be given them. ``aliases``: more names the
+        endpoint's addresses answer to on this network, besides the sandbox's and the
+        endpoint's (RFC 1123 host names; Docker's ``--network-alias``).
         """
         ctl = self.controller
         net = self.record
@@ -89,6 +93,7 @@ class Network:
         name = name or eid[:12]
         if not names.is_valid_object_name(name):
             raise InvalidOption(f"endpoint name {name!r} is invalid")
+        alias_list = check_aliases(list(aliases) if aliases is not None else None)
         mac = inputs.mac(mac, "the MAC address") if mac else None
         opts = refuse_internal_options(options, f"endpoint {name}")
         parse_portmap(opts.get(OPT_PORTMAP))  # refused now rather than at join
@@ -107,7 +112,7 @@ class Network:
                 id=eid, name=name, network_id=self.id,
                 address=str(address) if address else None,
                 address_v6=str(address_v6) if address_v6 else None,
-                mac=mac, options=opts,
+                mac=mac, options=opts, aliases=alias_list,
             )
             iface = InterfaceInfo(
                 ipaddress.IPv4Interface(record.address) if record.address else None,

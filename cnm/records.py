@@ -82,6 +82,7 @@ class EndpointRecord(Record):
     gateway: str | None = None
     gateway_v6: str | None = None
     static_routes: list[dict[str, Any]] = field(default_factory=list)
+    aliases: list[str] = field(default_factory=list)  # more DNS names (RFC 1123)
     created: str = field(default_factory=now)
     version: int = SCHEMA
 

@@ -10,9 +10,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from cnm import etcfiles, names
+from cnm.dns import client as dns_client
 from cnm.endpoint import Endpoint
 from cnm.errors import Busy, CNMError, Conflict, NotFound
-from cnm.osl import plumbing
+from cnm.osl import dnsnat, plumbing
 from cnm.osl.netns import (
     NETNS_RUN_DIR,
     create_named_netns,
@@ -235,7 +236,8 @@ class Sandbox:
             else self._find_endpoint(key)
             for _, key in ordered) if r]
         netns_name = names.sandbox_netns(sb.name) if sb.owned else None
-        etcfiles.write(sb, records, netns_name, hosts_only=hosts_only)
+        served = not hosts_only and dns_client.is_served(self.controller.local, sb.id)
+        etcfiles.write(sb, records, netns_name, hosts_only=hosts_only, served=served)
 
     # --- life cycle -------------------------------------------------------------------
 
@@ -261,6 +263,9 @@ class Sandbox:
             ep.delete()
         if sb.owned:
             delete_named_netns(names.sandbox_netns(sb.name))
+        elif netns_exists(sb.netns_path):
+            dnsnat.remove(sb.netns_path)  # the namespace is not ours; the resolver's table is
+        ctl.local.delete(dns_client.sandbox_key(self.id))
         etcfiles.remove(sb, self.netns_name)
         ctl.local.delete(f"sandboxes/{self.id}")
         ctl.local.delete(f"names/sandboxes/{sb.name}")

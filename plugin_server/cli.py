@@ -31,7 +31,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--threads", type=int, default=DEFAULT_THREADS,
                        help=f"worker threads (default {DEFAULT_THREADS})")
     serve.add_argument("--no-background", action="store_true",
-                       help="do not start the drivers' background work (overlay agent)")
+                       help="do not start the drivers' background work (overlay agent) nor "
+                       "the DNS resolver of pycnm's own sandboxes")
+    serve.add_argument("--no-dns", action="store_true",
+                       help="serve no DNS to pycnm's own sandboxes (Docker's containers "
+                       "always keep Docker's)")
     serve.add_argument("--log-level", default="info",
                        choices=["debug", "info", "warning", "error"],
                        help="log level (default info: one line per call)")
@@ -45,7 +49,8 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(args.log_level.upper())
     options = ServeOptions(socket_path=args.socket, tcp=args.tcp, threads=max(1, args.threads),
-                           background=not args.no_background)
+                           background=not args.no_background,
+                           background_config={"dns": not args.no_dns})
     check_options(options)  # before the Controller restores anything
     with open_controller(args, reconcile=True) as ctl:
         for problem in ctl.last_reconcile:

@@ -12,7 +12,8 @@ PYTHON=${PYTHON:-python3}
 # chromium: the labs' live page is tested in it, headless (Playwright drives it, never
 # downloading a browser of its own); etcd-client: etcdctl, as lab 10 watches etcd.
 APT_PACKAGES=(iproute2 nftables iputils-ping tcpdump docker.io busybox-static etcd-server
-              iperf3 graphviz ethtool procps kmod util-linux tar chromium etcd-client)
+              iperf3 graphviz ethtool procps kmod util-linux tar chromium etcd-client
+              dnsutils dnsmasq-base dnsperf)  # dig, a test upstream, DNS load (cnm.dns)
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "setup.sh: run as root (sudo bash scripts/setup.sh)" >&2

@@ -1,9 +1,10 @@
 """``pycnm agent``: the long-running process of one host.
 
 It opens the Controller (which reconciles the kernel with the store), starts the drivers'
-background work (the overlay's lease, watches and VTEP entries) and runs until SIGTERM or
-SIGINT, then stops that work and exits 0. The plugin server does the same in its own
-process; run one or the other per host, not both.
+background work (the overlay's lease, watches and VTEP entries) and the embedded DNS
+resolver of every sandbox (``cnm.dns``), and runs until SIGTERM or SIGINT, then stops that
+work (sandboxes get their plain resolv.conf back) and exits 0. The plugin server does the
+same in its own process; run one or the other per host, not both.
 """
 
 from __future__ import annotations
@@ -28,7 +29,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="seconds a dead host's records outlive it (default 15; "
                        f"${ENV_LEASE_TTL})")
     agent.add_argument("--resync-interval", type=float, default=None,
-                       help="seconds between full resyncs of the VTEP entries (default 30)")
+                       help="seconds between full resyncs of the VTEP entries and names "
+                       "(default 30)")
+    agent.add_argument("--no-dns", action="store_true",
+                       help="serve no DNS: sandboxes keep the host's servers and hosts file")
+    agent.add_argument("--dns-timeout", type=float, default=None,
+                       help="seconds a forwarded query waits for the upstream servers, all "
+                       "together, before SERVFAIL (default 4)")
     agent.set_defaults(handler=_agent)
 
 
@@ -39,8 +46,17 @@ def _agent(args: argparse.Namespace) -> int:
         stop.set()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    from cnm.errors import InvalidOption
+
+    for flag, value in (("--lease-ttl", args.lease_ttl), ("--dns-timeout", args.dns_timeout),
+                        ("--resync-interval", args.resync_interval)):
+        if value is not None and not 0 < float(value) <= 3600:
+            raise InvalidOption(f"{flag} must be a number of seconds above 0 and at most "
+                                f"3600, not {value}")
     config = {k: v for k, v in (("lease_ttl", args.lease_ttl),
-                                ("resync_interval", args.resync_interval)) if v}
+                                ("resync_interval", args.resync_interval),
+                                ("dns_timeout", args.dns_timeout)) if v}
+    config["dns"] = not args.no_dns
     try:
         with open_controller(args, reconcile=True) as ctl:
             for problem in ctl.last_reconcile:

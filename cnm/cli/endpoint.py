@@ -44,6 +44,8 @@ def _address_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mac-address")
     parser.add_argument("-p", "--publish", action="append", default=[],
                         metavar="[HOSTIP:]HOSTPORT:PORT[/PROTO]")
+    parser.add_argument("--alias", action="append", default=[], metavar="NAME",
+                        help="another DNS name for this endpoint on the network (repeatable)")
 
 
 _NUMBER = re.compile(r"[0-9]{1,5}")
@@ -88,7 +90,7 @@ def _create(args: argparse.Namespace) -> int:
     with open_controller(args) as ctl:
         ep = ctl.network(args.network).create_endpoint(
             args.name, ip=args.ip, ipv6_address=args.ip6, mac=args.mac_address,
-            options=_options(args),
+            options=_options(args), aliases=args.alias,
         )
         emit(True, ep.inspect()) if args.json else print(ep.id)
     return 0
@@ -127,7 +129,7 @@ def _attach(args: argparse.Namespace) -> int:
         with contextlib.ExitStack() as undo:
             ep = net.create_endpoint(
                 args.name or sb.name, ip=args.ip, ipv6_address=args.ip6,
-                mac=args.mac_address, options=_options(args),
+                mac=args.mac_address, options=_options(args), aliases=args.alias,
             )
             undo.callback(ep.delete)
             ifname = ep.join(sb)

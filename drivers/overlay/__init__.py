@@ -243,6 +243,10 @@ class OverlayDriver(Driver):
             dataplane.unplug_veth(rec["netns"], entry.value["host_veth"])
         self.ctx.store.delete(key)
 
+    def dns_scope(self, nid: str) -> str | None:
+        rec = self.local_network(nid)
+        return f"overlay:{rec['overlay']}" if rec is not None else None
+
     def network_info(self, nid: str) -> dict[str, str]:
         net = self._network(nid)
         # Docker's key for a swarm overlay's VNI, so habits carry over.

@@ -1,0 +1,230 @@
+"""The names a resolver answers, as an immutable snapshot built from the store.
+
+Every name is a ``NameEntry``: on one network, some names, their addresses, and (for
+endpoints) the name an address maps back to (PTR). Sources of entries:
+
+- this host's endpoints joined to sandboxes (``local_entries``): the sandbox's name, the
+  endpoint's name, its aliases, and the names of the sandboxes that share the sandbox's
+  namespace (``container:`` mode); the PTR name is the sandbox's, as Docker's is the
+  container's;
+- other hosts' endpoints on a cluster-wide network, from their published records
+  (``cluster_entries``, see ``publish_records``);
+- anything else that names addresses on a network (a load-balanced service's virtual IP,
+  ``tasks.NAME``): callers pass more entries to ``build``; nothing here needs to change.
+
+A ``Snapshot`` maps each served sandbox to its ``SandboxView``: the networks it is
+attached to, in interface order, each with its names. Lookups follow Docker's: the whole
+name on every network in order, then ``A.B`` as name ``A`` on network ``B`` (and ``A.B.C``
+as ``A.B`` on network ``C``, then ``A`` on network ``B.C``); the first network that knows
+the name answers with all its addresses. A name on a network the sandbox is not on does
+not resolve. Case is ignored.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True)
+class NameEntry:
+    """Names on one network and the addresses they resolve to."""
+
+    network_id: str
+    names: tuple[str, ...]
+    addresses: tuple[IPAddress, ...]
+    ptr: str | None = None  # the name each address maps back to (None: no PTR)
+
+
+@dataclass(frozen=True)
+class NetworkNames:
+    id: str
+    name: str  # lower case: the NETWORK of NAME.NETWORK
+    internal: bool
+    names: Mapping[str, tuple[IPAddress, ...]]  # lower-case name -> addresses
+    reverse: Mapping[IPAddress, str]  # address -> "name.network"
+
+
+@dataclass(frozen=True)
+class SandboxView:
+    """What one served sandbox sees."""
+
+    id: str
+    name: str
+    netns_path: str
+    networks: tuple[NetworkNames, ...]
+    forward: bool  # some network has a way out: names it does not know are forwarded
+    dns_servers: tuple[IPAddress, ...] = ()  # its own upstreams, dialled from inside it
+
+    def lookup(self, name: str) -> tuple[IPAddress, ...] | None:
+        """The addresses of ``name`` (lower case, no trailing dot), or None if no network
+        of this sandbox knows it."""
+        for wanted, network in _candidates(name):
+            for net in self.networks:
+                if network is not None and network != net.name:
+                    continue
+                found = net.names.get(wanted)
+                if found is not None:
+                    return found
+        return None
+
+    def reverse(self, address: IPAddress) -> str | None:
+        for net in self.networks:
+            found = net.reverse.get(address)
+            if found is not None:
+                return found
+        return None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    sandboxes: Mapping[str, SandboxView] = field(default_factory=dict)
+
+
+def _candidates(name: str) -> Iterable[tuple[str, str | None]]:
+    """``a.b.c`` -> (a.b.c, any network), (a.b, network c), (a, network b.c)."""
+    yield name, None
+    cut = len(name)
+    while True:
+        cut = name.rfind(".", 0, cut)
+        if cut <= 0:
+            return
+        yield name[:cut], name[cut + 1:]
+
+
+# --- the records, as listed from the store ---------------------------------------------------
+
+
+@dataclass
+class Records:
+    """One host's records (values of ``networks/``, ``endpoints/``, ``sandboxes/``) and
+    the cluster's published names (values under ``dns/scopes/``, with their keys)."""
+
+    networks: list[dict[str, Any]] = field(default_factory=list)
+    endpoints: list[dict[str, Any]] = field(default_factory=list)
+    sandboxes: list[dict[str, Any]] = field(default_factory=list)
+    published: dict[str, dict[str, Any]] = field(default_factory=dict)  # key -> value
+    scopes: dict[str, str] = field(default_factory=dict)  # network id -> cluster scope
+
+
+def _addresses(*cidrs: str | None) -> tuple[IPAddress, ...]:
+    return tuple(ipaddress.ip_interface(c).ip for c in cidrs if c)
+
+
+def served(sandbox: Mapping[str, Any]) -> bool:
+    """Whether the resolver serves this sandbox: one with a namespace of its own that
+    can be attached to networks (host, none and container-mode sandboxes are not)."""
+    return sandbox.get("mode", "default") == "default"
+
+
+def local_entries(records: Records) -> list[NameEntry]:
+    return [entry for _, entry in _local(records)]
+
+
+def _local(records: Records) -> list[tuple[str, NameEntry]]:
+    """(endpoint id, its entry) for every joined endpoint with an address."""
+    sandboxes = {s["id"]: s for s in records.sandboxes}
+    sharers: dict[str, list[str]] = {}
+    for sharer in records.sandboxes:
+        if sharer.get("mode") == "container" and sharer.get("container"):
+            sharers.setdefault(sharer["container"], []).append(sharer["name"])
+    entries = []
+    for ep in records.endpoints:
+        sb = sandboxes.get(ep.get("sandbox_id") or "")
+        addresses = _addresses(ep.get("address"), ep.get("address_v6"))
+        if sb is None or not addresses:
+            continue
+        names = (sb["name"], ep["name"], *ep.get("aliases", ()),
+                 *sorted(sharers.get(sb["id"], ())))
+        entries.append((ep["id"], NameEntry(ep["network_id"], names, addresses, sb["name"])))
+    return entries
+
+
+def publish_records(records: Records, host_id: str) -> dict[str, dict[str, Any]]:
+    """What this host publishes for the cluster: one record per endpoint on a network
+    with a cluster scope, keyed ``dns/scopes/SCOPE/HOST/ENDPOINT``."""
+    result = {}
+    for eid, entry in _local(records):
+        scope = records.scopes.get(entry.network_id)
+        if scope is None:
+            continue
+        result[f"dns/scopes/{scope}/{host_id}/{eid}"] = {
+            "names": list(entry.names), "ptr": entry.ptr, "host": host_id,
+            "addresses": [str(a) for a in entry.addresses],
+        }
+    return result
+
+
+def cluster_entries(records: Records, host_id: str) -> list[NameEntry]:
+    """Other hosts' names, on each local network of the scope they were published in."""
+    by_scope: dict[str, list[str]] = {}
+    for nid, scope in records.scopes.items():
+        by_scope.setdefault(scope, []).append(nid)
+    entries = []
+    for key, value in records.published.items():
+        parts = key.split("/")
+        if len(parts) != 5 or parts[3] == host_id:
+            continue
+        try:
+            addresses = tuple(ipaddress.ip_address(a) for a in value.get("addresses", ()))
+            names = tuple(str(n) for n in value.get("names", ()))
+        except (TypeError, ValueError):
+            continue  # a record pycnm did not write: ignore it
+        ptr = value.get("ptr")
+        for nid in by_scope.get(parts[2], ()):
+            entries.append(NameEntry(nid, names, addresses, ptr if isinstance(ptr, str)
+                                     else None))
+    return entries
+
+
+def build(records: Records, host_id: str, extra: Iterable[NameEntry] = ()) -> Snapshot:
+    """The snapshot of every served sandbox of this host."""
+    nets = {n["id"]: n for n in records.networks}
+    tables: dict[str, dict[str, list[IPAddress]]] = {nid: {} for nid in nets}
+    reverse: dict[str, dict[IPAddress, str]] = {nid: {} for nid in nets}
+    for entry in (*local_entries(records), *cluster_entries(records, host_id), *extra):
+        table = tables.get(entry.network_id)
+        if table is None:
+            continue
+        for name in dict.fromkeys(n.lower() for n in entry.names):
+            have = table.setdefault(name, [])
+            have.extend(a for a in entry.addresses if a not in have)
+        if entry.ptr:
+            ptr = f"{entry.ptr}.{nets[entry.network_id]['name']}"
+            for address in entry.addresses:
+                reverse[entry.network_id].setdefault(address, ptr)
+    networks = {
+        nid: NetworkNames(nid, net["name"].lower(), bool(net.get("internal")),
+                          {k: tuple(v) for k, v in tables[nid].items()}, reverse[nid])
+        for nid, net in nets.items()
+    }
+    views = {}
+    for sb in records.sandboxes:
+        if not served(sb):
+            continue
+        order = sorted(sb.get("interfaces", {}).items(), key=lambda item: _ifname_order(item[0]))
+        attached = tuple(networks[key.partition("/")[0]] for _, key in order
+                         if key.partition("/")[0] in networks)
+        servers = []
+        for text in sb.get("dns_servers", ()):
+            try:
+                address = ipaddress.ip_address(text)
+            except ValueError:
+                continue
+            if address != ipaddress.IPv4Address("127.0.0.11"):
+                servers.append(address)
+        views[sb["id"]] = SandboxView(
+            sb["id"], sb["name"], sb["netns_path"], attached,
+            forward=any(not net.internal for net in attached), dns_servers=tuple(servers),
+        )
+    return Snapshot(views)
+
+
+def _ifname_order(ifname: str) -> tuple[str, int]:
+    head = ifname.rstrip("0123456789")
+    tail = ifname[len(head):]
+    return head, int(tail) if tail else -1

@@ -1,0 +1,400 @@
+"""The resolver's long-running half: keeps the names in line with the store, takes
+sandboxes over, publishes this host's names for the cluster, gives sandboxes back.
+
+It runs inside ``pycnm agent`` or ``pycnm plugin serve`` (``Controller.start_background``),
+one per host: it claims ``dns/resolver`` in the host's key space, under a lease, and a
+second process finds the claim alive and serves no DNS. One control thread does
+everything in order; the store's watch callbacks only note the revision and wake it:
+
+    connect:  grant a lease, claim dns/resolver, watch this host's sandboxes/, endpoints/
+              and networks/ and the cluster's dns/scopes/, then sync. Watching before
+              listing means no change falls between the two.
+    sync:     list the records, build the snapshot (``registry.build``), take over the
+              sandboxes it now serves (sockets inside, NAT table, ``nameserver
+              127.0.0.11``), drop those gone, hand the snapshot to the event loop, publish
+              this host's names on cluster-wide networks under the lease (and withdraw the
+              ones gone), then record at dns/applied the newest revision the listing
+              covers, which is what a process that just changed names waits for.
+    serve:    sync after watch events (coalesced), refresh the lease every ttl/3, re-read
+              the host's resolv.conf when it changes, sync everything every
+              ``resync_interval`` as a safety net.
+    failure:  a StoreUnavailable (etcd down, lease lost) drops the watches and connects
+              again with back-off; the event loop keeps answering from the last snapshot.
+    stop:     every sandbox gets its plain files back (the host's servers, no NAT table),
+              the claim goes; the lease is not revoked, so a restart does not make other
+              hosts drop this host's names (they go when it runs out).
+    restart:  sandboxes taken over by a process that was killed keep their NAT table and
+              127.0.0.11; the next process listens on the same ports again where they are
+              free, so nothing in the sandbox has to change, and no name is lost: names
+              live in the store, not in the process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from cnm import etcfiles, names
+from cnm.dns import client, registry, upstreams
+from cnm.dns.names import FORWARD_TIMEOUT, RESOLVER_ADDRESS
+from cnm.dns.registry import NameEntry, Records
+from cnm.dns.server import Server
+from cnm.errors import CNMError, Conflict, StoreUnavailable
+from cnm.osl import dnsnat
+from cnm.osl.netns import netns_exists
+from cnm.records import SandboxRecord
+from cnm.store.base import Store, WatchEvent
+from cnm.store.prefixed import PrefixedStore
+
+if TYPE_CHECKING:
+    from cnm.controller import Controller
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LEASE_TTL = 15.0
+DEFAULT_RESYNC_INTERVAL = 30.0
+UPSTREAM_CHECK = 2.0  # seconds between two looks at the host's resolv.conf
+BACKOFF_FIRST, BACKOFF_MAX = 0.2, 5.0
+ENV_LEASE_TTL = "PYCNM_OVERLAY_LEASE_TTL"
+
+Source = Callable[[Store, Records], Iterable[NameEntry]]
+_SCOPE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
+
+
+class LeaseLost(StoreUnavailable):
+    """The resolver's lease (and its records) are gone."""
+
+
+@dataclass
+class Adopted:
+    netns_path: str
+    inode: int  # a namespace rebuilt at the same path is another namespace
+    udp_port: int
+    tcp_port: int
+
+
+def _inode(path: str) -> int:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return 0
+
+
+def _start_time(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(claim: Mapping[str, Any]) -> bool:
+    """Whether the process that wrote a claim still runs (pid and start time match)."""
+    pid = claim.get("pid")
+    return isinstance(pid, int) and _start_time(pid) == claim.get("started")
+
+
+class DnsService:
+    def __init__(self, controller: Controller, config: Mapping[str, Any] | None = None) -> None:
+        config = dict(config or {})
+        self.ctl = controller
+        self.host_id = controller.host_id
+        self.local: Store = controller.local
+        self.cluster: Store = PrefixedStore(controller.store, "global/")
+        self.ttl = float(config.get("lease_ttl") or os.environ.get(ENV_LEASE_TTL)
+                         or DEFAULT_LEASE_TTL)
+        self.resync_interval = float(config.get("resync_interval") or DEFAULT_RESYNC_INTERVAL)
+        self.resolv_conf = str(config.get("dns_resolv_conf")
+                               or upstreams.host_resolv_conf(controller.host_ns))
+        self.server = Server(controller.host_ns,
+                             timeout=float(config.get("dns_timeout") or FORWARD_TIMEOUT))
+        self.adopted: dict[str, Adopted] = {}
+        self.sources: list[tuple[str, Source]] = []  # (store prefix to watch, source)
+        self.upstreams = upstreams.Upstreams((), self.resolv_conf)
+        self.connected = threading.Event()
+        self._upstreams_stamp: tuple[float, int] | None = None
+        self._lease: Any = None
+        self._claim_revision = 0
+        self._scopes: dict[str, str | None] = {}
+        self._revision = 0
+        self._revision_lock = threading.Lock()
+        self._dirty = threading.Event()
+        self._stopping = threading.Event()
+        self._cancels: list[Callable[[], None]] = []
+        self._thread = threading.Thread(target=self._run, name="pycnm-dns-control",
+                                        daemon=True)
+
+    # --- life cycle ---------------------------------------------------------------------
+
+    def add_source(self, prefix: str, source: Source) -> None:
+        """More names (a service's virtual IP, say): ``source(local_store, records)`` is
+        called on every sync; changes under ``prefix`` (this host's key space) trigger one.
+        Call before ``start``."""
+        self.sources.append((prefix, source))
+
+    def start(self) -> bool:
+        """Start serving; False (and a warning) if another live process serves this host."""
+        claim = self.local.get(client.RESOLVER_KEY)
+        if claim is not None and claim.value.get("pid") != os.getpid() and _alive(claim.value):
+            log.warning("resolver: host %s is already served by process %s; this one serves "
+                        "no DNS", self.host_id, claim.value.get("pid"))
+            return False
+        self.server.start()
+        self._thread.start()
+        return True
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._dirty.set()
+        if self._thread.is_alive():
+            self._thread.join(15)
+        self._drop_watches()
+        for sid in list(self.adopted):
+            self._give_back(sid)
+        with contextlib.suppress(CNMError):
+            entry = self.local.get(client.RESOLVER_KEY)
+            if entry is not None and entry.value.get("pid") == os.getpid():
+                self.local.delete(client.RESOLVER_KEY)
+        self.server.stop()
+
+    def _run(self) -> None:
+        backoff = BACKOFF_FIRST
+        while not self._stopping.is_set():
+            try:
+                self._connect()
+                backoff = BACKOFF_FIRST
+                self._serve()
+            except StoreUnavailable as exc:
+                log.warning("resolver %s: store unavailable (%s); answering from the names "
+                            "known, retrying in %.1f s", self.host_id, exc, backoff)
+            except Conflict as exc:
+                log.warning("resolver %s: %s", self.host_id, exc)
+            except Exception:  # noqa: BLE001 - a bug must not leave the host without names
+                log.exception("resolver %s: unexpected error; reconnecting", self.host_id)
+            self.connected.clear()
+            self._drop_watches()
+            if self._stopping.wait(backoff):
+                break
+            backoff = min(backoff * 2, BACKOFF_MAX)
+
+    # --- connecting -------------------------------------------------------------------------
+
+    def _drop_watches(self) -> None:
+        cancels, self._cancels = self._cancels, []
+        for cancel in cancels:
+            with contextlib.suppress(Exception):
+                cancel()
+
+    def _note(self, event: WatchEvent) -> None:
+        with self._revision_lock:
+            self._revision = max(self._revision, event.revision)
+        self._dirty.set()
+
+    def _connect(self) -> None:
+        self._drop_watches()
+        if hasattr(self.local, "grant_lease"):
+            self._lease = self.local.grant_lease(self.ttl)
+        self._claim()
+        for prefix in ("sandboxes/", "endpoints/", "networks/",
+                       *(p for p, _ in self.sources)):
+            self._cancels.append(self.local.watch(prefix, self._note))
+        self._cancels.append(self.cluster.watch("dns/scopes/", self._note))
+        self._sync(self._claim_revision)
+        self.connected.set()
+        log.info("resolver %s: serving %d sandbox(es) at %s (upstreams %s from %s)",
+                 self.host_id, len(self.adopted), RESOLVER_ADDRESS,
+                 ", ".join(map(str, self.upstreams.servers)) or "none", self.upstreams.source)
+
+    def _claim(self) -> None:
+        value = {"pid": os.getpid(), "started": _start_time(os.getpid()),
+                 "host": self.host_id, "since": time.time()}
+        entry = self.local.get(client.RESOLVER_KEY)
+        if entry is not None and entry.value.get("pid") != os.getpid() and _alive(entry.value):
+            raise Conflict(f"host {self.host_id} is already served by process "
+                           f"{entry.value.get('pid')}")
+        self._put(self.local, client.RESOLVER_KEY, value)
+        claim = self.local.get(client.RESOLVER_KEY)
+        self._claim_revision = claim.revision if claim is not None else 0
+
+    def _put(self, store: Store, key: str, value: dict[str, Any]) -> None:
+        if self._lease is None:
+            store.put(key, value)
+            return
+        try:
+            store.put_with_lease(key, value, self._lease)  # type: ignore[attr-defined]
+        except StoreUnavailable:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the lease ran out under us
+            raise LeaseLost(f"cannot write {key}: {exc}") from exc
+
+    # --- serving -------------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        refresh_every = max(self.ttl / 3.0, 0.2)
+        now = time.monotonic()
+        next_refresh, next_resync, next_upstreams = (now + refresh_every,
+                                                     now + self.resync_interval,
+                                                     now + UPSTREAM_CHECK)
+        while not self._stopping.is_set():
+            wait = max(0.0, min(next_refresh, next_resync, next_upstreams) - time.monotonic())
+            if self._dirty.wait(wait) and not self._stopping.is_set():
+                self._dirty.clear()
+                with self._revision_lock:
+                    seen = self._revision
+                self._sync(seen)
+            now = time.monotonic()
+            if now >= next_refresh:
+                if self._lease is not None and not self._lease.refresh():
+                    raise LeaseLost(f"the resolver lease of host {self.host_id} expired")
+                next_refresh = now + refresh_every
+            if now >= next_upstreams:
+                if self._read_upstreams():
+                    self._sync(0)
+                next_upstreams = now + UPSTREAM_CHECK
+            if now >= next_resync:
+                self._sync(0)
+                next_resync = now + self.resync_interval
+
+    def _read_upstreams(self) -> bool:
+        """Re-read the host's servers if its resolv.conf changed; True if they did."""
+        paths = [self.resolv_conf, upstreams.RESOLVED_REAL]
+        stamp = tuple(os.stat(p).st_mtime_ns if os.path.exists(p) else 0 for p in paths)
+        if stamp == self._upstreams_stamp:
+            return False
+        self._upstreams_stamp = stamp  # type: ignore[assignment]
+        found = upstreams.read(self.resolv_conf)
+        changed = found != self.upstreams
+        self.upstreams = found
+        return changed
+
+    def _records(self) -> Records:
+        records = Records(
+            networks=[e.value for e in self.local.list("networks/")],
+            endpoints=[e.value for e in self.local.list("endpoints/")],
+            sandboxes=[e.value for e in self.local.list("sandboxes/")],
+            published={e.key: e.value for e in self.cluster.list("dns/scopes/")},
+        )
+        for net in records.networks:
+            scope = self._scope(net)
+            if scope is not None:
+                records.scopes[net["id"]] = scope
+        return records
+
+    def _scope(self, net: Mapping[str, Any]) -> str | None:
+        nid = net["id"]
+        if nid not in self._scopes:
+            try:
+                scope = self.ctl.driver(net["driver"]).dns_scope(nid)
+            except CNMError as exc:
+                log.warning("resolver: network %s: no cluster scope (%s)", nid[:12], exc)
+                scope = None
+            if scope is not None and not _SCOPE_RE.fullmatch(scope):
+                log.warning("resolver: network %s: cluster scope %r is not usable as a key",
+                            nid[:12], scope)
+                scope = None
+            self._scopes[nid] = scope
+        return self._scopes[nid]
+
+    def _sync(self, revision: int) -> None:
+        """Bring everything in line with the store as of at least ``revision``."""
+        self._read_upstreams()
+        records = self._records()
+        extra: list[NameEntry] = []
+        for _, source in self.sources:
+            try:
+                extra += source(self.local, records)
+            except CNMError as exc:
+                log.warning("resolver: a name source failed: %s", exc)
+        snapshot = registry.build(records, self.host_id, extra)
+        sandboxes = {s["id"]: s for s in records.sandboxes}
+        for sid, view in snapshot.sandboxes.items():
+            have = self.adopted.get(sid)
+            if have is None or have.netns_path != view.netns_path or \
+                    have.inode != _inode(view.netns_path):
+                try:
+                    self._take_over(SandboxRecord.from_dict(sandboxes[sid]), view)
+                except CNMError as exc:
+                    log.warning("resolver: sandbox %s not served: %s", view.name, exc)
+        for sid in [s for s in self.adopted if s not in snapshot.sandboxes]:
+            self._forget(sid, sandboxes.get(sid))
+        self.server.update(snapshot, self.upstreams.servers)
+        self.server.wait()  # the loop has the new names before anyone is told
+        self._publish(records)
+        if revision:
+            self.local.put(client.APPLIED_KEY, {"revision": revision, "pid": os.getpid()})
+
+    # --- taking sandboxes over and giving them back -------------------------------------
+
+    def _take_over(self, sandbox: SandboxRecord, view: registry.SandboxView) -> None:
+        if not netns_exists(sandbox.netns_path):
+            raise CNMError(f"its namespace {sandbox.netns_path} is gone")
+        before = self.local.get(client.sandbox_key(sandbox.id))
+        ports = before.value if before is not None else {}
+        udp, tcp = dnsnat.open_listeners(sandbox.netns_path, RESOLVER_ADDRESS,
+                                         int(ports.get("udp", 0)), int(ports.get("tcp", 0)))
+        try:
+            udp_port, tcp_port = udp.getsockname()[1], tcp.getsockname()[1]
+            dnsnat.install(sandbox.netns_path, RESOLVER_ADDRESS, udp_port, tcp_port)
+            self.server.add(view, udp, tcp)
+        except BaseException:
+            udp.close()
+            tcp.close()
+            raise
+        self.adopted[sandbox.id] = Adopted(sandbox.netns_path, _inode(sandbox.netns_path),
+                                           udp_port, tcp_port)
+        self.local.put(client.sandbox_key(sandbox.id), {"udp": udp_port, "tcp": tcp_port})
+        etcfiles.write_resolv_conf(sandbox, _files_name(sandbox), served=True)
+        log.info("resolver: sandbox %s served (udp %d, tcp %d)", sandbox.name, udp_port,
+                 tcp_port)
+
+    def _forget(self, sid: str, record: Mapping[str, Any] | None) -> None:
+        """A sandbox no longer served: gone, or no longer one that can be."""
+        self.server.remove(sid)
+        adopted = self.adopted.pop(sid, None)
+        with contextlib.suppress(CNMError):
+            self.local.delete(client.sandbox_key(sid))
+        if record is not None and adopted is not None:
+            self._restore_files(SandboxRecord.from_dict(dict(record)), adopted)
+
+    def _give_back(self, sid: str) -> None:
+        adopted = self.adopted.pop(sid, None)
+        self.server.remove(sid)
+        try:
+            entry = self.local.get(f"sandboxes/{sid}")
+            self.local.delete(client.sandbox_key(sid))
+        except CNMError as exc:
+            log.warning("resolver: sandbox %s given back without the store: %s", sid[:12], exc)
+            entry = None
+        if entry is not None and adopted is not None:
+            self._restore_files(SandboxRecord.from_dict(entry.value), adopted)
+
+    def _restore_files(self, sandbox: SandboxRecord, adopted: Adopted) -> None:
+        if not netns_exists(adopted.netns_path):
+            return
+        dnsnat.remove(adopted.netns_path)
+        with contextlib.suppress(OSError):
+            etcfiles.write_resolv_conf(sandbox, _files_name(sandbox), served=False)
+
+    # --- the cluster's names -------------------------------------------------------------
+
+    def _publish(self, records: Records) -> None:
+        wanted = registry.publish_records(records, self.host_id)
+        lease = getattr(self._lease, "id", None)
+        mine = {k: v for k, v in records.published.items() if v.get("host") == self.host_id}
+        for key, value in wanted.items():
+            value = {**value, "lease": lease}
+            if mine.get(key) != value:
+                self._put(self.cluster, key, value)
+        for key in mine.keys() - wanted.keys():
+            self.cluster.delete(key)
+
+
+def _files_name(sandbox: SandboxRecord) -> str | None:
+    return names.sandbox_netns(sandbox.name) if sandbox.owned else None
