@@ -122,7 +122,7 @@ class DnsService:
         self._upstreams_stamp: tuple[float, int] | None = None
         self._lease: Any = None
         self._claim_revision = 0
-        self._scopes: dict[str, str | None] = {}
+        self._scopes: dict[str, str] = {}
         self._revision = 0
         self._revision_lock = threading.Lock()
         self._dirty = threading.Event()
@@ -288,19 +288,24 @@ class DnsService:
         return records
 
     def _scope(self, net: Mapping[str, Any]) -> str | None:
+        """The network's cluster scope. Only a found one is kept: a network's driver may
+        not have written its own record yet when the core's first shows up."""
         nid = net["id"]
-        if nid not in self._scopes:
-            try:
-                scope = self.ctl.driver(net["driver"]).dns_scope(nid)
-            except CNMError as exc:
-                log.warning("resolver: network %s: no cluster scope (%s)", nid[:12], exc)
-                scope = None
-            if scope is not None and not _SCOPE_RE.fullmatch(scope):
-                log.warning("resolver: network %s: cluster scope %r is not usable as a key",
-                            nid[:12], scope)
-                scope = None
+        scope = self._scopes.get(nid)
+        if scope is not None:
+            return scope
+        try:
+            scope = self.ctl.driver(net["driver"]).dns_scope(nid)
+        except CNMError as exc:
+            log.warning("resolver: network %s: no cluster scope (%s)", nid[:12], exc)
+            return None
+        if scope is not None and not _SCOPE_RE.fullmatch(scope):
+            log.warning("resolver: network %s: cluster scope %r is not usable as a key",
+                        nid[:12], scope)
+            return None
+        if scope is not None:
             self._scopes[nid] = scope
-        return self._scopes[nid]
+        return scope
 
     def _sync(self, revision: int) -> None:
         """Bring everything in line with the store as of at least ``revision``."""
