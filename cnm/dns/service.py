@@ -384,8 +384,10 @@ class DnsService:
         if not netns_exists(adopted.netns_path):
             return
         dnsnat.remove(adopted.netns_path)
-        with contextlib.suppress(OSError):
+        try:
             etcfiles.write_resolv_conf(sandbox, _files_name(sandbox), served=False)
+        except CNMError as exc:
+            log.warning("resolver: sandbox %s keeps 127.0.0.11: %s", sandbox.name, exc)
 
     # --- the cluster's names -------------------------------------------------------------
 
