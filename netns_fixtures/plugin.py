@@ -40,6 +40,8 @@ from netns_fixtures.netns import (
     unique_name,
     wire_outside,
 )
+from netns_fixtures.vm.plugin import MARKER as KERNEL_MARKER
+from netns_fixtures.vm.plugin import KernelFeatureTests
 
 # Written separately: a checkout without it must still collect every other test.
 with contextlib.suppress(ImportError):
@@ -51,6 +53,7 @@ MARKERS = (
     "root: needs root and real network namespaces",
     "docker: needs a real dockerd (started by the session fixture)",
     "etcd: needs a real etcd server (started by the session fixture)",
+    KERNEL_MARKER,
 )
 _BASELINE = pytest.StashKey[set[str]]()
 _BLAME = pytest.StashKey[dict[str, str]]()  # leaked object -> the test after which it showed
@@ -65,6 +68,7 @@ def pytest_configure(config: pytest.Config) -> None:
     for marker in MARKERS:
         config.addinivalue_line("markers", marker)
     config.stash[_BLAME] = {}
+    config.pluginmanager.register(KernelFeatureTests(config), "pycnm-kernel-features")
     if _leak_check_on():
         config.stash[_BASELINE] = leaks.snapshot()
 
@@ -75,6 +79,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     reasons = {
         "root": "needs root (network namespaces, netlink, nftables): run as root",
         "docker": "needs root to start its own dockerd: run as root",
+        "kernel": "needs root to probe kernel features (and to boot the VM): run as root",
     }
     for item in items:
         for marker, reason in reasons.items():

@@ -13,7 +13,13 @@ PYTHON=${PYTHON:-python3}
 # downloading a browser of its own); etcd-client: etcdctl, as lab 10 watches etcd.
 APT_PACKAGES=(iproute2 nftables iputils-ping tcpdump docker.io busybox-static etcd-server
               iperf3 graphviz ethtool procps kmod util-linux tar chromium etcd-client
-              dnsutils dnsmasq-base dnsperf)  # dig, a test upstream, DNS load (cnm.dns)
+              dnsutils dnsmasq-base dnsperf  # dig, a test upstream, DNS load (cnm.dns)
+              qemu-system-x86)
+# Tests that need kernel features this machine's kernel lacks (802.1q, ipvlan) run under
+# Debian's stock kernel in a VM: the kernel package unpacked here (never into /boot) and
+# virtme-ng in a venv. Not under /var/cache: virtme-ng hides that folder inside the VM.
+VM_DIR=${PYCNM_VM_DIR:-/var/lib/pycnm/vm}
+VIRTME_NG_VERSION=1.42
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "setup.sh: run as root (sudo bash scripts/setup.sh)" >&2
@@ -41,6 +47,9 @@ if ! command -v "$PYTHON" >/dev/null 2>&1; then
     missing+=(python3 python3-pip)
 elif ! "$PYTHON" -m pip --version >/dev/null 2>&1; then
     missing+=(python3-pip)
+fi
+if command -v "$PYTHON" >/dev/null 2>&1 && ! "$PYTHON" -c "import ensurepip, venv" 2>/dev/null; then
+    missing+=(python3-venv)
 fi
 if ((${#missing[@]})); then
     echo "setup.sh: installing ${missing[*]}" >&2
@@ -81,4 +90,36 @@ fi
 if [ ! -d /proc/sys/net/bridge ]; then
     modprobe br_netfilter >/dev/null 2>&1 \
         || echo "setup.sh: note: br_netfilter not loaded (pycnm does not need it)" >&2
+fi
+
+# The VM's kernel: the image Debian's linux-image-amd64 depends on, fetched and unpacked
+# once (a kernel already here is kept: the tests need one, not the newest).
+if ! compgen -G "$VM_DIR/kernel-*/boot/vmlinuz-*" >/dev/null; then
+    kernel_package() {
+        apt-cache depends linux-image-amd64 2>/dev/null \
+            | awk '/Depends: linux-image-[0-9]/ {print $2; exit}'
+    }
+    package=$(kernel_package)
+    if [ -z "$package" ]; then
+        quietly "apt-get update" apt-get update -q
+        package=$(kernel_package)
+    fi
+    [ -n "$package" ] || { echo "setup.sh: apt names no linux-image for linux-image-amd64" >&2; exit 1; }
+    echo "setup.sh: fetching $package for the VM tests into $VM_DIR" >&2
+    download=$(mktemp -d)
+    quietly "apt-get download $package" bash -c 'cd "$1" && apt-get download -q "$2"' _ \
+        "$download" "$package"
+    mkdir -p "$VM_DIR"
+    rm -rf "$VM_DIR/.unpacking"
+    quietly "dpkg-deb -x $package" dpkg-deb -x "$download"/*.deb "$VM_DIR/.unpacking"
+    mv "$VM_DIR/.unpacking" "$VM_DIR/kernel-${package#linux-image-}"
+    rm -rf "$download"
+fi
+if [ "$("$VM_DIR/venv/bin/vng" --version 2>/dev/null)" != "virtme-ng $VIRTME_NG_VERSION" ]; then
+    echo "setup.sh: installing virtme-ng $VIRTME_NG_VERSION into $VM_DIR/venv" >&2
+    mkdir -p "$VM_DIR"
+    rm -rf "$VM_DIR/venv"
+    quietly "python -m venv" "$PYTHON" -m venv "$VM_DIR/venv"
+    quietly "pip install virtme-ng" "$VM_DIR/venv/bin/pip" install -q \
+        --disable-pip-version-check "virtme-ng==$VIRTME_NG_VERSION"
 fi
