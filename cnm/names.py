@@ -17,6 +17,7 @@ HOST_VETH_PREFIX = "pcv-"  # host side of an endpoint's veth:    pcv-<eid:11>
 PEER_VETH_PREFIX = "pcp-"  # container side before it moves:     pcp-<eid:11>
 MACVLAN_PREFIX = "pcmv-"  # macvlan child before it moves:       pcmv-<eid:10>
 SHIM_PREFIX = "pcsh-"  # host shim of a macvlan network:          pcsh-<nid:10>
+IPVLAN_PREFIX = "pciv-"  # ipvlan child before it moves:          pciv-<eid:10>
 VLAN_PREFIX = "pcvl-"  # 802.1q sub-interface we created:        (we record parent.vid)
 VXLAN_PREFIX = "pcvx-"  # VTEP of an overlay network:             pcvx-<vni>
 OVERLAY_BRIDGE = "br0"  # bridge inside an overlay namespace
@@ -28,7 +29,7 @@ LAB_NETNS_PREFIX = "pclab-"  # lab hosts/routers:                  pclab-<lab>-<
 NFT_TABLE = "pycnm"  # table inet pycnm, ours alone
 NFT_FAMILY = "inet"
 
-KERNEL_NAME_RE = re.compile(r"^pc(br|v|p|mv|sh|vl|vx|sb|ov|lab)-")
+KERNEL_NAME_RE = re.compile(r"^pc(br|v|p|mv|iv|sh|vl|vx|sb|ov|lab)-")
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")

@@ -12,6 +12,7 @@ from cnm.errors import InvalidOption
 REGISTRY: dict[str, str] = {
     "bridge": "drivers.bridge:BridgeDriver",
     "macvlan": "drivers.macvlan:MacvlanDriver",
+    "ipvlan": "drivers.ipvlan:IpvlanDriver",
     "overlay": "drivers.overlay:OverlayDriver",
 }
 

@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from netns_fixtures.netns import CommandFailed
+from netns_fixtures.vm import time_factor
 
 CACHE = os.environ.get("PYCNM_CACHE", "/var/cache/pycnm")
 TRIXIE = os.path.join(CACHE, "docker-trixie")
@@ -58,7 +59,8 @@ DOCKERD = "/usr/sbin/dockerd"
 DOCKER = "/usr/bin/docker"
 IMAGE = "pycnm-busybox:test"
 SETUP_HINT = "run scripts/setup.sh (as root) first"
-START_TIMEOUT = 90.0  # vfs and a cold containerd are slow on a busy 2-core machine
+# vfs and a cold containerd are slow on a busy 2-core machine (slower still in the VM)
+START_TIMEOUT = 90.0 * time_factor()
 STOP_TIMEOUT = 40.0
 # Applets the tests rely on; every other applet busybox lists is linked as well.
 APPLETS = ("sh", "ip", "ping", "nc", "wget", "sleep", "cat", "hostname", "ifconfig",

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 OPT_GENERIC = "com.docker.network.generic"
-DRIVER_OPTION = "driver"  # -o driver=bridge|macvlan|overlay
+DRIVER_OPTION = "driver"  # -o driver=bridge|macvlan|ipvlan|overlay
 DEFAULT_DRIVER = "bridge"
 NAME_PREFIX = "docker-"
 

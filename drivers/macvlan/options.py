@@ -18,14 +18,16 @@ with no new call between the driver and the core.
 from __future__ import annotations
 
 import ipaddress
-import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from cnm import names
 from cnm.driverapi import OPT_ENABLE_IPV6, OPT_INTERNAL, OPT_MTU
 from cnm.errors import InvalidOption
-from drivers.options import canonical, parse_bool, parse_ifname, parse_mtu
+from drivers.options import canonical, parse_bool, parse_mtu
+from drivers.parent import (
+    parse_parent,
+    split_vlan,  # noqa: F401 - Docker's IFACE.VID, shared with ipvlan
+)
 
 PARENT = "parent"
 MODE = "macvlan_mode"
@@ -45,7 +47,6 @@ ALIASES = {
 }
 KNOWN = {PARENT, MODE, HOST_SHIM, OPT_MTU, OPT_INTERNAL, OPT_ENABLE_IPV6}
 
-_VLAN_RE = re.compile(r"^(?P<base>.+)\.(?P<vid>[0-9]{1,4})$")
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,10 @@ class MacvlanOptions:
     host_shim: str | None  # an address or an aux-address name, checked at create_network
     internal: bool
     ipv6: bool
+
+    @property
+    def mode_key(self) -> str:
+        return self.mode
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -68,17 +73,7 @@ class MacvlanOptions:
 def parse(options: dict[str, Any]) -> MacvlanOptions:
     """Validate every option at once, before anything is created."""
     opts = canonical(options, ALIASES, KNOWN)
-    if not opts.get(PARENT):
-        raise InvalidOption(
-            "a macvlan network needs -o parent=IFACE: the host interface on the LAN "
-            "(IFACE.VID for an 802.1q VLAN on it)"
-        )
-    parent = parse_ifname(PARENT, opts[PARENT])
-    if names.is_pycnm_kernel_name(parent):
-        raise InvalidOption(
-            f"option parent: {parent} is an interface pycnm made; give the host's own "
-            "interface on the LAN"
-        )
+    parent = parse_parent(opts.get(PARENT), "macvlan")
     mode = str(opts.get(MODE) or DEFAULT_MODE).strip().lower()
     if mode not in MODES:
         raise InvalidOption(
@@ -102,20 +97,6 @@ def parse(options: dict[str, Any]) -> MacvlanOptions:
         internal=parse_bool(OPT_INTERNAL, opts.get(OPT_INTERNAL, False)),
         ipv6=parse_bool(OPT_ENABLE_IPV6, opts.get(OPT_ENABLE_IPV6, False)),
     )
-
-
-def split_vlan(parent: str) -> tuple[str, int] | None:
-    """``eth0.10`` -> ("eth0", 10): how Docker reads a parent that names a VLAN.
-
-    Only consulted when no interface of that exact name exists (a dotted name the user
-    made, VLAN or not, is used as it is)."""
-    match = _VLAN_RE.match(parent)
-    if match is None:
-        return None
-    vid = int(match["vid"])
-    if not 1 <= vid <= 4094:
-        raise InvalidOption(f"option parent: VLAN id {vid} in {parent} must be between 1 and 4094")
-    return match["base"], vid
 
 
 def resolve_shim_address(

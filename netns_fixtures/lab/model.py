@@ -17,8 +17,10 @@ A topology names:
   ordinary machine (an "outside" or a LAN server). Each may have static ``routes``.
 - ``links``: veth pairs between two hosts, ``endpoints: [h1:eth0, r1:eth1]``, with optional
   ``addresses``, ``mtu`` (one for both ends, or one per end) and ``netem`` (delay, jitter,
-  loss, rate, corrupt, duplicate, reorder on both ends).
-- ``networks``: pycnm networks (``driver`` bridge, macvlan or overlay, ``subnet``,
+  loss, rate, corrupt, duplicate, reorder on both ends); on a link to a switch, ``vlan: N``
+  makes the switch's port an access port of VLAN N and ``trunk: [N, M]`` a trunk
+  carrying those VLANs tagged.
+- ``networks``: pycnm networks (``driver`` bridge, macvlan, ipvlan or overlay, ``subnet``,
   ``gateway``, ``ip_range``, ``internal``, driver ``options``) on one ``host`` or several
   ``hosts``.
 - ``sandboxes``: pycnm sandboxes on a host, joining ``networks`` in order (eth0, eth1,
@@ -48,7 +50,8 @@ Path = tuple[str | int, ...]
 LAB_NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,11}$")
 NODE_NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,19}$")
 KINDS = ("host", "router", "switch", "server")
-DRIVERS = ("bridge", "macvlan", "overlay")
+DRIVERS = ("bridge", "macvlan", "ipvlan", "overlay")
+PARENT_DRIVERS = ("macvlan", "ipvlan")  # endpoints are children of a host interface
 PROTOS = ("icmp", "tcp")
 OUTCOMES = ("reach", "blocked")
 SWITCH_BRIDGE = "br0"  # the bridge inside a switch namespace
@@ -126,6 +129,10 @@ class Link:
     b: LinkEnd
     mtu: int | None = None
     netem: Netem | None = None  # on both ends: each direction is impaired once
+    # On a link to a switch, the switch's port: an access port of one VLAN (untagged), or
+    # a trunk carrying VLANs tagged (802.1q). Neither: an ordinary port.
+    vlan: int | None = None
+    trunk: tuple[int, ...] = ()
 
     def key(self) -> str:
         """``h1:eth0-r1:eth1``: how ``apply`` and the live picture tell links apart."""

@@ -174,7 +174,29 @@ class _Builder:
                 subprocess.run(["ip", "-n", self.topo.netns(end.node), "link", "set", end.iface,
                                 "master", SWITCH_BRIDGE], check=True, capture_output=True,
                                timeout=30)
+                if link.vlan is not None or link.trunk:
+                    return self.switch_vlans(end.node, end.iface, link.vlan, link.trunk)
         return f"veth {a.address or '(port)'} <-> {b.address or '(port)'}"
+
+    def switch_vlans(self, switch: str, port: str, vlan: int | None,
+                     trunk: tuple[int, ...]) -> str:
+        """Make the switch VLAN-aware (bridge VLAN filtering) and ``port`` an access port
+        of ``vlan`` (untagged) or a trunk of ``trunk`` (tagged), out of the default VLAN."""
+        ns = self.topo.netns(switch)
+
+        def run(*argv: str) -> None:
+            subprocess.run(list(argv), check=True, capture_output=True, timeout=30)
+
+        run("ip", "-n", ns, "link", "set", SWITCH_BRIDGE, "type", "bridge", "vlan_filtering",
+            "1")
+        run("bridge", "-n", ns, "vlan", "del", "dev", port, "vid", "1")
+        if vlan is not None:
+            run("bridge", "-n", ns, "vlan", "add", "dev", port, "vid", str(vlan), "pvid",
+                "untagged")
+            return f"{switch}:{port} is an access port of VLAN {vlan}"
+        for vid in trunk:
+            run("bridge", "-n", ns, "vlan", "add", "dev", port, "vid", str(vid))
+        return f"{switch}:{port} is a trunk of VLANs {', '.join(map(str, trunk))} (tagged)"
 
     def make_route(self, node: str, to: str, via: str) -> None:
         add_route(self.ns(node), to, via)

@@ -25,6 +25,7 @@ from netns_fixtures.lab.model import (
     LAB_NAME_RE,
     NODE_NAME_RE,
     OUTCOMES,
+    PARENT_DRIVERS,
     PROTOS,
     SWITCH_BRIDGE,
     Attachment,
@@ -272,7 +273,8 @@ def _links(v: _Checker, top: Mapping[str, Any], hosts: Mapping[str, Node]) -> li
     addresses: dict[str, Path] = {}
     for i, item in enumerate(v.sequence(top.get("links"), ("links",))):
         path: Path = ("links", i)
-        entry = v.mapping(item, path, ("endpoints", "addresses", "mtu", "netem"),
+        entry = v.mapping(item, path, ("endpoints", "addresses", "mtu", "netem", "vlan",
+                                       "trunk"),
                           required=("endpoints",))
         if entry is None:
             continue
@@ -328,8 +330,9 @@ def _links(v: _Checker, top: Mapping[str, Any], hosts: Mapping[str, Node]) -> li
             mtu = None
         else:
             mtu = _mtu(v, mtu, path + ("mtu",))
+        vlan, trunk = _vlans(v, entry, path, ends, hosts)
         links.append(Link(ends[0], ends[1], mtu, _netem(v, entry.get("netem"),
-                                                      path + ("netem",))))
+                                                      path + ("netem",)), vlan, trunk))
     return links
 
 
@@ -350,6 +353,37 @@ def _netem(v: _Checker, value: Any, path: Path) -> Netem | None:
         v.add(path, str(exc))
         return None
     return None if netem.empty() else netem
+
+
+def _vlans(v: _Checker, entry: Mapping[str, Any], path: Path, ends: list[LinkEnd],
+           hosts: Mapping[str, Node]) -> tuple[int | None, tuple[int, ...]]:
+    """``vlan: N`` (access port) or ``trunk: [N, ...]`` (tagged), on a link to a switch."""
+    raw_vlan, raw_trunk = entry.get("vlan"), entry.get("trunk")
+    if raw_vlan is None and raw_trunk is None:
+        return None, ()
+    switches = [e for e in ends if hosts[e.node].kind == "switch"]
+    key = "vlan" if raw_vlan is not None else "trunk"
+    if len(switches) != 1:
+        v.add(path + (key,), "VLANs are set on a switch's port: exactly one end of this "
+              "link must be a switch")
+        return None, ()
+    if raw_vlan is not None and raw_trunk is not None:
+        v.add(path + ("trunk",), "a port is either an access port (vlan) or a trunk, not both")
+        return None, ()
+
+    def vid(value: Any, where: Path) -> int | None:
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 4094:
+            v.add(where, f"a VLAN id is a number between 1 and 4094, not {value!r}")
+            return None
+        return value
+
+    if raw_vlan is not None:
+        return vid(raw_vlan, path + ("vlan",)), ()
+    vids = [vid(x, path + ("trunk", k))
+            for k, x in enumerate(v.sequence(raw_trunk, path + ("trunk",)))]
+    if not vids and isinstance(raw_trunk, list):
+        v.add(path + ("trunk",), "a trunk carries at least one VLAN")
+    return None, tuple(x for x in vids if x is not None)
 
 
 def _link_end(v: _Checker, raw: Any, path: Path, hosts: Mapping[str, Node],
@@ -450,8 +484,8 @@ def _networks(v: _Checker, top: Mapping[str, Any], hosts: Mapping[str, Node],
                     v.add(path + (key,), f"{value} is not inside the subnet {subnet}")
         if options is not None:
             _driver_options(v, driver, options, internal, path + ("options",))
-        if driver == "macvlan":
-            _macvlan_parent(v, options, on, links, path + ("options", "parent"))
+        if driver in PARENT_DRIVERS:
+            _parent_interface(v, driver, options, on, links, path + ("options", "parent"))
         if name is not None and subnet is not None and on:
             seen[name] = path
             networks.append(NetworkSpec(name, driver, on, subnet, gateway, ip_range, internal,
@@ -489,15 +523,16 @@ def _driver_options(v: _Checker, driver: str, options: dict[str, Any], internal:
         v.add(path, str(exc))
 
 
-def _macvlan_parent(v: _Checker, options: Mapping[str, Any], on: tuple[str, ...],
-                    links: list[Link], path: Path) -> None:
+def _parent_interface(v: _Checker, driver: str, options: Mapping[str, Any],
+                      on: tuple[str, ...], links: list[Link], path: Path) -> None:
     parent = options.get("parent")
     if not parent:
         return  # the driver's parser said so already
+    base = str(parent).rsplit(".", 1)[0] if "." in str(parent) else str(parent)  # IFACE.VID
     for host in on:
         ifaces = [e.iface for link in links for e in (link.a, link.b) if e.node == host]
-        if str(parent) not in ifaces:
-            v.add(path, f"host {host!r} has no interface {parent!r} to be the macvlan parent "
+        if base not in ifaces:
+            v.add(path, f"host {host!r} has no interface {base!r} to be the {driver} parent "
                   f"(its links: {', '.join(ifaces) or 'none'})")
 
 
@@ -512,8 +547,8 @@ def _overlaps(v: _Checker, networks: list[NetworkSpec], seen: Mapping[str, Path]
             if shared and net_a.overlaps(ipaddress.ip_network(b.subnet)):
                 v.add(seen[b.name] + ("subnet",), f"{b.subnet} overlaps network {a.name!r} "
                       f"({a.subnet}) on host {sorted(shared)[0]!r}")
-        if a.driver == "macvlan":
-            continue  # a macvlan network IS the LAN its parent is on
+        if a.driver in PARENT_DRIVERS:
+            continue  # a macvlan (or ipvlan) network is the LAN its parent is on
         for link in links:
             for end in (link.a, link.b):
                 if end.node in a.hosts and end.address and \
@@ -563,11 +598,11 @@ def _sandboxes(v: _Checker, top: Mapping[str, Any], hosts: Mapping[str, Node],
             if att is None:
                 continue
             net = by_name[att.network]
-            if att.ip is None and net.driver == "macvlan" and len(net.hosts) > 1:
+            if att.ip is None and net.driver in PARENT_DRIVERS and len(net.hosts) > 1:
                 v.add(where, f"network {net.name!r} is a LAN shared by several hosts whose "
                       "IPAMs do not know each other: give this sandbox a static ip")
             if att.ip is not None:
-                scope = None if net.driver in ("overlay", "macvlan") else host
+                scope = None if net.driver in ("overlay", *PARENT_DRIVERS) else host
                 key = (net.name, scope, att.ip)
                 if key in taken:
                     v.add(where + ("ip",), f"{att.ip} is already given to "

@@ -19,3 +19,14 @@ runs; Debian's own kernel has 8021q, ipvlan, dummy and IPVS, and QEMU's software
 emulation boots it here in seconds. Why one boot: everything is slow under emulation
 (importing pyroute2 takes seconds), so the cost is paid once per run.
 """
+
+import os
+
+
+def time_factor() -> float:
+    """How much slower than the host things run here: the VM's guest sets
+    ``PYCNM_TIME_FACTOR`` (emulation); fixtures stretch their start-up deadlines by it."""
+    try:
+        return max(1.0, float(os.environ.get("PYCNM_TIME_FACTOR", "1")))
+    except ValueError:
+        return 1.0

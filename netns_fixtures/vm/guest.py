@@ -27,6 +27,7 @@ from pathlib import Path
 SPEC = "spec.json"
 REPORTS = "reports.jsonl"
 BLOCK_FILE = Path("/etc/modprobe.d/pycnm-vm-block.conf")  # /etc is writable in the VM
+TIME_FACTOR = "8"  # start-up deadlines stretch by this much under emulation
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _MODULE_RE = re.compile(r"[a-z0-9_]{1,32}")  # a module name, before it goes into a file line
 
@@ -46,7 +47,8 @@ def _say(text: str) -> None:
 def _pytest(spec: dict, results: Path, nodeids: list[str]) -> int:
     env = {**os.environ, "PATH": PATH, "PYTHONPATH": spec["rootdir"],
            "PYTHONDONTWRITEBYTECODE": "1", "PYCNM_IN_VM": "1", "PYCNM_LEAK_CHECK": "1",
-           "PYCNM_VM_REPORT": str(results / REPORTS)}
+           "PYCNM_VM_REPORT": str(results / REPORTS),
+           "PYCNM_TIME_FACTOR": TIME_FACTOR}
     argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-o", "addopts=",
             "--rootdir", spec["rootdir"], "--basetemp", "/run/pycnm-vm-pytest",
             "-rfE", *spec.get("pytest_args", []), "--", *nodeids]

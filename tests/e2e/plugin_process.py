@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cnm.store import open_store
+from netns_fixtures.vm import time_factor
 
 REPO = Path(__file__).resolve().parents[2]
 SOCKET = "/run/docker/plugins/pycnm.sock"
@@ -81,14 +82,15 @@ class Plugin:
                 env={**os.environ, "PYTHONPATH": str(REPO), **self.env},
             )
         self.starts += 1
-        deadline = time.monotonic() + 30
+        limit = 30 * time_factor()  # stretched under the VM's emulation
+        deadline = time.monotonic() + limit
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise AssertionError(f"the plugin exited at start:\n{self.tail()}")
             if answers(self.socket):
                 return
             time.sleep(0.05)
-        raise AssertionError(f"the plugin did not answer within 30 s:\n{self.tail()}")
+        raise AssertionError(f"the plugin did not answer within {limit:.0f} s:\n{self.tail()}")
 
     def kill(self) -> None:
         assert self.process is not None
