@@ -291,6 +291,10 @@ class ParentDriver(Driver):
             placed=placed,
         )
 
+    def info_extras(self, network: dict[str, Any]) -> dict[str, Any]:
+        """The driver's own fields of an endpoint's operational info (its modes)."""
+        return {}
+
     # --- network -------------------------------------------------------------------
 
     def capabilities(self) -> Capability:
@@ -476,6 +480,12 @@ class ParentDriver(Driver):
                 "LAN's machines with --ip-range or --aux-address (parent "
                 f"{network['parent']})"
             )
+
+    def endpoint_info(self, nid: str, eid: str) -> dict[str, Any]:
+        ep = self.endpoint_record(nid, eid)
+        network = self.network_record(nid)
+        return {"MacAddress": ep["mac"], "Parent": network["parent"],
+                "HostInterface": ep["host_name"], **self.info_extras(network)}
 
     def endpoint_record(self, nid: str, eid: str) -> dict[str, Any]:
         entry = self.ctx.store.get(f"endpoints/{nid}/{eid}")

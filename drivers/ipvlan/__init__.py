@@ -114,13 +114,6 @@ class IpvlanDriver(ParentDriver):
         return JoinInfo(src_name=src, static_routes=routes, disable_gateway_service=True,
                         placed=placed)
 
-    def endpoint_info(self, nid: str, eid: str) -> dict[str, Any]:
-        ep = self.endpoint_record(nid, eid)
-        network = self.network_record(nid)
-        return {
-            "MacAddress": ep["mac"],
-            "Parent": network["parent"],
-            "IpvlanMode": network["options"]["mode"],
-            "IpvlanFlag": network["options"]["flag"],
-            "HostInterface": ep["host_name"],
-        }
+    def info_extras(self, network: dict[str, Any]) -> dict[str, Any]:
+        return {"IpvlanMode": network["options"]["mode"],
+                "IpvlanFlag": network["options"]["flag"]}

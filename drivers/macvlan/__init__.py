@@ -206,15 +206,8 @@ class MacvlanDriver(ParentDriver):
     def child_mac(self, ep: dict[str, Any]) -> str | None:
         return str(ep["mac"])
 
-    def endpoint_info(self, nid: str, eid: str) -> dict[str, Any]:
-        ep = self.endpoint_record(nid, eid)
-        network = self.network_record(nid)
-        return {
-            "MacAddress": ep["mac"],
-            "Parent": network["parent"],
-            "MacvlanMode": network["options"]["mode"],
-            "HostInterface": ep["host_name"],
-        }
+    def info_extras(self, network: dict[str, Any]) -> dict[str, Any]:
+        return {"MacvlanMode": network["options"]["mode"]}
 
     def make_child(self, ipr: NetlinkHandle, name: str, network: dict[str, Any],
                    ep: dict[str, Any], parent_index: int, fd: int | None) -> None:

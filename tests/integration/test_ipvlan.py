@@ -32,6 +32,7 @@ from tests.integration.test_macvlan import (
     mac_inside,
     neighbour_mac,
     one_sentence,
+    refused_cleanly,
     snapshot,
     vlan_of,
 )
@@ -180,13 +181,7 @@ def test_bad_input_is_refused_clearly_and_leaves_nothing(
     lan: Lan, what: str, setup: Callable[[Lan], Any], action: Callable[[Lan, Any], Any],
     error: type[CNMError], mentions: str,
 ) -> None:
-    prepared = setup(lan)
-    before = snapshot(lan)
-    with pytest.raises(error) as caught:
-        action(lan, prepared)
-    one_sentence(str(caught.value))
-    assert mentions in str(caught.value)
-    assert snapshot(lan) == before
+    refused_cleanly(lan, setup, action, error, mentions)
 
 
 def test_options_are_refused_before_the_kernel_is_asked(lan: Lan) -> None:

@@ -457,6 +457,13 @@ def test_bad_input_is_refused_clearly_and_leaves_nothing(
     lan: Lan, what: str, setup: Callable[[Lan], Any], action: Callable[[Lan, Any], Any],
     error: type[CNMError], mentions: str,
 ) -> None:
+    refused_cleanly(lan, setup, action, error, mentions)
+
+
+def refused_cleanly(lan: Lan, setup: Callable[[Lan], Any], action: Callable[[Lan, Any], Any],
+                    error: type[CNMError], mentions: str) -> None:
+    """After ``setup``, ``action`` fails with ``error`` in one sentence that mentions
+    ``mentions``, and leaves the host and the store as they were."""
     prepared = setup(lan)
     before = snapshot(lan)
     with pytest.raises(error) as caught:
