@@ -51,6 +51,8 @@ def _pytest(spec: dict, results: Path, nodeids: list[str]) -> int:
            "PYCNM_TIME_FACTOR": TIME_FACTOR}
     argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-o", "addopts=",
             "--rootdir", spec["rootdir"], "--basetemp", "/run/pycnm-vm-pytest",
+            # pytest-timeout's per-test bound, stretched as the fixtures' deadlines are
+            "-o", f"timeout={300 * int(TIME_FACTOR)}",
             "-rfE", *spec.get("pytest_args", []), "--", *nodeids]
     _say(f"pytest on {len(nodeids)} tests")
     return subprocess.run(argv, cwd=spec["rootdir"], env=env, timeout=spec["timeout"]).returncode

@@ -39,7 +39,7 @@ MARKER = ("kernel(*features, absent=()): needs these kernel features (module nam
           f"{', '.join(sorted(kernelfeatures.FEATURES))}), or with absent= a kernel without "
           "them; runs here when this kernel fits, otherwise in one VM boot under Debian's "
           "stock kernel")
-TIMEOUT = float(os.environ.get("PYCNM_VM_TIMEOUT", "1500"))  # the whole VM part, seconds
+TIMEOUT = float(os.environ.get("PYCNM_VM_TIMEOUT", "2400"))  # the whole VM part, seconds
 _UNFIT = pytest.StashKey[str]()
 
 
