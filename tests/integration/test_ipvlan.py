@@ -113,8 +113,8 @@ def test_l3_routes_between_two_hosts_subnets(lan: Lan, netns: Callable[..., Name
         net_b = ipvlan_network(lan, "l3", ctl=ctl_b, subnet="10.31.2.0/24")
         a, b = lan.sandbox(), ctl_b.new_sandbox(unique("sb"))
         ep_a, ep_b = attach(net_a, a), attach(net_b, b)
-        assert a.run(["ip", "route", "show", "default"]).stdout.split() == [
-            "default", "dev", "eth0", "scope", "link"]
+        default = a.run(["ip", "route", "show", "default"]).stdout
+        assert default.startswith("default dev eth0 ") and "via" not in default, default
         lan.host.run(["ip", "route", "add", "10.31.2.0/24", "via", "203.0.113.3"], check=True)
         host_b.run(["ip", "route", "add", "10.31.1.0/24", "via", HOST_IP], check=True)
         assert ping_eventually(a.netns_name, ip_of(ep_b))
