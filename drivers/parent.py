@@ -265,8 +265,10 @@ class ParentDriver(Driver):
 
     @abc.abstractmethod
     def make_child(self, ipr: NetlinkHandle, name: str, network: dict[str, Any],
-                   ep: dict[str, Any], parent_index: int, fd: int | None) -> None:
-        """Create the endpoint's child (inside the namespace open on ``fd``, if given)."""
+                   ep: dict[str, Any], parent_index: int, fd: int | None,
+                   sandbox_key: str | None) -> None:
+        """Create the endpoint's child (inside the namespace ``sandbox_key``, open on
+        ``fd``, if given)."""
 
     def child_mac(self, ep: dict[str, Any]) -> str | None:
         """The MAC that tells our child from another link of the same name (None: any)."""
@@ -517,9 +519,9 @@ class ParentDriver(Driver):
             osl_links.delete_link(ipr, ep["host_name"])  # a half-made child from a retry
             if direct:
                 with netns_fd(sandbox_key) as fd:
-                    self.make_child(ipr, direct, network, ep, parent_index, fd)
+                    self.make_child(ipr, direct, network, ep, parent_index, fd, sandbox_key)
             else:
-                self.make_child(ipr, ep["host_name"], network, ep, parent_index, None)
+                self.make_child(ipr, ep["host_name"], network, ep, parent_index, None, None)
             ep.update(joined=True, sandbox_key=sandbox_key, ifname=direct or None)
             try:
                 self.endpoint_joined(ipr, network, ep, True)
