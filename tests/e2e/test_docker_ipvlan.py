@@ -1,23 +1,72 @@
 """The ipvlan driver through Docker: ``docker network create -d pycnm -o driver=ipvlan``.
 
 This machine's kernel has no ipvlan, so this runs under Debian's kernel in the VM, with
-its own dockerd (the ``docker_engine`` fixture), its own ``pycnm plugin serve`` on the
-VM's own /run/docker/plugins, and the macvlan Docker tests' emulated LAN: a veth of the
-root namespace (the parent) into a "switch" namespace with a server on it.
+its own dockerd (Debian's 20.10, the one the VM's read-only root has), its own ``pycnm
+plugin serve`` on the VM's own /run/docker/plugins, and the macvlan Docker tests'
+emulated LAN: a veth of the root namespace (the parent) into a "switch" namespace with a
+server on it.
+
+Why containerd is started first: dockerd 20.10 gives the containerd it starts itself 15
+seconds to answer (a constant in its supervisor), and under the VM's emulation on a busy
+machine containerd can take longer; started by us and awaited without that limit, it is
+handed to dockerd with ``--containerd``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from netns_fixtures.docker import DockerEngine, import_image, start_engine, stop_engine
+from netns_fixtures.vm import time_factor
 from tests.e2e import test_docker_macvlan
 from tests.e2e.test_docker_macvlan import LAN, RANGE, ROUTER, SERVER, Wire, server_learns
 
 pytestmark = [pytest.mark.docker, pytest.mark.root, pytest.mark.kernel("ipvlan")]
 plugin = test_docker_macvlan.plugin  # our plugin process (a module fixture)
 wire = test_docker_macvlan.wire  # the emulated LAN (a fixture)
+
+
+@pytest.fixture(scope="module")
+def docker_engine() -> Iterator[DockerEngine]:
+    """Debian's dockerd on a containerd of our own (see the module notes)."""
+    work = tempfile.mkdtemp(prefix="pycnm-dockerd-vm-")
+    sock = os.path.join(work, "containerd.sock")
+    log = open(os.path.join(work, "containerd.log"), "ab")  # noqa: SIM115 - closed below
+    containerd = subprocess.Popen(
+        ["containerd", "--address", sock, "--root", os.path.join(work, "containerd-root"),
+         "--state", os.path.join(work, "containerd-state")],
+        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True)
+    engine = None
+    try:
+        deadline = time.monotonic() + 60 * time_factor()
+        while not os.path.exists(sock):
+            assert containerd.poll() is None, "containerd exited at start"
+            assert time.monotonic() < deadline, "containerd did not start"
+            time.sleep(0.2)
+        engine = start_engine(work, "20.10", extra_args=["--containerd", sock])
+        import_image(engine, work)
+        yield engine
+    finally:
+        if engine is not None:
+            stop_engine(engine)
+        containerd.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            containerd.wait(timeout=30)
+        if containerd.poll() is None:
+            containerd.kill()
+            containerd.wait(timeout=30)
+        log.close()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def parent_mac(wire: Wire) -> str:
