@@ -265,10 +265,8 @@ class ParentDriver(Driver):
 
     @abc.abstractmethod
     def make_child(self, ipr: NetlinkHandle, name: str, network: dict[str, Any],
-                   ep: dict[str, Any], parent_index: int, fd: int | None,
-                   sandbox_key: str | None) -> None:
-        """Create the endpoint's child (inside the namespace ``sandbox_key``, open on
-        ``fd``, if given)."""
+                   ep: dict[str, Any], parent_index: int, fd: int | None) -> None:
+        """Create the endpoint's child (inside the namespace open on ``fd``, if given)."""
 
     def child_mac(self, ep: dict[str, Any]) -> str | None:
         """The MAC that tells our child from another link of the same name (None: any)."""
@@ -518,10 +516,9 @@ class ParentDriver(Driver):
                 )
             osl_links.delete_link(ipr, ep["host_name"])  # a half-made child from a retry
             if direct:
-                with netns_fd(sandbox_key) as fd:
-                    self.make_child(ipr, direct, network, ep, parent_index, fd, sandbox_key)
+                self._place_child(ipr, direct, network, ep, parent_index, sandbox_key)
             else:
-                self.make_child(ipr, ep["host_name"], network, ep, parent_index, None, None)
+                self.make_child(ipr, ep["host_name"], network, ep, parent_index, None)
             ep.update(joined=True, sandbox_key=sandbox_key, ifname=direct or None)
             try:
                 self.endpoint_joined(ipr, network, ep, True)
@@ -530,6 +527,26 @@ class ParentDriver(Driver):
                 self._remove_child(ipr, ep)
                 raise
         return self.join_info(network, ep, direct or ep["host_name"], bool(direct))
+
+    def _place_child(self, ipr: NetlinkHandle, name: str, network: dict[str, Any],
+                     ep: dict[str, Any], parent_index: int, sandbox_key: str) -> None:
+        """Make the child directly inside the sandbox as ``name``. Linux 6.1 (Debian 12's)
+        refuses, with EEXIST, a child whose name the *host's* namespace already has, even
+        when it is placed elsewhere (a host's own eth0 and a sandbox's eth0): then it is
+        born under its host-side name and renamed inside the sandbox."""
+        with netns_fd(sandbox_key) as fd:
+            if osl_links.link_index(ipr, name) is None:
+                self.make_child(ipr, name, network, ep, parent_index, fd)
+                return
+            self.make_child(ipr, ep["host_name"], network, ep, parent_index, fd)
+        with iproute(sandbox_key) as inside:
+            index = osl_links.require_index(inside, ep["host_name"])
+            try:
+                inside.link("set", index=index, ifname=name)
+            except NetlinkError as exc:
+                osl_links.delete_link(inside, ep["host_name"])
+                shared = child_error(exc, self.kind, name, network["parent"])
+                raise (shared or osl_links.kernel_error(exc, f"rename to {name}")) from exc
 
     def leave(self, nid: str, eid: str) -> None:
         key = f"endpoints/{nid}/{eid}"

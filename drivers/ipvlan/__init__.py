@@ -94,18 +94,10 @@ class IpvlanDriver(ParentDriver):
         return str(info["mac"]).lower()
 
     def make_child(self, ipr: NetlinkHandle, name: str, network: dict[str, Any],
-                   ep: dict[str, Any], parent_index: int, fd: int | None,
-                   sandbox_key: str | None) -> None:
-        """The child is born in the sandbox under its host-side name and renamed there:
-        the kernel (6.1) checks an ipvlan's name against the parent's namespace even when
-        it places the child elsewhere, and a host has its own eth0 as often as not."""
+                   ep: dict[str, Any], parent_index: int, fd: int | None) -> None:
         o = network["options"]
-        dataplane.create_ipvlan(ipr, ep["host_name"] if fd is not None else name,
-                                network["parent"], parent_index, o["mode"], o["flag"],
-                                mtu=o.get("mtu"), netns_fd=fd)
-        if fd is not None and sandbox_key is not None:
-            with iproute(sandbox_key) as inside:
-                dataplane.rename(inside, ep["host_name"], name)
+        dataplane.create_ipvlan(ipr, name, network["parent"], parent_index, o["mode"],
+                                o["flag"], mtu=o.get("mtu"), netns_fd=fd)
 
     def join_info(self, network: dict[str, Any], ep: dict[str, Any], src: str,
                   placed: bool) -> JoinInfo:

@@ -15,7 +15,6 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ifinfmsg.plugins import ipvlan as _ipvlan_nla
 
 from cnm.errors import KernelError, KernelFeatureMissing
-from cnm.osl import links as osl_links
 from cnm.osl.netns import NetlinkHandle
 from drivers.parent import child_error
 
@@ -61,14 +60,3 @@ def create_ipvlan(
             f"{exc.args[-1]}"
         ) from exc
 
-
-def rename(ipr: NetlinkHandle, name: str, new: str) -> None:
-    """Rename link ``name`` to ``new`` (down, as the kernel requires); a failure deletes
-    it, so no half-placed child stays behind."""
-    index = osl_links.require_index(ipr, name)
-    try:
-        ipr.link("set", index=index, ifname=new)
-    except NetlinkError as exc:
-        osl_links.delete_link(ipr, name)
-        shared = child_error(exc, "ipvlan", new, "?")
-        raise (shared or osl_links.kernel_error(exc, f"rename {name} to {new}")) from exc

@@ -210,8 +210,7 @@ class MacvlanDriver(ParentDriver):
         return {"MacvlanMode": network["options"]["mode"]}
 
     def make_child(self, ipr: NetlinkHandle, name: str, network: dict[str, Any],
-                   ep: dict[str, Any], parent_index: int, fd: int | None,
-                   sandbox_key: str | None) -> None:
+                   ep: dict[str, Any], parent_index: int, fd: int | None) -> None:
         o = network["options"]
         dataplane.create_macvlan(ipr, name, network["parent"], parent_index, o["mode"],
                                  mac=ep["mac"], mtu=o.get("mtu"), netns_fd=fd)
