@@ -100,8 +100,8 @@ def test_containers_on_an_ipvlan_network_share_the_parents_mac(wire: Wire, plugi
         assert wire.ping_from(c, SERVER)
         # The LAN's server sees the container's address behind the parent's MAC.
         assert server_learns(wire.server, settings["IPAddress"]) == mac
-        link = wire.docker("exec", c, "ip", "-d", "link", "show", "eth0").stdout
-        assert mac in link and "ipvlan" in link
+        # Its interface has the parent's MAC too (a macvlan child would have 02:42:...).
+        assert mac in wire.docker("exec", c, "ip", "link", "show", "eth0").stdout
         assert f"default via {ROUTER} dev eth0" in wire.docker("exec", c, "ip", "route").stdout
     assert wire.ping_from(c1, wire.settings(c2, net)["IPAddress"])
     # A MAC address asked for is refused in one sentence, and the container not started.
