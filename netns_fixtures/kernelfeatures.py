@@ -30,6 +30,7 @@ FEATURES: dict[str, tuple[str, list[str] | None]] = {
     "vxlan": ("VXLAN devices",
               ["link", "add", "pr1", "type", "vxlan", "id", "7", "dstport", "4789"]),
     "ip_vs": ("IPVS (the kernel's load balancer)", None),
+    "sch_netem": ("the netem qdisc (tc netem: delay, loss, rate)", None),
 }
 
 
@@ -71,6 +72,10 @@ def _probe(feature: str) -> bool:
                            "(run as root)")
     try:
         _ip("-n", ns, "link", "add", "pr0", "type", "veth", "peer", "name", "pr0p")
+        if feature == "sch_netem":  # a qdisc, not a link: tc asks for it
+            done = subprocess.run(["tc", "-n", ns, "qdisc", "add", "dev", "pr0", "root",
+                                   "netem", "delay", "1ms"], capture_output=True, timeout=30)
+            return done.returncode == 0
         command = FEATURES[feature][1]
         assert command is not None
         return _ip("-n", ns, *command)
