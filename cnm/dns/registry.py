@@ -23,9 +23,12 @@ not resolve. Case is ignored.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cnm.store.base import Store
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -83,6 +86,21 @@ class SandboxView:
 @dataclass(frozen=True)
 class Snapshot:
     sandboxes: Mapping[str, SandboxView] = field(default_factory=dict)
+
+
+# --- more names, from other features -------------------------------------------------------
+
+Source = Callable[["Store", "Records"], Iterable[NameEntry]]
+SOURCES: list[tuple[str, Source]] = []
+
+
+def register_source(prefix: str, source: Source) -> None:
+    """Add names from another feature to every resolver of this process:
+    ``source(local_store, records)`` returns ``NameEntry`` values on every sync, and a
+    change under ``prefix`` of the host's key space triggers one (e.g. a service's
+    virtual IP under ``services/``). Register at import time, before the resolver starts."""
+    if (prefix, source) not in SOURCES:
+        SOURCES.append((prefix, source))
 
 
 def _candidates(name: str) -> Iterable[tuple[str, str | None]]:

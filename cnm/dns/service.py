@@ -37,14 +37,14 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cnm import etcfiles, names
 from cnm.dns import client, registry, upstreams
 from cnm.dns.names import FORWARD_TIMEOUT, RESOLVER_ADDRESS
-from cnm.dns.registry import NameEntry, Records
+from cnm.dns.registry import NameEntry, Records, Source
 from cnm.dns.server import Server
 from cnm.errors import CNMError, Conflict, StoreUnavailable
 from cnm.osl import dnsnat
@@ -64,7 +64,6 @@ UPSTREAM_CHECK = 2.0  # seconds between two looks at the host's resolv.conf
 BACKOFF_FIRST, BACKOFF_MAX = 0.2, 5.0
 ENV_LEASE_TTL = "PYCNM_OVERLAY_LEASE_TTL"
 
-Source = Callable[[Store, Records], Iterable[NameEntry]]
 _SCOPE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
 
 
@@ -116,7 +115,9 @@ class DnsService:
         self.server = Server(controller.host_ns,
                              timeout=float(config.get("dns_timeout") or FORWARD_TIMEOUT))
         self.adopted: dict[str, Adopted] = {}
-        self.sources: list[tuple[str, Source]] = []  # (store prefix to watch, source)
+        # (store prefix to watch, source): registered ones (registry.register_source)
+        # and this service's own (add_source)
+        self.sources: list[tuple[str, Source]] = list(registry.SOURCES)
         self.upstreams = upstreams.Upstreams((), self.resolv_conf)
         self.connected = threading.Event()
         self._upstreams_stamp: tuple[float, int] | None = None
