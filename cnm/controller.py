@@ -345,17 +345,19 @@ class Controller:
                 raise Conflict(f"a sandbox named {name!r} already exists")
             undo.callback(self.local.delete, f"names/sandboxes/{name}")
             netns_name = self._netns_name(record)
+            host_conf = etcfiles.host_resolv_conf(self.host_ns)
             undo.callback(etcfiles.remove, record, netns_name)
             if record.owned:
                 # The files need no namespace: written while a thread makes it (both cost
                 # the kernel file-system work, and they overlap on two cores).
                 create_named_netns(names.sandbox_netns(name), loopback_up=True,
                                    forwarding=ip_forward,
-                                   meanwhile=lambda: etcfiles.write(record, [], netns_name))
+                                   meanwhile=lambda: etcfiles.write(
+                                       record, [], netns_name, host_conf=host_conf))
                 undo.callback(delete_named_netns, names.sandbox_netns(name))
             else:
                 plumbing.set_forwarding(record.netns_path, ip_forward)
-                etcfiles.write(record, [], netns_name)
+                etcfiles.write(record, [], netns_name, host_conf=host_conf)
             revision = self.local.put(f"sandboxes/{sid}", record.to_dict())
             undo.pop_all()
         log.info("sandbox %s (%s): created at %s (mode %s)", name, sid[:12], record.netns_path,

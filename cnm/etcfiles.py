@@ -48,8 +48,22 @@ def host_nameservers(path: str = HOST_RESOLV_CONF) -> tuple[list[str], list[str]
     return servers, search, options
 
 
-def render_resolv_conf(sandbox: SandboxRecord, served: bool = False) -> str:
-    servers, search, options = host_nameservers()
+def host_resolv_conf(host_ns: str | None) -> str:
+    """The resolv.conf of the host namespace ``host_ns`` (a path; None: this process's):
+    ``/etc/netns/NAME/resolv.conf`` for an emulated host whose namespace is named, if it
+    has one (what ``ip netns exec NAME`` shows as its /etc/resolv.conf), else
+    /etc/resolv.conf."""
+    if host_ns is not None:
+        folder, _, name = host_ns.rpartition("/")
+        candidate = os.path.join("/etc/netns", name, "resolv.conf")
+        if folder == "/run/netns" and os.path.exists(candidate):
+            return candidate
+    return HOST_RESOLV_CONF
+
+
+def render_resolv_conf(sandbox: SandboxRecord, served: bool = False,
+                       host_conf: str = HOST_RESOLV_CONF) -> str:
+    servers, search, options = host_nameservers(host_conf)
     servers = sandbox.dns_servers or servers
     search = sandbox.dns_search or search
     options = sandbox.dns_options or options
@@ -113,6 +127,7 @@ def write(
     netns_name: str | None,
     hosts_only: bool = False,
     served: bool = False,
+    host_conf: str = HOST_RESOLV_CONF,
 ) -> str:
     """Write the files (only /etc/hosts when endpoints came or went, the one file that
     depends on them); return their folder.
@@ -126,7 +141,7 @@ def write(
     folder = files_dir(sandbox, netns_name)
     files = [("hosts", render_hosts(sandbox, endpoints))]
     if not hosts_only:
-        files += [("resolv.conf", render_resolv_conf(sandbox, served)),
+        files += [("resolv.conf", render_resolv_conf(sandbox, served, host_conf)),
                   ("hostname", (sandbox.hostname or sandbox.name) + "\n")]
     try:
         if not hosts_only:
@@ -140,7 +155,8 @@ def write(
     return folder
 
 
-def write_resolv_conf(sandbox: SandboxRecord, netns_name: str | None, served: bool) -> None:
+def write_resolv_conf(sandbox: SandboxRecord, netns_name: str | None, served: bool,
+                      host_conf: str = HOST_RESOLV_CONF) -> None:
     """Rewrite only resolv.conf (in place, as ``write``): the resolver takes a sandbox over
     or gives it back."""
     check_values(sandbox)
@@ -148,7 +164,7 @@ def write_resolv_conf(sandbox: SandboxRecord, netns_name: str | None, served: bo
     try:
         os.makedirs(folder, mode=0o755, exist_ok=True)
         with open(os.path.join(folder, "resolv.conf"), "w") as handle:
-            handle.write(render_resolv_conf(sandbox, served))
+            handle.write(render_resolv_conf(sandbox, served, host_conf))
     except OSError as exc:
         raise KernelError(f"cannot write the resolv.conf of sandbox {sandbox.name} in "
                           f"{folder}: {exc.strerror or exc}") from exc

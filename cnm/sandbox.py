@@ -237,7 +237,8 @@ class Sandbox:
             for _, key in ordered) if r]
         netns_name = names.sandbox_netns(sb.name) if sb.owned else None
         served = not hosts_only and dns_client.is_served(self.controller.local, sb.id)
-        etcfiles.write(sb, records, netns_name, hosts_only=hosts_only, served=served)
+        etcfiles.write(sb, records, netns_name, hosts_only=hosts_only, served=served,
+                       host_conf=etcfiles.host_resolv_conf(self.controller.host_ns))
 
     # --- life cycle -------------------------------------------------------------------
 

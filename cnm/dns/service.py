@@ -110,8 +110,8 @@ class DnsService:
         self.ttl = float(config.get("lease_ttl") or os.environ.get(ENV_LEASE_TTL)
                          or DEFAULT_LEASE_TTL)
         self.resync_interval = float(config.get("resync_interval") or DEFAULT_RESYNC_INTERVAL)
-        self.resolv_conf = str(config.get("dns_resolv_conf")
-                               or upstreams.host_resolv_conf(controller.host_ns))
+        self.host_conf = etcfiles.host_resolv_conf(controller.host_ns)
+        self.resolv_conf = str(config.get("dns_resolv_conf") or self.host_conf)
         self.server = Server(controller.host_ns,
                              timeout=float(config.get("dns_timeout") or FORWARD_TIMEOUT))
         self.adopted: dict[str, Adopted] = {}
@@ -356,7 +356,8 @@ class DnsService:
         self.adopted[sandbox.id] = Adopted(sandbox.netns_path, _inode(sandbox.netns_path),
                                            udp_port, tcp_port)
         self.local.put(client.sandbox_key(sandbox.id), {"udp": udp_port, "tcp": tcp_port})
-        etcfiles.write_resolv_conf(sandbox, _files_name(sandbox), served=True)
+        etcfiles.write_resolv_conf(sandbox, _files_name(sandbox), served=True,
+                                   host_conf=self.host_conf)
         log.info("resolver: sandbox %s served (udp %d, tcp %d)", sandbox.name, udp_port,
                  tcp_port)
 
@@ -386,7 +387,8 @@ class DnsService:
             return
         dnsnat.remove(adopted.netns_path)
         try:
-            etcfiles.write_resolv_conf(sandbox, _files_name(sandbox), served=False)
+            etcfiles.write_resolv_conf(sandbox, _files_name(sandbox), served=False,
+                                       host_conf=self.host_conf)
         except CNMError as exc:
             log.warning("resolver: sandbox %s keeps 127.0.0.11: %s", sandbox.name, exc)
 

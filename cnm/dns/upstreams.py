@@ -17,8 +17,9 @@ from dataclasses import dataclass
 
 from cnm.dns.names import MAX_UPSTREAMS
 from cnm.dns.registry import IPAddress
+from cnm.etcfiles import HOST_RESOLV_CONF, host_resolv_conf
 
-HOST_RESOLV_CONF = "/etc/resolv.conf"
+__all__ = ["HOST_RESOLV_CONF", "Upstreams", "host_resolv_conf", "nameservers", "read"]
 RESOLVED_STUB = ipaddress.IPv4Address("127.0.0.53")
 RESOLVED_REAL = "/run/systemd/resolve/resolv.conf"
 
@@ -40,16 +41,6 @@ def nameservers(path: str) -> list[IPAddress]:
             except ValueError:
                 continue
     return found
-
-
-def host_resolv_conf(host_ns: str | None) -> str:
-    """The resolv.conf of the host namespace ``host_ns`` (a path, None: this one's)."""
-    if host_ns is not None:
-        folder, _, name = host_ns.rpartition("/")
-        candidate = os.path.join("/etc/netns", name, "resolv.conf")
-        if folder == "/run/netns" and os.path.exists(candidate):
-            return candidate
-    return HOST_RESOLV_CONF
 
 
 @dataclass(frozen=True)

@@ -202,8 +202,7 @@ def plan(lab: Lab, new: Topology, *, detach: bool = True) -> Plan:
                                               route.via)))
     running = {p.role.split(" ", 1)[1] for p in lab.state.processes
                if p.role.startswith("agent ")} - remade_hosts
-    overlay_hosts = sorted({h for n in new.networks if n.driver == "overlay" for h in n.hosts})
-    for name in overlay_hosts:
+    for name in new.agent_hosts():
         if name not in running:
             changes.append(Change("+", f"agent on {name}", partial(builder.start_agent, name)))
     for (net, host), net_spec in new_nets.items():

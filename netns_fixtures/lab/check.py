@@ -46,6 +46,15 @@ def run_checks(lab: Lab, progress: Callable[[Outcome], None] | None = None) -> l
     outcomes = []
     for index, exp in enumerate(lab.topology.expect, 1):
         started = time.monotonic()
+        if exp.proto == "dns":
+            from netns_fixtures.lab import dnscheck
+
+            got, answered, detail = dnscheck.run(lab, exp)
+            outcome = Outcome(index, exp, answered, got, detail, time.monotonic() - started)
+            outcomes.append(outcome)
+            if progress is not None:
+                progress(outcome)
+            continue
         address = lab.address(exp.dst)
         if address is None:
             outcome = Outcome(index, exp, "?", "error", f"{exp.dst} has no IPv4 address",
@@ -117,6 +126,8 @@ def table(outcomes: list[Outcome]) -> str:
     for o in outcomes:
         exp = o.expectation
         proto = exp.proto if exp.port is None else f"{exp.proto}/{exp.port}"
+        if exp.proto == "dns":
+            proto = f"dns {exp.rdtype}"
         if exp.size is not None:
             proto += f" {exp.size}B"
         rows.append((o.index, exp.src, f"{exp.dst} ({o.target})", proto, exp.expect, o.got,

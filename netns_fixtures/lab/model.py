@@ -54,6 +54,8 @@ DRIVERS = ("bridge", "macvlan", "ipvlan", "overlay")
 PARENT_DRIVERS = ("macvlan", "ipvlan")  # endpoints are children of a host interface
 PROTOS = ("icmp", "tcp")
 OUTCOMES = ("reach", "blocked")
+DNS_OUTCOMES = ("resolves", "nxdomain", "servfail")  # of a "resolve:" check
+DNS_TYPES = ("A", "AAAA")
 SWITCH_BRIDGE = "br0"  # the bridge inside a switch namespace
 
 
@@ -155,6 +157,7 @@ class NetworkSpec:
 class Attachment:
     network: str
     ip: str | None = None
+    aliases: tuple[str, ...] = ()  # more DNS names of the endpoint on that network
 
 
 @dataclass(frozen=True)
@@ -202,6 +205,11 @@ class Expectation:
     listen: tuple[str, int] | None = None  # (node, port) that serves a TCP check
     seen_as: Target | None = None  # the client's address as the server must see it
     size: int | None = None  # ICMP payload bytes, sent with "don't fragment" (MTU checks)
+    # DNS checks (proto "dns"; ``dst.address`` holds the name asked): what it must resolve
+    # to, and whether each of several answers must come first at least once (round robin)
+    answer: tuple[Target, ...] = ()
+    rotates: bool = False
+    rdtype: str = "A"
 
 
 @dataclass(frozen=True)
@@ -262,6 +270,18 @@ class Topology:
     def needs_etcd(self) -> bool:
         """An overlay spans hosts, so its hosts share a cluster store (etcd)."""
         return any(n.driver == "overlay" for n in self.networks)
+
+    def uses_dns(self) -> bool:
+        """The lab checks names or gives aliases: its hosts run pycnm's resolver."""
+        return any(e.proto == "dns" for e in self.expect) or any(
+            a.aliases for s in self.sandboxes for a in s.networks)
+
+    def agent_hosts(self) -> list[str]:
+        """The hosts that run a ``pycnm agent``: those on an overlay (its lease and
+        VTEP entries) and, when the lab uses names, every pycnm host (its resolver)."""
+        if self.uses_dns():
+            return [h.name for h in self.pycnm_hosts()]
+        return sorted({h for n in self.networks if n.driver == "overlay" for h in n.hosts})
 
     def with_name(self, name: str) -> Topology:
         """The same topology under another lab name (tests run copies side by side)."""

@@ -64,6 +64,8 @@ from netns_fixtures.netns import Namespace, add_route, bridge, veth
 Progress = Callable[[str], None]
 OVERLAY_HOSTS_KEY = "global/drivers/overlay/hosts/"
 AGENT_TIMEOUT = 20.0  # for an agent to register its host in etcd
+LAB_DOMAIN = "lab.example"  # the names a lab host's own DNS server knows
+LAB_DOMAIN_ADDRESS = "203.0.113.53"
 PEERS_TIMEOUT = 20.0  # for every VTEP to learn the other hosts' endpoints
 
 
@@ -136,11 +138,14 @@ class _Builder:
                   for h in topo.hosts for r in h.routes]
         if topo.needs_etcd():
             steps.append(Step("etcd", self.start_etcd))
-            hosts = sorted({h for n in topo.networks if n.driver == "overlay" for h in n.hosts})
-            steps += [Step(f"agent on {h}", partial(self.start_agent, h)) for h in hosts]
         else:
             self.state.store = f"sqlite:///{self.state.dir}/store.db"
             self.state.save()
+        if topo.uses_dns():
+            steps += [Step(f"DNS server of {h.name}", partial(self.start_host_dns, h.name))
+                      for h in topo.pycnm_hosts()]
+        steps += [Step(f"agent on {h}", partial(self.start_agent, h))
+                  for h in topo.agent_hosts()]
         steps += [Step(f"network {n.name} on {h}", partial(self.make_network, n, h))
                   for n in topo.networks for h in n.hosts]
         steps += [Step(f"sandbox {s.name} on {s.host}", partial(self.make_sandbox, s))
@@ -244,13 +249,44 @@ class _Builder:
         self.state.note_process(f"agent {host}", proc.pid, f"--host-ns {ns} ")
         store = self.controller(host).store
         deadline = time.monotonic() + AGENT_TIMEOUT
-        while store.get(f"{OVERLAY_HOSTS_KEY}{ns}") is None:
+        # Registered for the overlay, and (when the lab uses names) serving DNS: sandboxes
+        # made next are then taken over as they are made.
+        wanted = [f"{OVERLAY_HOSTS_KEY}{ns}"]
+        if self.topo.uses_dns():
+            wanted.append(f"local/{ns}/dns/resolver")
+        while any(store.get(key) is None for key in wanted):
             if proc.poll() is not None or time.monotonic() > deadline:
                 tail = log_path.read_text(errors="replace")[-1500:]
-                raise LabBuildError(f"the pycnm agent of {host} did not register in etcd "
-                                    f"(see {log_path}): {tail}")
+                raise LabBuildError(f"the pycnm agent of {host} did not start (see "
+                                    f"{log_path}): {tail}")
             time.sleep(0.05)
-        return f"pycnm agent (pid {proc.pid}): lease and watches, VTEP entries from etcd"
+        work = ["lease and watches, VTEP entries from the store"]
+        if self.topo.uses_dns():
+            work.append("the resolver at 127.0.0.11 of its sandboxes")
+        return f"pycnm agent (pid {proc.pid}): {'; '.join(work)}"
+
+    def start_host_dns(self, host: str) -> str:
+        """The host's own DNS server, what its resolv.conf names: a dnsmasq on the host's
+        loopback that knows ``*.lab.example`` and answers NXDOMAIN for every other name.
+        pycnm's resolver forwards the names it does not know there (from the host's
+        namespace), and no lab query ever leaves for a real server."""
+        ns = host_netns(self.topo.name, host)
+        folder = os.path.join("/etc/netns", ns)
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, "resolv.conf"), "w") as handle:
+            handle.write("# the lab host's own DNS server (dnsmasq on its loopback)\n"
+                         "nameserver 127.0.0.1\n")
+        marker = str(self.state.dir / f"dns-{host}.pid")
+        argv = ["ip", "netns", "exec", ns, "dnsmasq", "--keep-in-foreground", "--no-resolv",
+                "--no-hosts", "--bind-interfaces", "--listen-address=127.0.0.1",
+                f"--address=/{LAB_DOMAIN}/{LAB_DOMAIN_ADDRESS}", "--address=/#/",
+                f"--pid-file={marker}", "--user=root"]
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=self.detach,
+                                preexec_fn=None if self.detach else _die_with_parent)
+        self.state.note_process(f"dns {host}", proc.pid, marker)
+        return (f"dnsmasq (pid {proc.pid}) on {host}'s 127.0.0.1:53: *.{LAB_DOMAIN} is "
+                f"{LAB_DOMAIN_ADDRESS}, every other name NXDOMAIN")
 
     # --- pycnm objects ----------------------------------------------------------------
 
@@ -292,10 +328,12 @@ class _Builder:
             if i == 0 and spec.ports:
                 options[OPT_PORTMAP] = parse_publish(list(spec.ports))
             net = ctl.network(att.network)
-            endpoint = net.create_endpoint(spec.name, ip=att.ip, options=options)
+            endpoint = net.create_endpoint(spec.name, ip=att.ip, options=options,
+                                           aliases=list(att.aliases))
             ifname = endpoint.join(sandbox)
             address = endpoint.record.address or "no address"
-            details.append(f"{ifname} {address} on {att.network}")
+            details.append(f"{ifname} {address} on {att.network}" + (
+                f" (also {', '.join(att.aliases)})" if att.aliases else ""))
             if net.record.driver == "overlay":
                 info = endpoint.operational_info()
                 self.vteps[(att.network, spec.host)] = (info["Namespace"], int(info["VNI"]))
@@ -435,6 +473,12 @@ def down(name: str, *, progress: Progress = print) -> list[str]:
     if was_up and topo is not None:
         removed += _orderly(topo, state, progress)
     etcd_marker = str(folder / "etcd" / "data")
+    for proc in state.processes:
+        if proc.role.startswith("dns ") and stop(proc.pid, proc.marker):
+            removed.append(f"process {proc.role} ({proc.pid})")
+    for pid in processes_with(str(folder / "dns-")):
+        if stop(pid, str(folder / "dns-")):
+            removed.append(f"process dns ({pid})")
     for proc in state.processes:
         if proc.role == "etcd" and stop(proc.pid, proc.marker):
             removed.append(f"process etcd ({proc.pid})")

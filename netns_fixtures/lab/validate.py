@@ -20,6 +20,8 @@ from typing import Any
 from cnm import names
 from cnm.errors import InvalidOption
 from netns_fixtures.lab.model import (
+    DNS_OUTCOMES,
+    DNS_TYPES,
     DRIVERS,
     KINDS,
     LAB_NAME_RE,
@@ -681,13 +683,15 @@ def _check_sharing(v: _Checker, sandboxes: list[SandboxSpec], top: Mapping[str, 
 
 def _attachment(v: _Checker, raw: Any, where: Path, by_name: Mapping[str, NetworkSpec],
                 host: str | None, done: list[Attachment]) -> Attachment | None:
+    aliases: tuple[str, ...] = ()
     if isinstance(raw, dict):
-        entry = v.mapping(raw, where, ("name", "ip"), required=("name",))
+        entry = v.mapping(raw, where, ("name", "ip", "aliases"), required=("name",))
         if entry is None:
             return None
         net_name = v.text(entry.get("name"), where + ("name",))
         ip = v.address(entry.get("ip"), where + ("ip",))
         name_path = where + ("name",)
+        aliases = _aliases(v, entry.get("aliases"), where + ("aliases",))
     else:
         net_name, ip, name_path = v.text(raw, where), None, where
     if net_name is None:
@@ -716,7 +720,23 @@ def _attachment(v: _Checker, raw: Any, where: Path, by_name: Mapping[str, Networ
         if net.gateway and ip == net.gateway:
             v.add(where + ("ip",), f"{ip} is the network's gateway")
             return None
-    return Attachment(net_name, ip)
+    return Attachment(net_name, ip, aliases)
+
+
+def _aliases(v: _Checker, value: Any, path: Path) -> tuple[str, ...]:
+    from cnm.dns.names import is_valid_hostname
+
+    result = []
+    for j, raw in enumerate(v.sequence(value, path)):
+        text = v.text(raw, path + (j,))
+        if text is None:
+            continue
+        if not is_valid_hostname(text):
+            v.add(path + (j,), f"{text!r} is not a DNS name: letters, digits and '-' in "
+                  "dot-separated labels of at most 63 characters (RFC 1123)")
+            continue
+        result.append(text)
+    return tuple(result)
 
 
 def _ports(v: _Checker, value: Any, path: Path, attachments: list[Attachment],
@@ -804,6 +824,11 @@ def _expectations(v: _Checker, top: Mapping[str, Any], nodes: Mapping[str, str],
     result = []
     for i, item in enumerate(v.sequence(top.get("expect"), ("expect",))):
         path: Path = ("expect", i)
+        if isinstance(item, dict) and "resolve" in item:
+            found = _dns_expectation(v, item, path, nodes, addressed)
+            if found is not None:
+                result.append(found)
+            continue
         entry = v.mapping(item, path, keys, required=("from", "to"))
         if entry is None:
             continue
@@ -846,6 +871,43 @@ def _expectations(v: _Checker, top: Mapping[str, Any], nodes: Mapping[str, str],
         if src and dst and (proto == "icmp" or (port and listen)):
             result.append(Expectation(src, dst, proto, port, outcome, listen, seen_as, size))
     return result
+
+
+def _dns_expectation(v: _Checker, item: dict[str, Any], path: Path,
+                     nodes: Mapping[str, str], addressed: Mapping[str, list[str]]
+                     ) -> Expectation | None:
+    """``{from: NODE, resolve: NAME, [type: A|AAAA], [answer: [TARGET, ...]],
+    [rotates: true], [expect: resolves|nxdomain|servfail]}``: ``dig`` in NODE."""
+    from cnm.dns.names import is_valid_hostname
+
+    keys = ("from", "resolve", "type", "answer", "rotates", "expect")
+    entry = v.mapping(item, path, keys, required=("from", "resolve"))
+    if entry is None:
+        return None
+    src = v.text(entry.get("from"), path + ("from",))
+    if src is not None and src not in nodes:
+        v.add(path + ("from",), f"unknown node {src!r}{_suggest(src, nodes)}")
+        src = None
+    name = v.text(entry.get("resolve"), path + ("resolve",))
+    if name is not None and not is_valid_hostname(name):
+        v.add(path + ("resolve",), f"{name!r} is not a DNS name to ask for")
+        name = None
+    rdtype = v.choice(entry.get("type"), path + ("type",), DNS_TYPES, "A")
+    outcome = v.choice(entry.get("expect"), path + ("expect",), DNS_OUTCOMES, "resolves")
+    answer = []
+    for j, raw in enumerate(v.sequence(entry.get("answer"), path + ("answer",))):
+        target = _target(v, raw, path + ("answer", j), nodes, addressed)
+        if target is not None:
+            answer.append(target)
+    rotates = v.boolean(entry.get("rotates"), path + ("rotates",))
+    if (answer or rotates) and outcome != "resolves":
+        v.add(path, f"a check that expects {outcome} has no answer to compare")
+    if rotates and len(answer) < 2:
+        v.add(path + ("rotates",), "round robin needs an answer of two addresses or more")
+    if not src or not name:
+        return None
+    return Expectation(src, Target(None, None, name), "dns", None, outcome,
+                       answer=tuple(answer), rotates=rotates, rdtype=rdtype)
 
 
 def _listen(v: _Checker, value: Any, path: Path, nodes: Mapping[str, str], proto: str,

@@ -97,6 +97,8 @@ EXAMPLES = [
                                      "ip daddr 198.51.100.1 tcp dport 5001 dnat",
                                      "ip saddr 10.8.0.2 ip daddr 10.8.0.2 tcp dport 80 "
                                      "masquerade"], id="port-mapping"),
+    pytest.param("05-service-discovery", ["10.0.0.4/24", "10.2.0.3/24", "VNI 4096"],
+                 id="service-discovery", marks=pytest.mark.etcd),
 ]
 
 
