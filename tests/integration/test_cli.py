@@ -164,7 +164,7 @@ def test_cleanup_kernel_only_says_what_it_swept_and_reconcile_rebuilds_it(pycnm:
 NETWORK_KEYS = {"Name", "Id", "Created", "Scope", "Driver", "EnableIPv6", "Internal", "IPAM",
                 "Options", "Labels", "Endpoints"}
 ENDPOINT_KEYS = {"Name", "EndpointID", "NetworkID", "MacAddress", "IPv4Address",
-                 "IPv6Address", "SandboxID", "Interface"}
+                 "IPv6Address", "SandboxID", "Interface", "Aliases"}
 SANDBOX_KEYS = {"Name", "Id", "Mode", "SandboxKey", "NetnsName", "Hostname", "Created",
                 "Gateway", "Interfaces", "SharedBy", "DNS"}
 
