@@ -85,6 +85,14 @@ class StaticRoute:
     next_hop: IPAddress | None = None
 
 
+@dataclass(frozen=True)
+class GatewayPlace:
+    """Where a network's gateway address lives on this host: in namespace ``netns`` (a
+    path), or in the host's own namespace when ``netns`` is None."""
+
+    netns: str | None
+
+
 @dataclass
 class JoinInfo:
     """What the sandbox must do to plug the endpoint in (Docker's Join response)."""
@@ -194,6 +202,12 @@ class Driver(abc.ABC):
         """The cluster-wide name of network ``nid`` if its endpoints on every host form one
         network (an overlay): service discovery shares the names of all hosts' endpoints
         under it. None (the default): the network's names stay on this host."""
+        return None
+
+    def gateway_place(self, nid: str) -> GatewayPlace | None:
+        """Where network ``nid``'s gateway address is on this host (the resolver can then
+        answer there, for engines that ask it: docs/dns.md), or None (the default) when no
+        namespace of this host holds it (a LAN's router, say)."""
         return None
 
     def restore(self) -> list[str]:

@@ -33,6 +33,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--no-background", action="store_true",
                        help="do not start the drivers' background work (overlay agent) nor "
                        "the DNS resolver of pycnm's own sandboxes")
+    serve.add_argument("--dns-gateway", action="store_true",
+                       help="answer on port 53 of each network's gateway address with that "
+                       "network's names, pycnm's and other hosts': Docker's embedded DNS can "
+                       "forward there (docker run --dns GATEWAY; docs/dns.md)")
     serve.add_argument("--no-dns", action="store_true",
                        help="serve no DNS to pycnm's own sandboxes (Docker's containers "
                        "always keep Docker's)")
@@ -50,7 +54,8 @@ def _serve(args: argparse.Namespace) -> int:
     logging.getLogger().setLevel(args.log_level.upper())
     options = ServeOptions(socket_path=args.socket, tcp=args.tcp, threads=max(1, args.threads),
                            background=not args.no_background,
-                           background_config={"dns": not args.no_dns})
+                           background_config={"dns": not args.no_dns,
+                                              "dns_gateway": args.dns_gateway})
     check_options(options)  # before the Controller restores anything
     with open_controller(args, reconcile=True) as ctl:
         for problem in ctl.last_reconcile:

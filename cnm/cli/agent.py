@@ -33,6 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "(default 30)")
     agent.add_argument("--no-dns", action="store_true",
                        help="serve no DNS: sandboxes keep the host's servers and hosts file")
+    agent.add_argument("--dns-gateway", action="store_true",
+                       help="also answer on port 53 of each network's gateway address, with "
+                       "that network's names (an upstream for Docker's DNS: docs/dns.md)")
     agent.add_argument("--dns-timeout", type=float, default=None,
                        help="seconds a forwarded query waits for the upstream servers, all "
                        "together, before SERVFAIL (default 4)")
@@ -57,6 +60,7 @@ def _agent(args: argparse.Namespace) -> int:
                                 ("resync_interval", args.resync_interval),
                                 ("dns_timeout", args.dns_timeout)) if v}
     config["dns"] = not args.no_dns
+    config["dns_gateway"] = args.dns_gateway
     try:
         with open_controller(args, reconcile=True) as ctl:
             for problem in ctl.last_reconcile:

@@ -86,6 +86,7 @@ class SandboxView:
 @dataclass(frozen=True)
 class Snapshot:
     sandboxes: Mapping[str, SandboxView] = field(default_factory=dict)
+    networks: Mapping[str, NetworkNames] = field(default_factory=dict)
 
 
 # --- more names, from other features -------------------------------------------------------
@@ -239,7 +240,7 @@ def build(records: Records, host_id: str, extra: Iterable[NameEntry] = ()) -> Sn
             sb["id"], sb["name"], sb["netns_path"], attached,
             forward=any(not net.internal for net in attached), dns_servers=tuple(servers),
         )
-    return Snapshot(views)
+    return Snapshot(views, networks)
 
 
 def _ifname_order(ifname: str) -> tuple[str, int]:

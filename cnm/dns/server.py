@@ -239,10 +239,11 @@ class Server:
     def _close_listener(self, listener: Listener) -> None:
         for sock in (listener.udp, listener.tcp):
             self._forget(sock)
-        # Its own upstream sockets hold its namespace alive: close them with it.
-        for key in [k for k in self._fwd_sockets if k[0] == listener.view.netns_path]:
-            for sock in self._fwd_sockets.pop(key):
-                self._forget(sock)
+        # Its own upstream sockets (--dns) hold its namespace alive: close them with it.
+        if listener.view.dns_servers:
+            for key in [k for k in self._fwd_sockets if k[0] == listener.view.netns_path]:
+                for sock in self._fwd_sockets.pop(key):
+                    self._forget(sock)
         if self._listeners.get(listener.view.id) is listener:
             del self._listeners[listener.view.id]
 

@@ -32,6 +32,7 @@ everything in order; the store's watch callbacks only note the revision and wake
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import os
 import re
@@ -115,6 +116,10 @@ class DnsService:
         self.server = Server(controller.host_ns,
                              timeout=float(config.get("dns_timeout") or FORWARD_TIMEOUT))
         self.adopted: dict[str, Adopted] = {}
+        # With ``dns_gateway``, the resolver also answers on port 53 of each network's
+        # gateway address (for Docker's embedded DNS as an upstream: docs/dns.md).
+        self.gateway = bool(config.get("dns_gateway"))
+        self.gateways: dict[str, Adopted] = {}  # by network id
         # (store prefix to watch, source): registered ones (registry.register_source)
         # and this service's own (add_source)
         self.sources: list[tuple[str, Source]] = list(registry.SOURCES)
@@ -330,6 +335,9 @@ class DnsService:
                     log.warning("resolver: sandbox %s not served: %s", view.name, exc)
         for sid in [s for s in self.adopted if s not in snapshot.sandboxes]:
             self._forget(sid, sandboxes.get(sid))
+        gateways = self._sync_gateways(records, snapshot) if self.gateway else {}
+        if gateways:
+            snapshot = registry.Snapshot({**snapshot.sandboxes, **gateways}, snapshot.networks)
         self.server.update(snapshot, self.upstreams.servers)
         self.server.wait()  # the loop has the new names before anyone is told
         self._publish(records)
@@ -391,6 +399,47 @@ class DnsService:
                                        host_conf=self.host_conf)
         except CNMError as exc:
             log.warning("resolver: sandbox %s keeps 127.0.0.11: %s", sandbox.name, exc)
+
+    # --- answering on the networks' gateways ------------------------------------------------
+
+    def _sync_gateways(self, records: Records,
+                       snapshot: registry.Snapshot) -> dict[str, registry.SandboxView]:
+        """A listener on port 53 of each network's IPv4 gateway, where the driver says the
+        gateway lives; queries there see that network's names only."""
+        views: dict[str, registry.SandboxView] = {}
+        for net in records.networks:
+            nid = net["id"]
+            gateway = next((p["gateway"] for p in net.get("ipv4_pools", ())
+                            if p.get("gateway")), None)
+            table = snapshot.networks.get(nid)
+            try:
+                place = self.ctl.driver(net["driver"]).gateway_place(nid)
+            except CNMError:
+                place = None
+            if gateway is None or table is None or place is None:
+                continue
+            key = f"gw:{nid}"
+            ns = place.netns
+            view = registry.SandboxView(key, f"gateway of {net['name']}",
+                                        ns or self.ctl.host_ns or "", (table,),
+                                        forward=not table.internal)
+            have = self.gateways.get(nid)
+            if have is None or (ns is not None and have.inode != _inode(ns)):
+                address = ipaddress.IPv4Interface(gateway).ip
+                try:
+                    udp, tcp = dnsnat.open_listeners(ns, address, 53, 53, exact=True)
+                except CNMError as exc:
+                    log.warning("resolver: not answering on %s:53 (network %s): %s",
+                                address, net["name"], exc)
+                    continue
+                self.server.add(view, udp, tcp)
+                self.gateways[nid] = Adopted(ns or "", _inode(ns) if ns else 0, 53, 53)
+                log.info("resolver: answering on %s:53 for network %s", address, net["name"])
+            views[key] = view
+        for nid in [n for n in self.gateways if f"gw:{n}" not in views]:
+            self.server.remove(f"gw:{nid}")
+            del self.gateways[nid]
+        return views
 
     # --- the cluster's names -------------------------------------------------------------
 

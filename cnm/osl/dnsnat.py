@@ -47,19 +47,24 @@ def _bind_first(kind: int, address: str, ports: list[int]) -> socket.socket:
     raise KernelError(f"cannot listen on {address}: {last}")
 
 
-def open_listeners(ns: str, address: ipaddress.IPv4Address, udp_port: int = 0,
-                   tcp_port: int = 0) -> tuple[socket.socket, socket.socket]:
-    """A UDP socket and a listening TCP socket on ``address`` inside ``ns``, at the ports
-    given if they are free (a restarted resolver keeps its ports, so the NAT rules in
-    place stay right), else at ports the kernel picks. Both non-blocking."""
+def open_listeners(ns: str | None, address: ipaddress.IPv4Address, udp_port: int = 0,
+                   tcp_port: int = 0, exact: bool = False
+                   ) -> tuple[socket.socket, socket.socket]:
+    """A UDP socket and a listening TCP socket on ``address`` inside ``ns`` (None: this
+    process's namespace), at the ports given if they are free (a restarted resolver keeps
+    its ports, so the NAT rules in place stay right), else, unless ``exact``, at ports the
+    kernel picks. Both non-blocking."""
+
+    def ports(wanted: int) -> list[int]:
+        return [wanted] if exact else ([wanted, 0] if wanted else [0])
 
     def make() -> tuple[socket.socket, socket.socket]:
         text = str(address)
-        udp = _bind_first(socket.SOCK_DGRAM, text, [udp_port, 0] if udp_port else [0])
+        udp = _bind_first(socket.SOCK_DGRAM, text, ports(udp_port))
         try:
             with contextlib.suppress(OSError):  # SO_RCVBUFFORCE needs CAP_NET_ADMIN
                 udp.setsockopt(socket.SOL_SOCKET, 33, RECEIVE_BUFFER)  # SO_RCVBUFFORCE
-            tcp = _bind_first(socket.SOCK_STREAM, text, [tcp_port, 0] if tcp_port else [0])
+            tcp = _bind_first(socket.SOCK_STREAM, text, ports(tcp_port))
             tcp.listen(64)
         except BaseException:
             udp.close()

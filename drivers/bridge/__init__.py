@@ -22,6 +22,7 @@ from cnm.driverapi import (
     Capability,
     Driver,
     DriverContext,
+    GatewayPlace,
     InterfaceInfo,
     IpamData,
     JoinInfo,
@@ -179,6 +180,13 @@ class BridgeDriver(Driver):
             self.revoke_external_connectivity(nid, eid)
         reaper.delete_later(self.ctx.host_ns, entry.value["host_veth"])
         self.ctx.store.delete(key)
+
+    def gateway_place(self, nid: str) -> GatewayPlace | None:
+        # The gateway addresses are the bridge's, in the host's namespace.
+        return GatewayPlace(self.ctx.host_ns) if self._exists(nid) else None
+
+    def _exists(self, nid: str) -> bool:
+        return self.ctx.store.get(f"networks/{nid}") is not None
 
     def network_info(self, nid: str) -> dict[str, str]:
         return {"com.docker.network.bridge.name": self._network(nid)["bridge"]}

@@ -59,6 +59,7 @@ from cnm.driverapi import (
     Capability,
     Driver,
     DriverContext,
+    GatewayPlace,
     InterfaceInfo,
     IpamData,
     JoinInfo,
@@ -242,6 +243,11 @@ class OverlayDriver(Driver):
             self.cluster.withdraw(rec["overlay"], eid)
             dataplane.unplug_veth(rec["netns"], entry.value["host_veth"])
         self.ctx.store.delete(key)
+
+    def gateway_place(self, nid: str) -> GatewayPlace | None:
+        # The gateway addresses are br0's, inside the overlay's namespace on every host.
+        rec = self.local_network(nid)
+        return GatewayPlace(os.path.join("/run/netns", rec["netns"])) if rec else None
 
     def dns_scope(self, nid: str) -> str | None:
         rec = self.local_network(nid)

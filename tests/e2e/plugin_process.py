@@ -65,6 +65,7 @@ class Plugin:
     socket: str = SOCKET
     host_id: str | None = None
     env: dict[str, str] = field(default_factory=dict)
+    args: tuple[str, ...] = ()  # more flags for `plugin serve`
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
 
@@ -75,7 +76,7 @@ class Plugin:
             raise AssertionError(f"another plugin already serves {self.socket}: stop it first")
         argv = [sys.executable, "-m", "cnm.cli", "--store", self.store_url,
                 *(["--host-id", self.host_id] if self.host_id else []),
-                "plugin", "serve", "--socket", self.socket]
+                "plugin", "serve", "--socket", self.socket, *self.args]
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
