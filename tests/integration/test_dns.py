@@ -363,3 +363,37 @@ def test_malformed_truncated_huge_packets_and_a_burst_leave_it_answering(
     assert dig(inside, FORWARDED_NAME).addresses == [FORWARDED_ADDRESS]
     assert lab.agent is not None and lab.agent.poll() is None
     assert "Traceback" not in lab.output()
+
+
+def test_names_from_another_feature_resolve_through_a_source(lab: DnsHost) -> None:
+    """What a load-balanced service will do: add names (a virtual IP) from records of its
+    own; a change under its prefix updates every sandbox's answers."""
+    from cnm.controller import Controller
+    from cnm.dns.registry import NameEntry, Records
+    from cnm.dns.service import DnsService
+
+    web = network(lab, "10.74.0.0/24")
+    client = lab.sandbox(unique("cli"), web)
+
+    def services(local, records: Records) -> list[NameEntry]:
+        nid = next(n["id"] for n in records.networks if n["name"] == web)
+        return [NameEntry(nid, (e.key.rsplit("/", 1)[1], f"tasks.{e.key.rsplit('/', 1)[1]}"),
+                          (ipaddress.ip_address(e.value["vip"]),))
+                for e in local.list("services/")]
+
+    with Controller(lab.store_url, host_ns=lab.host.path, reconcile=False) as ctl:
+        service = DnsService(ctl, {"dns_timeout": 2})
+        service.add_source("services/", services)
+        assert service.start()
+        try:
+            wait_for(service.connected.is_set, 30, "the resolver")
+            assert dig(client, "demo").status == "NXDOMAIN"
+            ctl.local.put("services/demo", {"vip": "10.74.0.200"})
+            wait_for(lambda: dig(client, "demo").addresses == ["10.74.0.200"], 10,
+                     "the service's name")
+            assert dig(client, f"tasks.demo.{web}").addresses == ["10.74.0.200"]
+            ctl.local.delete("services/demo")
+            wait_for(lambda: dig(client, "demo").status == "NXDOMAIN", 10, "it to go")
+        finally:
+            service.stop()
+    assert "127.0.0.11" not in lab.resolv_conf(client.removeprefix("pcsb-"))
