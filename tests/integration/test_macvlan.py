@@ -119,11 +119,19 @@ def snapshot(lan: Lan) -> tuple[Any, ...]:
                   for p in lan.ctl.ipam.list_pools())
     return (
         host_links(lan),
-        lan.host.run(["ip", "-o", "addr"]).stdout,
+        host_addresses(lan),
         lan.host.run(["ip", "route"]).stdout,
         records,
         held,
     )
+
+
+def host_addresses(lan: Lan) -> list[str]:
+    """The host's addresses, without the kernel's own IPv6 link-local ones: those come
+    and change state (tentative, then not) on their own schedule after a link comes up,
+    so they tell nothing about what a failed call left behind."""
+    lines = lan.host.run(["ip", "-o", "addr"]).stdout.splitlines()
+    return [line for line in lines if " inet6 fe80:" not in line]
 
 
 def one_sentence(message: str) -> None:
