@@ -35,6 +35,7 @@ from cnm.records import EndpointRecord, NetworkRecord, PoolRecord, SandboxRecord
 from cnm.sandbox import Sandbox
 from cnm.store import Store, open_store
 from cnm.store.prefixed import PrefixedStore
+from cnm.store.url import DEFAULT_URL, ENV_LOCAL_STORE
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,14 @@ class Controller:
     """Creates and finds networks and sandboxes on one host.
 
     ``store``: a Store or a store URL (None: ``PYCNM_STORE`` or the embedded default).
+    ``local_store``: where this host's own records live (networks, endpoints, sandboxes,
+    its local IPAM, its drivers' records) when ``store`` is a cluster store (etcd): a
+    Store or URL of a store on this host (None: ``PYCNM_LOCAL_STORE`` or the embedded
+    default). The cluster store then keeps only what hosts share (the cluster-wide IPAM,
+    the overlays, their endpoints and the hosts' leases), as Docker keeps local-scope state
+    in a local database and global state in its cluster store: a host's attach costs the
+    cluster two writes, not a dozen round trips, and bridge networks keep working while
+    etcd is away. With a single-host store everything lives in ``store``.
     ``host_ns``: path of the namespace that acts as this host's root namespace (None: the
     one this process runs in); tests and labs emulate several hosts this way.
     ``host_id``: this host's name in a shared store (default: the host namespace's name or
@@ -71,12 +80,19 @@ class Controller:
         self,
         store: Store | str | None = None,
         *,
+        local_store: Store | str | None = None,
         host_ns: str | None = None,
         host_id: str | None = None,
         reconcile: bool = True,
     ) -> None:
         self._owns_store = not isinstance(store, Store)
         self.store: Store = store if isinstance(store, Store) else open_store(store)
+        try:
+            self.local_store, self._owns_local = self._open_local(local_store)
+        except BaseException:
+            if self._owns_store:
+                self.store.close()
+            raise
         self.host_ns = host_ns
         if host_ns is not None and not netns_exists(host_ns):
             raise NotFound(f"host namespace {inputs.shown(host_ns)} does not exist")
@@ -85,8 +101,9 @@ class Controller:
         )
         if not names.is_valid_object_name(self.host_id):
             raise InvalidOption(f"host id {self.host_id!r} is not a valid name")
-        self.local = PrefixedStore(self.store, f"local/{self.host_id}/")
-        self.ipam = Ipam(PrefixedStore(self.store, f"local/{self.host_id}/"), self._host_prefixes)
+        self.local = PrefixedStore(self.local_store, f"local/{self.host_id}/")
+        self.ipam = Ipam(PrefixedStore(self.local_store, f"local/{self.host_id}/"),
+                         self._host_prefixes)
         self.global_ipam = Ipam(PrefixedStore(self.store, "global/"), self._host_prefixes)
         self._drivers: dict[str, Driver] = {}
         self._drivers_lock = threading.Lock()
@@ -94,6 +111,20 @@ class Controller:
         self.last_reconcile: list[str] = []
         if reconcile:
             self.last_reconcile = self.reconcile()
+
+    def _open_local(self, local_store: Store | str | None) -> tuple[Store, bool]:
+        """The store for this host's own records, and whether this controller opened it."""
+        if isinstance(local_store, Store):
+            return local_store, False
+        if local_store is None and not self.store.cluster:
+            return self.store, False
+        opened = open_store(local_store or os.environ.get(ENV_LOCAL_STORE) or DEFAULT_URL)
+        if opened.cluster:
+            opened.close()
+            raise InvalidOption(
+                f"the local store must be a store of this host (e.g. {DEFAULT_URL}), not "
+                f"the cluster store {opened.url} (--local-store or PYCNM_LOCAL_STORE)")
+        return opened, True
 
     # --- plumbing shared with the object handles ----------------------------------
 
@@ -109,7 +140,8 @@ class Controller:
             if name not in self._drivers:
                 ctx = DriverContext(
                     host_ns=self.host_ns,
-                    store=PrefixedStore(self.store, f"local/{self.host_id}/drivers/{name}/"),
+                    store=PrefixedStore(self.local_store,
+                                        f"local/{self.host_id}/drivers/{name}/"),
                     host_id=self.host_id,
                     global_store=PrefixedStore(self.store, f"global/drivers/{name}/"),
                 )
@@ -520,6 +552,8 @@ class Controller:
         for drv in self._drivers.values():
             drv.close()
         reaper.flush()  # links queued for deletion are gone before we return
+        if self._owns_local:
+            self.local_store.close()
         if self._owns_store:
             self.store.close()
 

@@ -36,6 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--store", default=os.environ.get("PYCNM_STORE"),
                         help="state store URL (default: $PYCNM_STORE or "
                         "sqlite:///var/lib/pycnm/state.db); etcd://HOST:PORT for clusters")
+    parser.add_argument("--local-store", default=os.environ.get("PYCNM_LOCAL_STORE"),
+                        help="with a cluster store (etcd), where this host's own records "
+                        "live (default: $PYCNM_LOCAL_STORE or "
+                        "sqlite:///var/lib/pycnm/state.db)")
     parser.add_argument("--host-ns", default=os.environ.get("PYCNM_HOST_NS"),
                         help="act on this network namespace (name or path) as the host")
     parser.add_argument("--host-id", default=os.environ.get("PYCNM_HOST_ID"),
@@ -65,7 +69,8 @@ def open_controller(args: argparse.Namespace, reconcile: bool = False) -> Any:
     host_ns = args.host_ns
     if host_ns and "/" not in host_ns:
         host_ns = f"/run/netns/{host_ns}"
-    return Controller(args.store, host_ns=host_ns, host_id=args.host_id, reconcile=reconcile)
+    return Controller(args.store, local_store=args.local_store, host_ns=host_ns,
+                      host_id=args.host_id, reconcile=reconcile)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -60,6 +60,9 @@ class Store(abc.ABC):
     """Key/value state shared by every pycnm process using the same backend."""
 
     url: str
+    # Shared by several hosts (a cluster store): a host's own records then live in a local
+    # store of its own (see Controller), the cluster store keeps what hosts share.
+    cluster: bool = False
 
     @abc.abstractmethod
     def get(self, key: str) -> Entry | None:

@@ -143,6 +143,8 @@ def check_tls_files(ca: str | None, cert: str | None, key: str | None) -> None:
 class EtcdStore(Store, LeaseStore):
     """A store in etcd, shared by every host pointing at the same cluster and prefix."""
 
+    cluster = True
+
     def __init__(self, endpoints: str | Sequence[str], prefix: str = DEFAULT_PREFIX,
                  ca_cert: str | None = None, cert_key: str | None = None,
                  cert_cert: str | None = None, user: str | None = None,

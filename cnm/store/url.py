@@ -28,6 +28,7 @@ from cnm.errors import InvalidOption
 from cnm.store.base import Store
 
 ENV_STORE = "PYCNM_STORE"
+ENV_LOCAL_STORE = "PYCNM_LOCAL_STORE"  # a host's own records beside a cluster store
 DEFAULT_URL = "sqlite:///var/lib/pycnm/state.db"
 FORMS = ("sqlite:///ABS/PATH.db, sqlite://REL/PATH.db or a plain file path; memory://; "
          "etcd://HOST:PORT[,HOST:PORT...][?prefix=/pycnm/&user=U&password=P"

@@ -151,8 +151,8 @@ class Lab:
         from netns_fixtures.lab.model import host_netns
 
         ns = host_netns(self.name, host)
-        return Controller(self.store_url, host_ns=f"/run/netns/{ns}", host_id=ns,
-                          reconcile=False)
+        return Controller(self.store_url, local_store=self.state.local_store,
+                          host_ns=f"/run/netns/{ns}", host_id=ns, reconcile=False)
 
     def check(self, progress: Any = None) -> list[Any]:
         from netns_fixtures.lab.check import run_checks

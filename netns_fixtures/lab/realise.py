@@ -110,8 +110,10 @@ class _Builder:
             from cnm.controller import Controller
 
             ns = host_netns(self.topo.name, host)
-            self.controllers[host] = Controller(self.state.store, host_ns=named_netns_path(ns),
-                                                host_id=ns, reconcile=False)
+            self.controllers[host] = Controller(self.state.store,
+                                                local_store=self.state.local_store,
+                                                host_ns=named_netns_path(ns), host_id=ns,
+                                                reconcile=False)
         return self.controllers[host]
 
     def close(self) -> None:
@@ -239,8 +241,9 @@ class _Builder:
 
     def start_agent(self, host: str) -> str:
         ns = host_netns(self.topo.name, host)
-        argv = [sys.executable, "-m", "cnm.cli", "--store", self.state.store, "--host-ns", ns,
-                "--host-id", ns, "-v", "agent"]
+        local = ["--local-store", self.state.local_store] if self.state.local_store else []
+        argv = [sys.executable, "-m", "cnm.cli", "--store", self.state.store, *local,
+                "--host-ns", ns, "--host-id", ns, "-v", "agent"]
         log_path = self.state.dir / f"agent-{host}.log"
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
@@ -520,8 +523,8 @@ def _orderly(topo: Topology, state: LabState, progress: Progress) -> list[str]:
         if ns not in list_named_netns():
             continue
         try:
-            with Controller(state.store, host_ns=named_netns_path(ns), host_id=ns,
-                            reconcile=False) as ctl:
+            with Controller(state.store, local_store=state.local_store,
+                            host_ns=named_netns_path(ns), host_id=ns, reconcile=False) as ctl:
                 counts = (len(ctl.sandboxes()), len(ctl.networks()))
                 ctl.cleanup_all()
             done.append(f"pycnm objects on {host.name}")

@@ -75,6 +75,11 @@ class LabState:
     def dir(self) -> Path:
         return lab_dir(self.name)
 
+    @property
+    def local_store(self) -> str | None:
+        """Beside an etcd, where the lab hosts' own records live: a file of the lab's."""
+        return f"sqlite:///{self.dir}/local.db" if self.store.startswith("etcd") else None
+
     def save(self) -> None:
         """Write atomically: a reader sees the old state or the new one, never half."""
         self.dir.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,9 @@
 Each emulated host is a namespace with one veth to the router namespace and a default
 route through it. Each host's pycnm runs as its own process (``pycnm --host-ns H agent``)
 whose sockets stay in the root namespace, where etcd listens on loopback; it acts on its
-host's namespace through netlink. CLI calls run as separate processes too.
+host's namespace through netlink. CLI calls run as separate processes too. The hosts' own
+records live in one SQLite file of the lab's (``local_url``; each host under its own
+prefix), etcd holds what they share.
 
 ``OverlayLab.close`` kills every process it started, removes what pycnm made on each host
 (orderly first, then by name) and deletes the namespaces, whatever state a test left.
@@ -19,9 +21,11 @@ import contextlib
 import ipaddress
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -80,6 +84,8 @@ class OverlayLab:
     logdir: str = "/tmp"
 
     def __post_init__(self) -> None:
+        self.workdir = tempfile.mkdtemp(prefix=f"pycnm-overlay-lab-{self.tag}-")
+        self.local_url = f"sqlite:///{self.workdir}/local.db"
         # The fixtures' prefix: the session's leak check reports any of these left behind.
         self.router = f"{FIXTURE_PREFIX}{self.tag}r"
         create_named_netns(self.router)
@@ -116,8 +122,15 @@ class OverlayLab:
     # --- pycnm processes ----------------------------------------------------------------
 
     def argv(self, host: Host, *args: str) -> list[str]:
-        return [sys.executable, "-m", "cnm.cli", "--store", self.store_url, "--host-ns",
-                host.name, *args]
+        return [sys.executable, "-m", "cnm.cli", "--store", self.store_url, "--local-store",
+                self.local_url, "--host-ns", host.name, *args]
+
+    def controller(self, host: Host, **kwargs: Any) -> Any:
+        """An in-process Controller of ``host`` (the caller closes it)."""
+        from cnm.controller import Controller
+
+        return Controller(self.store_url, local_store=self.local_url, host_ns=host.path,
+                          **kwargs)
 
     def pycnm(self, host: Host, *args: str, check: bool = True,
               timeout: float = 60) -> subprocess.CompletedProcess:
@@ -205,6 +218,7 @@ class OverlayLab:
         for host in self.hosts.values():
             delete_named_netns(host.name)
         delete_named_netns(self.router)
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 @contextlib.contextmanager
