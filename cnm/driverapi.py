@@ -67,6 +67,8 @@ class IpamData:
     pool: IPNetwork
     gateway: IPInterface | None = None
     aux_addresses: dict[str, IPAddress] = field(default_factory=dict)
+    # Addresses come from pycnm's cluster-wide IPAM: no two hosts are handed the same one.
+    cluster_wide: bool = False
 
 
 @dataclass

@@ -58,6 +58,7 @@ class Network:
                 gateway=ipaddress.ip_interface(p.gateway) if p.gateway else None,
                 aux_addresses={k: ipaddress.ip_address(v.split("/")[0])
                                for k, v in p.aux_addresses.items()},
+                cluster_wide=p.pool_id.startswith("global/"),
             )
             for p in pools
         ]

@@ -142,8 +142,10 @@ def random_mac() -> str:
     return ":".join(f"{b:02x}" for b in raw)
 
 
-def ensure_bridge(ipr: NetlinkHandle, name: str, mtu: int | None = None) -> int:
-    """Create (or reuse) the bridge ``name``, up; return its index.
+def ensure_bridge(ipr: NetlinkHandle, name: str, mtu: int | None = None,
+                  link_local: bool = True) -> int:
+    """Create (or reuse) the bridge ``name``, up; return its index. ``link_local=False``: a
+    new bridge gets no IPv6 link-local address (see no_link_local_request).
 
     An existing link of the same name is reused only if it is a bridge (as flannel's
     ensure_link does); anything else is a conflict the user must resolve. A new bridge gets
@@ -160,6 +162,8 @@ def ensure_bridge(ipr: NetlinkHandle, name: str, mtu: int | None = None) -> int:
             spec["mtu"] = mtu
         _add_link(ipr, f"create bridge {name}", **spec)
     index = require_index(ipr, name)
+    if info is None and not link_local:
+        _run(ipr, [no_link_local_request(index)])
     ipr.link("set", index=index, state="up")
     return index
 

@@ -50,6 +50,8 @@ import contextlib
 import ipaddress
 import logging
 import os
+import threading
+import time
 from typing import Any
 
 from cnm import names
@@ -65,6 +67,8 @@ from cnm.driverapi import (
     JoinInfo,
 )
 from cnm.errors import Conflict, InvalidOption, NotFound, StoreUnavailable
+from cnm.osl import reaper
+from cnm.osl.netns import NetlinkPool, named_netns_path
 from cnm.store.base import Store
 from drivers.common import ipam_record, mac_from_ip, mac_option
 from drivers.overlay import cluster, dataplane, options
@@ -75,6 +79,7 @@ log = logging.getLogger(__name__)
 DEFAULT_LEASE_TTL = 15.0  # seconds; a dead host's entries go after at most this long
 DEFAULT_RESYNC_INTERVAL = 30.0
 ENV_LEASE_TTL = "PYCNM_OVERLAY_LEASE_TTL"
+LEASE_CACHE = 5.0  # seconds a process without an agent trusts the host lease it read
 
 
 class OverlayDriver(Driver):
@@ -83,6 +88,25 @@ class OverlayDriver(Driver):
     def __init__(self, ctx: DriverContext) -> None:
         super().__init__(ctx)
         self._agent: Any = None
+        self._host_lease: Any = None
+        self._host_lease_until = 0.0  # time.monotonic() until which _host_lease is trusted
+        # Joins are hot: netlink handles in each overlay namespace stay open between them.
+        self._pools: dict[str, NetlinkPool] = {}
+        self._pools_lock = threading.Lock()
+
+    def _ovl(self, ns_name: str) -> NetlinkPool:
+        with self._pools_lock:
+            pool = self._pools.get(ns_name)
+            if pool is None:
+                pool = self._pools[ns_name] = NetlinkPool(named_netns_path(ns_name))
+            return pool
+
+    def _drop_pool(self, ns_name: str) -> None:
+        """Close the handles into ``ns_name`` (an open socket would keep it alive)."""
+        with self._pools_lock:
+            pool = self._pools.pop(ns_name, None)
+        if pool is not None:
+            pool.close()
 
     @property
     def global_store(self) -> Store:
@@ -159,10 +183,14 @@ class OverlayDriver(Driver):
             ns_name = dataplane.netns_name(vni, self.ctx.host_id, self.ctx.host_ns is not None)
             if dataplane.build(self.ctx.host_ns, ns_name, vni, underlay.vtep, mtu, gateways):
                 undo.callback(dataplane.teardown, ns_name, vni)
+                undo.callback(self._drop_pool, ns_name)
             record = {
                 "id": nid, "overlay": parsed.overlay, "vni": vni, "netns": ns_name,
                 "vtep": underlay.vtep, "underlay": underlay.ifname, "mtu": mtu,
                 "options": parsed.to_dict(),
+                # From the cluster-wide IPAM no two hosts get the same address, so joins
+                # need not look through every endpoint of the overlay for a clash.
+                "unique_addresses": all(d.cluster_wide for d in ipv4 + ipv6),
                 "ipv4": [ipam_record(d) for d in ipv4],
                 "ipv6": [ipam_record(d) for d in ipv6],
             }
@@ -193,6 +221,8 @@ class OverlayDriver(Driver):
         for entry in self.ctx.store.list(f"endpoints/{nid}/"):
             self.delete_endpoint(nid, entry.value["id"])
         self.cluster.leave_overlay(rec["overlay"])
+        self._drop_pool(rec["netns"])
+        reaper.flush()  # the endpoints' veths first, then the namespace
         dataplane.teardown(rec["netns"], rec["vni"])
         self.ctx.store.delete(f"networks/{nid}")
         if self._agent is not None:
@@ -215,7 +245,8 @@ class OverlayDriver(Driver):
         )
         ip = str(iface.address.ip) if iface.address else None
         ip6 = str(iface.address_v6.ip) if iface.address_v6 else None
-        for entry in self.cluster.endpoints(net["overlay"]):
+        others = [] if net.get("unique_addresses") else self.cluster.endpoints(net["overlay"])
+        for entry in others:
             other = entry.value
             clash = (ip and other.get("ip") == ip) or (ip6 and other.get("ip6") == ip6)
             if clash and entry.key.rsplit("/", 1)[1] != eid:
@@ -270,9 +301,10 @@ class OverlayDriver(Driver):
         direct = opts.get(OPT_JOIN_IFNAME)
         peer = direct or ep["peer"]
         with contextlib.ExitStack() as undo:
-            dataplane.plug_veth(net["netns"], ep["host_veth"], peer,
-                                sandbox_key if direct else self.ctx.host_ns, ep["mac"],
-                                net["mtu"])
+            with self._ovl(net["netns"]).handle() as ovl:
+                dataplane.plug_veth(ovl, ep["host_veth"], peer,
+                                    sandbox_key if direct else self.ctx.host_ns, ep["mac"],
+                                    net["mtu"])
             undo.callback(dataplane.unplug_veth, net["netns"], ep["host_veth"])
             self._publish(net, ep, self._lease())
             ep["joined"] = True
@@ -293,27 +325,39 @@ class OverlayDriver(Driver):
 
     # --- publishing ---------------------------------------------------------------------------
 
-    def _lease(self) -> Any:
+    def _lease(self, fresh: bool = False) -> Any:
         """The lease to write this host's records under: the agent's, if it runs in this
-        process, else the one the host's agent registered (None if no agent runs)."""
+        process, else the one the host's agent registered (None if no agent runs), read
+        from the cluster at most every LEASE_CACHE seconds (a join then costs the cluster
+        one write, not a read and a write)."""
         if self._agent is not None and self._agent.lease is not None:
             return self._agent.lease
-        host = self.cluster.host(self.ctx.host_id)
-        return host.get("lease") if host else None
+        now = time.monotonic()
+        if fresh or now >= self._host_lease_until:
+            host = self.cluster.host(self.ctx.host_id)
+            self._host_lease = host.get("lease") if host else None
+            self._host_lease_until = now + LEASE_CACHE
+        return self._host_lease
 
     def _publish(self, net: dict[str, Any], ep: dict[str, Any], lease: Any) -> None:
         record = {"id": ep["id"], "network": net["id"], "vtep": net["vtep"], "mac": ep["mac"],
                   "ip": ep.get("ip"), "ip6": ep.get("ip6")}
         try:
             self.cluster.publish(net["overlay"], ep["id"], record, lease)
+            return
         except StoreUnavailable:
             if lease is None or self._agent is not None:
                 raise
-            # The registered lease expired (its agent died); publish without one and let
-            # the agent adopt the record when it comes back.
-            log.warning("endpoint %s: host lease %s is gone; published without a lease",
-                        ep["id"][:12], lease)
-            self.cluster.publish(net["overlay"], ep["id"], record, None)
+        # The lease is gone: the host's agent restarted with a new one (take it), or died
+        # (publish without one and let the agent adopt the record when it comes back).
+        current = self._lease(fresh=True)
+        if current is not None and current != lease:
+            with contextlib.suppress(StoreUnavailable):
+                self.cluster.publish(net["overlay"], ep["id"], record, current)
+                return
+        log.warning("endpoint %s: host lease %s is gone; published without a lease",
+                    ep["id"][:12], lease)
+        self.cluster.publish(net["overlay"], ep["id"], record, None)
 
     def republish(self, lease: Any) -> None:
         """Make the cluster's records of this host match its joined endpoints, under
@@ -356,6 +400,10 @@ class OverlayDriver(Driver):
         if self._agent is not None:
             self._agent.stop()
             self._agent = None
+        with self._pools_lock:
+            pools, self._pools = list(self._pools.values()), {}
+        for pool in pools:
+            pool.close()
 
     def restore(self) -> list[str]:
         """Rebuild missing overlay namespaces, bridges and VTEPs; plug back surviving veths;

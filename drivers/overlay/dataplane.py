@@ -27,7 +27,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from cnm import names
 from cnm.errors import Conflict, InvalidOption, KernelError, KernelFeatureMissing
-from cnm.osl import iproute
+from cnm.osl import iproute, reaper
 from cnm.osl import links as osl_links
 from cnm.osl.netns import (
     NetlinkHandle,
@@ -216,21 +216,32 @@ def build(
     if created:
         delete_named_netns(ns_name)  # a stale file left by a crash, if any
         create_named_netns(ns_name)
+    gateways = list(gateways)
+    # On an IPv4-only overlay br0 has no IPv6 to do, and the VTEP, a bridge port, never
+    # has: without link-local addresses they send no DAD, MLD or router solicitations,
+    # which head-end replication would carry to every peer host.
+    ipv6 = any(g.version == 6 for g in gateways)
     try:
         _bridge_skips_netfilter(path)
         with iproute(path) as ovl:
             ovl.link("set", index=1, state="up")
-            bridge = osl_links.ensure_bridge(ovl, names.OVERLAY_BRIDGE, mtu)
-            osl_links.configure(ovl, bridge, addresses=list(gateways), mtu=mtu)
+            bridge = osl_links.ensure_bridge(ovl, names.OVERLAY_BRIDGE, mtu, link_local=ipv6)
+            osl_links.configure(ovl, bridge, addresses=gateways, mtu=mtu)
         _ensure_vxlan(host_ns, path, vni, vtep, mtu)
         with iproute(path) as ovl:
             index = osl_links.require_index(ovl, vxlan_name(vni))
+            if not _is_up(ovl, index):
+                osl_links.configure(ovl, index, up=False, link_local=False)
             ovl.link("set", index=index, master=bridge, mtu=mtu, state="up")
     except BaseException:
         if created:
             teardown(ns_name, vni)
         raise
     return created
+
+
+def _is_up(ipr: NetlinkHandle, index: int) -> bool:
+    return bool(ipr.link("get", index=index)[0]["flags"] & 1)  # IFF_UP
 
 
 def _bridge_skips_netfilter(path: str) -> None:
@@ -265,13 +276,12 @@ def exists(ns_name: str, vni: int) -> bool:
             osl_links.link_index(ovl, names.OVERLAY_BRIDGE) is not None
 
 
-def plug_veth(
-    ns_name: str, host_veth: str, peer: str, peer_ns: str | None, mac: str, mtu: int
-) -> None:
-    """A veth whose first end is a port of br0 in the overlay namespace and whose peer is
-    born in ``peer_ns`` (a sandbox, or the host namespace for Docker to move)."""
-    path = named_netns_path(ns_name)
-    with iproute(path) as ovl, netns_fd(peer_ns) as target:
+def plug_veth(ovl: NetlinkHandle, host_veth: str, peer: str, peer_ns: str | None, mac: str,
+              mtu: int) -> None:
+    """A veth whose first end is a port of br0 in the overlay namespace (``ovl`` is a
+    handle there) and whose peer is born in ``peer_ns`` (a sandbox, or the host namespace
+    for Docker to move)."""
+    with netns_fd(peer_ns) as target:
         bridge = osl_links.require_index(ovl, names.OVERLAY_BRIDGE)
         osl_links.delete_link(ovl, host_veth)  # a half-made pair from a retry
         osl_links.create_veth(
@@ -280,11 +290,12 @@ def plug_veth(
 
 
 def unplug_veth(ns_name: str, host_veth: str) -> None:
-    """Delete the endpoint's veth (its peer goes with it, wherever it is)."""
+    """Delete the endpoint's veth (its peer goes with it, wherever it is), off the
+    caller's path: a veth's deletion costs the kernel an RCU grace period (see
+    cnm.osl.reaper)."""
     path = named_netns_path(ns_name)
     if netns_exists(path):
-        with iproute(path) as ovl:
-            osl_links.delete_link(ovl, host_veth)
+        reaper.delete_later(path, host_veth)
 
 
 def veth_present(ns_name: str, host_veth: str) -> bool:

@@ -140,7 +140,7 @@ def capture(lab: OverlayLab, iface: str, action, count: int = 12, timeout: float
     sock = in_netns(named_netns_path(lab.router), lambda: L2ListenSocket(iface=iface))
     ready = threading.Event()
     sniffer = AsyncSniffer(
-        opened_socket=sock, count=count, started_callback=ready.set,
+        opened_socket=sock, count=count, started_callback=ready.set,  # count 0: no limit
         lfilter=lambda p: p.haslayer(UDP) and 4789 in (p[UDP].dport, p[UDP].sport),
     )
     sniffer.start()
@@ -153,6 +153,36 @@ def capture(lab: OverlayLab, iface: str, action, count: int = 12, timeout: float
             sniffer.stop()
         sock.close()
     return list(sniffer.results or [])
+
+
+def test_an_ipv4_only_overlay_floods_nothing_across_the_underlay(pair: Pair) -> None:
+    """br0 and the VTEP of an IPv4-only overlay have no IPv6 address, and endpoints
+    joining on both hosts put no broadcast or multicast frame on the underlay (ARP is
+    answered by each host's own VTEP; nothing sends IPv6). Watched for a window after
+    the last join long enough for IPv6's DAD, MLD reports and router solicitations."""
+    from scapy.layers.inet import UDP
+    from scapy.layers.vxlan import VXLAN
+
+    lab = pair.lab
+    for host in (pair.h1, pair.h2):
+        ns = lab.overlay_netns(host, pair.vni)
+        v6 = subprocess.run(["ip", "-n", ns, "-6", "-o", "addr", "show"], capture_output=True,
+                            text=True, timeout=10).stdout.split("\n")
+        assert [line.split()[1] for line in v6 if line.strip()] == ["lo"], (ns, v6)
+
+    def attach_and_talk() -> None:
+        c1, _ = pair.sandbox(pair.h1, "c1")
+        pair.sandbox(pair.h2, "c2", ip=C2_IP)
+        pair.sandbox(pair.h2, "c3")
+        wait_for(lambda: has_remote(lab, pair.h1, pair.vni, C2_IP), 10, what="h1 to learn C2")
+        assert ping_eventually(c1, C2_IP)
+
+    packets = capture(lab, pair.h2.router_if, attach_and_talk, count=0, timeout=3.0)
+    vxlan = [p for p in packets if p.haslayer(VXLAN) and p[VXLAN].vni == pair.vni]
+    assert vxlan, "the ping crossed the underlay, so the capture must have seen it"
+    flooded = [p[VXLAN].summary() for p in vxlan if int(p[VXLAN].payload.dst[:2], 16) & 1]
+    assert flooded == [], f"broadcast/multicast frames crossed the underlay: {flooded}"
+    assert all(p[UDP].dport == 4789 for p in vxlan)
 
 
 def test_a_third_host_joining_later_reaches_both(pair: Pair) -> None:
@@ -197,7 +227,8 @@ def test_no_address_is_handed_out_twice_when_hosts_allocate_at_once(pair: Pair) 
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "tests.integration.overlay_alloc", "--store",
-             lab.store_url, "--host-ns", host.name, "--network", pair.net,
+             lab.store_url, "--local-store", lab.local_url, "--host-ns", host.name,
+             "--network", pair.net,
              "--count", str(count), "--start-at", str(start_at)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
         )
@@ -296,13 +327,20 @@ def test_etcd_down_fails_fast_keeps_forwarding_and_the_hosts_catch_up(tmp_path) 
             wait_for(lambda: has_remote(lab, h1, pair.vni, C2_IP), 10, what="h1 to learn C2")
 
             etcd.stop()
+            # The host's own records are local: a sandbox can still be made...
+            c9 = f"c9{lab.tag}"
+            lab.pycnm(h1, "sandbox", "create", c9)
+            # ...but joining the overlay needs the cluster: one sentence, nothing half-made.
             started = time.monotonic()
-            result = lab.pycnm(h1, "sandbox", "create", f"c9{lab.tag}", check=False)
+            result = lab.pycnm(h1, "attach", "ovnet", c9, check=False)
             elapsed = time.monotonic() - started
             assert result.returncode != 0
             assert "etcd" in result.stderr and "Traceback" not in result.stderr
             assert len(result.stderr.strip().splitlines()) == 1, result.stderr
             assert elapsed < 15, f"the CLI took {elapsed:.1f} s to give up"
+            links = subprocess.run(["ip", "-n", f"pcsb-{c9}", "-o", "link"],
+                                   capture_output=True, text=True, timeout=10).stdout
+            assert [line.split(":")[1].strip() for line in links.splitlines()] == ["lo"]
             # The data plane keeps forwarding, ping and TCP, while etcd is down...
             assert ping_eventually(c1, C2_IP)
             with TcpServer(c2, "0.0.0.0", 7102):
