@@ -1,10 +1,12 @@
-"""Overlay convergence and throughput across emulated hosts.
+"""Overlay convergence, attach cost, floods and throughput across emulated hosts.
 
     sudo python3 bench/bench_overlay.py [--hosts 3] [--endpoints 100] [--iperf-seconds 5]
+                                        [--iperf-runs 5]
 
 Builds the multi-host picture of the overlay tests (hosts in their own underlay subnets
 joined by a router namespace, a real etcd on loopback, one ``pycnm agent`` process per
-host) and measures, in one run:
+host; each host's own records in a local SQLite file, etcd for what they share) and
+measures, in one run:
 
 - convergence: for each new endpoint (created and joined on host i by this process, as
   the CLI would), the time from the start of its creation to the first ICMP echo reply
@@ -12,10 +14,18 @@ host) and measures, in one run:
   socket; its ARP retransmit interval is lowered to 5 ms so the figure resolves the
   control plane's delay rather than the kernel's 1 s ARP retry. p50 and p99 over
   hosts x endpoints.
+- attach: create+join of each of those endpoints, beside the reference, an attach to a
+  bridge network on host 1 of the same run (same stores, alternating with the overlay's),
+  and how much of the overlay's attach is spent in etcd round trips (counted in this
+  process).
+- floods: VXLAN frames on the underlay during the convergence phase, and how many of
+  them carried a broadcast or multicast frame (head-end replication), per endpoint event.
 - throughput: iperf3 (TCP, one stream) between sandboxes on two hosts across the overlay,
-  and between the same two host namespaces across the bare underlay; median of 3 runs.
+  and between the same two host namespaces across the bare underlay, alternating; median
+  of ``--iperf-runs`` (5) runs.
 
-Everything lives in throwaway namespaces and a throwaway etcd, removed at the end.
+Everything lives in throwaway namespaces and a throwaway etcd, removed at the end. The
+run fails (exit 1) if any figure measured nothing.
 """
 
 from __future__ import annotations
@@ -37,7 +47,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from cnm.controller import Controller  # noqa: E402
 from cnm.osl.netns import in_netns, write_sysctl  # noqa: E402
-from tests.integration.overlay_lab import OverlayLab, wait_for  # noqa: E402
+from tests.integration.overlay_lab import OverlayLab, UnderlayCounter, wait_for  # noqa: E402
 
 UNDERLAYS = ["172.31.1.0/24", "192.168.1.0/24", "172.31.3.0/24", "172.31.4.0/24"]
 SUBNET = "10.0.0.0/22"
@@ -163,6 +173,42 @@ def main() -> int:
             lab.close()
 
 
+class EtcdCalls:
+    """Counts this process's etcd round trips and the time spent in them."""
+
+    METHODS = ("get", "list", "put", "delete", "commit", "_put_leased", "grant_lease",
+               "refresh_lease")
+
+    def __init__(self) -> None:
+        from cnm.store.etcd import EtcdStore
+
+        self.calls = 0
+        self.seconds = 0.0
+        self._restore = []
+        for name in self.METHODS:
+            original = getattr(EtcdStore, name)
+            self._restore.append((EtcdStore, name, original))
+            setattr(EtcdStore, name, self._timed(original))
+
+    def _timed(self, original):  # noqa: ANN001, ANN202 - a measuring wrapper
+        def timed(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - start
+                self.calls += 1
+        return timed
+
+    def close(self) -> None:
+        for owner, name, original in self._restore:
+            setattr(owner, name, original)
+
+
+def median_p90(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f} / {percentile(values, 0.9):.2f}"
+
+
 def run(lab: OverlayLab, args: argparse.Namespace, controllers: list[Controller],
         probers: list[Prober]) -> int:
     print("load average at the start: " + " ".join(f"{x:.1f}" for x in os.getloadavg()))
@@ -172,10 +218,11 @@ def run(lab: OverlayLab, args: argparse.Namespace, controllers: list[Controller]
     overlay = f"bench{lab.tag}"
     nets = []
     for host in hosts:
-        ctl = Controller(lab.store_url, host_ns=host.path, reconcile=False)
+        ctl = lab.controller(host, reconcile=False)
         controllers.append(ctl)
         nets.append(ctl.new_network("benchnet", "overlay", subnet=SUBNET,
                                     options={"overlay": overlay}))
+    bridge = controllers[0].new_network("benchbr", "bridge", subnet="10.99.0.0/20")
     # One probe sandbox per host, on the overlay from the start.
     probes = []
     for i, (ctl, net) in enumerate(zip(controllers, nets, strict=True)):
@@ -191,17 +238,35 @@ def run(lab: OverlayLab, args: argparse.Namespace, controllers: list[Controller]
 
     samples: list[float] = []
     attach_times: list[float] = []
-    for n in range(args.endpoints):
-        for i, (ctl, net) in enumerate(zip(controllers, nets, strict=True)):
-            sb = ctl.new_sandbox(f"b{n}h{i}{lab.tag}")
+    bridge_times: list[float] = []
+    etcd = EtcdCalls()
+    floods = UnderlayCounter(lab, hosts)
+    try:
+        for n in range(args.endpoints):
+            for i, (ctl, net) in enumerate(zip(controllers, nets, strict=True)):
+                sb = ctl.new_sandbox(f"b{n}h{i}{lab.tag}")
+                start = time.perf_counter()
+                ep = net.create_endpoint(sb.name)
+                ep.join(sb)
+                attached = time.perf_counter()
+                address = ep.record.address.split("/")[0]
+                reply = probers[(i + 1) % args.hosts].first_reply(address)
+                samples.append(reply - start)
+                attach_times.append(attached - start)
+            sb = controllers[0].new_sandbox(f"r{n}{lab.tag}")  # the reference
             start = time.perf_counter()
-            ep = net.create_endpoint(sb.name)
-            ep.join(sb)
-            attached = time.perf_counter()
-            address = ep.record.address.split("/")[0]
-            reply = probers[(i + 1) % args.hosts].first_reply(address)
-            samples.append(reply - start)
-            attach_times.append(attached - start)
+            bridge.create_endpoint(sb.name).join(sb)
+            bridge_times.append(time.perf_counter() - start)
+        # Floods of the last joins (IPv6 DAD and MLD would come within a second or two).
+        time.sleep(2.0)
+    finally:
+        counted = floods.snapshot()
+        floods.close()
+        etcd.close()
+    events = len(samples)
+    if not events or not bridge_times or not counted["vxlan"]:
+        print("FAILED: the run measured nothing (no attach, or no VXLAN frame seen)")
+        return 1
     ms = [s * 1000 for s in samples]
     attach_ms = [s * 1000 for s in attach_times]
     after_ms = [(s - a) * 1000 for s, a in zip(samples, attach_times, strict=True)]
@@ -209,9 +274,17 @@ def run(lab: OverlayLab, args: argparse.Namespace, controllers: list[Controller]
           f"(create+join on one host -> first echo reply seen from the next host):")
     print(f"  p50 {percentile(ms, 0.5):.1f} ms   p99 {percentile(ms, 0.99):.1f} ms   "
           f"max {max(ms):.1f} ms")
-    print(f"  of which create+join itself: p50 {percentile(attach_ms, 0.5):.1f} ms; "
-          f"join -> reply (etcd watch, VTEP entries, ARP, echo): p50 "
+    print(f"  join -> reply (etcd watch, VTEP entries, ARP, echo): p50 "
           f"{percentile(after_ms, 0.5):.1f} ms, p99 {percentile(after_ms, 0.99):.1f} ms")
+    print("attach (create+join), median / p90, ms:")
+    print(f"  overlay {median_p90(attach_ms)}   bridge on host 1 (reference) "
+          f"{median_p90([t * 1000 for t in bridge_times])}")
+    print(f"  of the overlay's: {etcd.calls / events:.1f} etcd round trips, "
+          f"{etcd.seconds * 1000 / events:.2f} ms in them, per attach (mean)")
+    print(f"floods on the underlay while {events} endpoints joined: {counted['vxlan']} VXLAN "
+          f"frames, of which broadcast/multicast {counted['bum']} "
+          f"({counted['bum'] / events:.2f} per endpoint event), IPv6 {counted['ipv6']}, "
+          f"ARP {counted['arp']}")
 
     a, b = probes[0][0], probes[1][0]
     overlay_runs, underlay_runs = [], []
@@ -220,6 +293,9 @@ def run(lab: OverlayLab, args: argparse.Namespace, controllers: list[Controller]
                                   args.iperf_seconds, 5201 + run_index))
         underlay_runs.append(iperf(lab, hosts[1].name, hosts[0].name, hosts[1].underlay,
                                    args.iperf_seconds, 5301 + run_index))
+    if not all(overlay_runs) or not all(underlay_runs):
+        print("FAILED: an iperf3 run measured nothing")
+        return 1
     over, under = statistics.median(overlay_runs), statistics.median(underlay_runs)
     print(f"iperf3 TCP, 1 stream, {args.iperf_seconds} s, median of {args.iperf_runs}:")
     print(f"  overlay  {over:.2f} Gbit/s  (sandbox h1 -> sandbox h2, MTU 1450)")
@@ -232,6 +308,7 @@ def run(lab: OverlayLab, args: argparse.Namespace, controllers: list[Controller]
         for sb in ctl.sandboxes():
             sb.delete()
         nets[i].delete(force=True)
+    bridge.delete(force=True)
     return 0
 
 

@@ -143,9 +143,11 @@ def random_mac() -> str:
 
 
 def ensure_bridge(ipr: NetlinkHandle, name: str, mtu: int | None = None,
-                  link_local: bool = True) -> int:
+                  link_local: bool = True, mcast_snooping: bool = True) -> int:
     """Create (or reuse) the bridge ``name``, up; return its index. ``link_local=False``: a
-    new bridge gets no IPv6 link-local address (see no_link_local_request).
+    new bridge gets no IPv6 link-local address (see no_link_local_request);
+    ``mcast_snooping=False``: a new bridge floods multicast to every port and, not
+    snooping, joins no multicast-router-discovery groups (so sends no IGMP/MLD reports).
 
     An existing link of the same name is reused only if it is a bridge (as flannel's
     ensure_link does); anything else is a conflict the user must resolve. A new bridge gets
@@ -160,6 +162,8 @@ def ensure_bridge(ipr: NetlinkHandle, name: str, mtu: int | None = None,
         spec: dict[str, Any] = {"ifname": name, "kind": "bridge", "address": random_mac()}
         if mtu:
             spec["mtu"] = mtu
+        if not mcast_snooping:
+            spec["br_mcast_snooping"] = 0
         _add_link(ipr, f"create bridge {name}", **spec)
     index = require_index(ipr, name)
     if info is None and not link_local:

@@ -217,15 +217,19 @@ def build(
         delete_named_netns(ns_name)  # a stale file left by a crash, if any
         create_named_netns(ns_name)
     gateways = list(gateways)
-    # On an IPv4-only overlay br0 has no IPv6 to do, and the VTEP, a bridge port, never
-    # has: without link-local addresses they send no DAD, MLD or router solicitations,
-    # which head-end replication would carry to every peer host.
+    # Whatever br0 and the VTEP send themselves, head-end replication carries to every
+    # peer host. On an IPv4-only overlay br0 has no IPv6 to do, and the VTEP, a bridge
+    # port, never has: without link-local addresses they send no DAD, MLD or router
+    # solicitations. br0 does not snoop multicast (every multicast frame is replicated to
+    # every peer anyway), so it joins no multicast-router-discovery groups and sends no
+    # IGMP/MLD reports for them when its first port comes up.
     ipv6 = any(g.version == 6 for g in gateways)
     try:
         _bridge_skips_netfilter(path)
         with iproute(path) as ovl:
             ovl.link("set", index=1, state="up")
-            bridge = osl_links.ensure_bridge(ovl, names.OVERLAY_BRIDGE, mtu, link_local=ipv6)
+            bridge = osl_links.ensure_bridge(ovl, names.OVERLAY_BRIDGE, mtu, link_local=ipv6,
+                                             mcast_snooping=False)
             osl_links.configure(ovl, bridge, addresses=gateways, mtu=mtu)
         _ensure_vxlan(host_ns, path, vni, vtep, mtu)
         with iproute(path) as ovl:

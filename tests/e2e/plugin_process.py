@@ -64,6 +64,7 @@ class Plugin:
     log_path: Path
     socket: str = SOCKET
     host_id: str | None = None
+    local_store: str | None = None  # beside an etcd store: where the host's records live
     env: dict[str, str] = field(default_factory=dict)
     args: tuple[str, ...] = ()  # more flags for `plugin serve`
     process: subprocess.Popen[bytes] | None = None
@@ -75,6 +76,7 @@ class Plugin:
         if answers(self.socket):
             raise AssertionError(f"another plugin already serves {self.socket}: stop it first")
         argv = [sys.executable, "-m", "cnm.cli", "--store", self.store_url,
+                *(["--local-store", self.local_store] if self.local_store else []),
                 *(["--host-id", self.host_id] if self.host_id else []),
                 "plugin", "serve", "--socket", self.socket, *self.args]
         with open(self.log_path, "ab") as log:
@@ -125,7 +127,7 @@ class Plugin:
                     assert self.stop() == 0, self.tail()
                 assert not os.path.exists(self.socket), "the plugin left its socket behind"
             finally:
-                forget_everything(self.store_url, self.host_id)
+                forget_everything(self.store_url, self.host_id, self.local_store)
 
     def tail(self, lines: int = 30) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -138,9 +140,11 @@ class Plugin:
             store.close()
 
 
-def forget_everything(store_url: str, host_id: str | None = None) -> None:
+def forget_everything(store_url: str, host_id: str | None = None,
+                      local_store: str | None = None) -> None:
     """Remove what a plugin's store still has for its host (after a test failed half-way)."""
     from cnm.controller import Controller
 
-    with Controller(store_url, host_id=host_id, reconcile=False) as ctl:
+    with Controller(store_url, local_store=local_store, host_id=host_id,
+                    reconcile=False) as ctl:
         ctl.cleanup_all()

@@ -80,7 +80,8 @@ def test_a_docker_container_reaches_a_pycnm_sandbox_on_another_host(
 
         network, container = f"dov{lab.tag}", f"dc{lab.tag}"
         served = Plugin(lab.store_url, tmp_path / "plugin.log", socket=SOCKET,
-                        host_id=f"dk{lab.tag}", env={"PYCNM_OVERLAY_LEASE_TTL": "3"})
+                        host_id=f"dk{lab.tag}", local_store=lab.local_url,
+                        env={"PYCNM_OVERLAY_LEASE_TTL": "3"})
         with served.serving():
             try:
                 docker("network", "create", "-d", PLUGIN, "--ipam-driver", PLUGIN,

@@ -23,9 +23,11 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -219,6 +221,71 @@ class OverlayLab:
             delete_named_netns(host.name)
         delete_named_netns(self.router)
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+class UnderlayCounter:
+    """Counts the VXLAN frames that cross the lab's underlay: every frame a host sends
+    enters the router once, so a raw socket on each of the router's host-facing links
+    (incoming frames only) sees each exactly once. ``counts``: ``vxlan`` (all), ``bum``
+    (the inner frame is broadcast or multicast: head-end replicated), ``ipv6`` (inner
+    IPv6) and ``arp`` (inner ARP)."""
+
+    PACKET_OUTGOING = 4
+    ETH_P_ALL = 0x0003
+
+    def __init__(self, lab: OverlayLab, hosts: list[Host]) -> None:
+        from cnm.osl.netns import in_netns
+
+        self.counts = {"vxlan": 0, "bum": 0, "ipv6": 0, "arp": 0}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._socks = []
+        for host in hosts:
+            sock = in_netns(named_netns_path(lab.router), lambda: socket.socket(
+                socket.AF_PACKET, socket.SOCK_RAW, socket.htons(self.ETH_P_ALL)))
+            sock.bind((host.router_if, 0))
+            sock.settimeout(0.1)
+            self._socks.append(sock)
+        self._threads = [threading.Thread(target=self._read, args=(s,), daemon=True)
+                         for s in self._socks]
+        for thread in self._threads:
+            thread.start()
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self.counts)
+
+    def _read(self, sock: socket.socket) -> None:
+        while not self._stop.is_set():
+            try:
+                frame, address = sock.recvfrom(65535)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if address[2] == self.PACKET_OUTGOING or frame[12:14] != b"\x08\x00":
+                continue
+            ihl = (frame[14] & 0x0F) * 4
+            udp = 14 + ihl
+            if frame[23] != 17 or int.from_bytes(frame[udp + 2:udp + 4], "big") != 4789:
+                continue
+            inner = frame[udp + 16:]  # UDP 8 + VXLAN 8
+            with self._lock:
+                self.counts["vxlan"] += 1
+                if inner[:1] and inner[0] & 1:
+                    self.counts["bum"] += 1
+                kind = inner[12:14]
+                if kind == b"\x86\xdd":
+                    self.counts["ipv6"] += 1
+                elif kind == b"\x08\x06":
+                    self.counts["arp"] += 1
+
+    def close(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        for sock in self._socks:
+            sock.close()
 
 
 @contextlib.contextmanager
