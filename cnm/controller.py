@@ -26,7 +26,14 @@ import drivers as driver_registry
 from cnm import addressing, etcfiles, inputs, modes, names, osl
 from cnm.driverapi import OPT_ENABLE_IPV6, OPT_INTERNAL, Driver, DriverContext
 from cnm.endpoint import Endpoint
-from cnm.errors import CNMError, Conflict, InvalidOption, NotFound
+from cnm.errors import (
+    CNMError,
+    Conflict,
+    InvalidOption,
+    NotFound,
+    StoreRefused,
+    StoreUnavailable,
+)
 from cnm.ipam import Ipam
 from cnm.network import Network
 from cnm.osl import plumbing, reaper
@@ -111,6 +118,20 @@ class Controller:
         self.last_reconcile: list[str] = []
         if reconcile:
             self.last_reconcile = self.reconcile()
+
+    def check_cluster(self) -> None:
+        """For a long-running process at its start: a cluster store that refuses this host
+        (TLS, credentials) is an error now, in one sentence; one that is merely out of
+        reach is left to the background work, which retries."""
+        if self.store is self.local_store:
+            return
+        try:
+            self.store.check()
+        except StoreRefused:
+            raise
+        except StoreUnavailable as exc:
+            log.warning("the cluster store is out of reach for now (%s); host-local work "
+                        "goes on and the background work keeps retrying", exc)
 
     def _open_local(self, local_store: Store | str | None) -> tuple[Store, bool]:
         """The store for this host's own records, and whether this controller opened it."""

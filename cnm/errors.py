@@ -39,6 +39,11 @@ class StoreUnavailable(CNMError):
     """The state store cannot be reached; nothing was changed."""
 
 
+class StoreRefused(StoreUnavailable):
+    """The store answered and refused this client (TLS or credentials): retrying will not
+    help until the configuration changes."""
+
+
 class KernelError(CNMError):
     """The kernel refused an operation; the message says which and why."""
 

@@ -64,13 +64,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def open_controller(args: argparse.Namespace, reconcile: bool = False) -> Any:
+    """The Controller the flags describe. ``reconcile`` (the long-running front ends, at
+    start): first make sure a cluster store accepts this host, then restore the kernel."""
     from cnm.controller import Controller
 
     host_ns = args.host_ns
     if host_ns and "/" not in host_ns:
         host_ns = f"/run/netns/{host_ns}"
-    return Controller(args.store, local_store=args.local_store, host_ns=host_ns,
-                      host_id=args.host_id, reconcile=reconcile)
+    ctl = Controller(args.store, local_store=args.local_store, host_ns=host_ns,
+                     host_id=args.host_id, reconcile=False)
+    if reconcile:
+        try:
+            ctl.check_cluster()
+            ctl.last_reconcile = ctl.reconcile()
+        except BaseException:
+            ctl.close()
+            raise
+    return ctl
 
 
 def main(argv: Sequence[str] | None = None) -> int:

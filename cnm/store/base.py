@@ -92,6 +92,11 @@ class Store(abc.ABC):
     def close(self) -> None:  # noqa: B027 - optional for backends with nothing to release
         """Release connections and threads."""
 
+    def check(self) -> None:
+        """One cheap read: raises StoreRefused if the store refuses this client, and
+        StoreUnavailable if it cannot be reached."""
+        self.get("")
+
     # Conveniences built on the primitives; backends need not override them.
 
     def cas(self, key: str, value: Mapping[str, Any] | None, expected_revision: int) -> bool:

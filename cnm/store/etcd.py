@@ -47,7 +47,7 @@ with warnings.catch_warnings():  # etcd3's generated protobuf code trips protobu
     import etcd3.etcdrpc.kv_pb2 as kv_pb2
     import etcd3.exceptions
 
-from cnm.errors import InvalidOption, StoreUnavailable  # noqa: E402
+from cnm.errors import InvalidOption, StoreRefused, StoreUnavailable  # noqa: E402
 from cnm.store.base import (  # noqa: E402
     Entry,
     Store,
@@ -357,7 +357,9 @@ class EtcdStore(Store, LeaseStore):
                 with self._lock:
                     self._current = index
                 return result
-        raise StoreUnavailable(f"{refusal} {HINT}" if refusal else self._unreachable())
+        if refusal:
+            raise StoreRefused(f"{refusal} {HINT}")
+        raise StoreUnavailable(self._unreachable())
 
     def _unreachable(self) -> str:
         what = "is etcd running?"
@@ -369,7 +371,7 @@ class EtcdStore(Store, LeaseStore):
         url = self.client_urls[index]
         refusal = auth_problem(url, code, details, self._presented, self.prefix)
         if refusal is not None:
-            return StoreUnavailable(refusal)
+            return StoreRefused(refusal)
         return StoreUnavailable(f"etcd at {url} failed: {details or code}")
 
 

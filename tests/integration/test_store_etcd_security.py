@@ -6,6 +6,7 @@ anything is made. Real etcd servers on loopback, started by this module."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -283,9 +284,10 @@ def pycnm(url: str, *args: str, env: dict[str, str] | None = None,
 def test_the_cli_and_the_plugin_refuse_bad_credentials_before_making_anything(
         auth_etcd: EtcdServer, pki: EtcdTLS, stranger: EtcdTLS, tmp_path: Path) -> None:
     """Every bad credential: one line on stderr, a non-zero exit, no traceback, and
-    neither the store nor the kernel got anything."""
+    neither the stores nor the kernel got anything. An overlay network needs the cluster
+    (its pool comes from the cluster-wide IPAM); the plugin checks the cluster at start."""
     tag = os.urandom(3).hex()
-    bridge = f"pcbr-sec{tag}"
+    local = f"sqlite:///{tmp_path}/local.db"  # this host's own records
     good = url_of(auth_etcd, pki, user="pycnm", password=PASSWORD)
     bad_urls = {
         "wrong password": url_of(auth_etcd, pki, user="pycnm", password="wrong"),
@@ -295,25 +297,33 @@ def test_the_cli_and_the_plugin_refuse_bad_credentials_before_making_anything(
                                                password=PASSWORD, cert=stranger.client.cert,
                                                key=stranger.client.key),
     }
+    namespaces = set(os.listdir("/run/netns"))
     for what, url in bad_urls.items():
-        result = pycnm(url, "network", "create", "--subnet", "10.97.0.0/24", "-o",
-                       f"com.docker.network.bridge.name={bridge}", f"sec{tag}")
+        result = pycnm(url, "--local-store", local, "--host-id", f"sec{tag}", "network",
+                       "create", "-d", "overlay", "--subnet", "10.97.0.0/24", "-o",
+                       f"overlay=sec{tag}", f"sec{tag}")
         assert result.returncode != 0, what
         lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("Error: "), (what, result.stderr)
+        assert len(lines) == 1 and lines[0].startswith("Error: etcd"), (what, result.stderr)
         assert "Traceback" not in result.stderr
-        assert not os.path.exists(f"/sys/class/net/{bridge}"), what
         socket_path = tmp_path / f"plugin-{what.replace(' ', '-')}.sock"
-        served = pycnm(url, "plugin", "serve", "--socket", str(socket_path), timeout=60)
+        served = pycnm(url, "--local-store", local, "--host-id", f"sec{tag}", "plugin",
+                       "serve", "--socket", str(socket_path), timeout=60)
         assert served.returncode != 0, what
         assert len(served.stderr.strip().splitlines()) == 1, (what, served.stderr)
         assert not socket_path.exists(), what
-    listed = pycnm(good, "--json", "network", "ls")
+    assert not {n for n in os.listdir("/run/netns") if tag in n} - namespaces
+    listed = pycnm(good, "--local-store", local, "--host-id", f"sec{tag}", "--json",
+                   "network", "ls")
     assert listed.returncode == 0, listed.stderr
-    assert f"sec{tag}" not in listed.stdout
+    assert json.loads(listed.stdout) == []
     with contextlib.closing(open_store(good)) as store:  # the failed runs wrote nothing
         assert not [e.key for e in store.list("") if tag in e.key]
     # Through the environment, as a systemd EnvironmentFile or a managed plugin gives it.
-    env = {"PYCNM_ETCD_USER": "pycnm", "PYCNM_ETCD_PASSWORD": PASSWORD}
-    listed = pycnm(url_of(auth_etcd, pki), "network", "ls", env=env)
-    assert listed.returncode == 0, listed.stderr
+    env = {"PYCNM_ETCD_USER": "pycnm", "PYCNM_ETCD_PASSWORD": PASSWORD,
+           "PYCNM_LOCAL_STORE": local}
+    checked = pycnm(url_of(auth_etcd, pki), "--host-id", f"sec{tag}", "reconcile", env=env)
+    assert checked.returncode == 0, checked.stderr
+    wrong = pycnm(url_of(auth_etcd, pki), "--host-id", f"sec{tag}", "reconcile",
+                  env={**env, "PYCNM_ETCD_PASSWORD": "wrong"})
+    assert wrong.returncode != 0 and "wrong user name or password" in wrong.stderr
