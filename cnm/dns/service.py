@@ -126,7 +126,10 @@ class DnsService:
         self.upstreams = upstreams.Upstreams((), self.resolv_conf)
         self.connected = threading.Event()
         self._upstreams_stamp: tuple[float, int] | None = None
-        self._lease: Any = None
+        self._lease: Any = None  # the local store's: this process's claim on the host
+        # The cluster store's, for the names published there (the same lease when the
+        # host's records and the cluster's share one store).
+        self._cluster_lease: Any = None
         self._claim_revision = 0
         self._scopes: dict[str, str] = {}
         self._revision = 0
@@ -207,11 +210,17 @@ class DnsService:
         self._drop_watches()
         if hasattr(self.local, "grant_lease"):
             self._lease = self.local.grant_lease(self.ttl)
+        self._cluster_lease = self._lease
+        if self.ctl.store is not self.ctl.local_store:
+            grant = getattr(self.ctl.store, "grant_lease", None)
+            self._cluster_lease = grant(self.ttl) if grant is not None else None
         self._claim()
         for prefix in ("sandboxes/", "endpoints/", "networks/",
                        *(p for p, _ in self.sources)):
             self._cancels.append(self.local.watch(prefix, self._note))
-        self._cancels.append(self.cluster.watch("dns/scopes/", self._note))
+        # Another host's names: a sync, but no revision (the local store's count, which
+        # wait_applied compares, is not the cluster's).
+        self._cancels.append(self.cluster.watch("dns/scopes/", lambda _e: self._dirty.set()))
         self._sync(self._claim_revision)
         self.connected.set()
         log.info("resolver %s: serving %d sandbox(es) at %s (upstreams %s from %s)",
@@ -229,12 +238,13 @@ class DnsService:
         claim = self.local.get(client.RESOLVER_KEY)
         self._claim_revision = claim.revision if claim is not None else 0
 
-    def _put(self, store: Store, key: str, value: dict[str, Any]) -> None:
-        if self._lease is None:
+    def _put(self, store: Store, key: str, value: dict[str, Any], lease: Any = None) -> None:
+        lease = self._lease if lease is None else lease
+        if lease is None:
             store.put(key, value)
             return
         try:
-            store.put_with_lease(key, value, self._lease)  # type: ignore[attr-defined]
+            store.put_with_lease(key, value, lease)  # type: ignore[attr-defined]
         except StoreUnavailable:
             raise
         except Exception as exc:  # noqa: BLE001 - the lease ran out under us
@@ -257,8 +267,10 @@ class DnsService:
                 self._sync(seen)
             now = time.monotonic()
             if now >= next_refresh:
-                if self._lease is not None and not self._lease.refresh():
-                    raise LeaseLost(f"the resolver lease of host {self.host_id} expired")
+                for lease in {id(x): x for x in (self._lease, self._cluster_lease)
+                              if x is not None}.values():
+                    if not lease.refresh():
+                        raise LeaseLost(f"the resolver lease of host {self.host_id} expired")
                 next_refresh = now + refresh_every
             if now >= next_upstreams:
                 if self._read_upstreams():
@@ -445,12 +457,12 @@ class DnsService:
 
     def _publish(self, records: Records) -> None:
         wanted = registry.publish_records(records, self.host_id)
-        lease = getattr(self._lease, "id", None)
+        lease = getattr(self._cluster_lease, "id", None)
         mine = {k: v for k, v in records.published.items() if v.get("host") == self.host_id}
         for key, value in wanted.items():
             value = {**value, "lease": lease}
             if mine.get(key) != value:
-                self._put(self.cluster, key, value)
+                self._put(self.cluster, key, value, self._cluster_lease)
         for key in mine.keys() - wanted.keys():
             self.cluster.delete(key)
 
