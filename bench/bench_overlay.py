@@ -31,116 +31,22 @@ run fails (exit 1) if any figure measured nothing.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import os
-import select
-import socket
 import statistics
-import struct
-import subprocess
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from probes import Prober, iperf, percentile  # noqa: E402
+
 from cnm.controller import Controller  # noqa: E402
-from cnm.osl.netns import in_netns, write_sysctl  # noqa: E402
-from tests.integration.overlay_lab import OverlayLab, UnderlayCounter, wait_for  # noqa: E402
+from cnm.osl.netns import write_sysctl  # noqa: E402
+from tests.integration.overlay_lab import OverlayLab, UnderlayCounter  # noqa: E402
 
 UNDERLAYS = ["172.31.1.0/24", "192.168.1.0/24", "172.31.3.0/24", "172.31.4.0/24"]
 SUBNET = "10.0.0.0/22"
-
-
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
-
-
-# --- ICMP probe ---------------------------------------------------------------------------
-
-
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    total = (total >> 16) + (total & 0xFFFF)
-    total += total >> 16
-    return ~total & 0xFFFF
-
-
-def _echo(ident: int, seq: int) -> bytes:
-    header = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
-    payload = b"pycnm-overlay-bench"
-    return struct.pack("!BBHHH", 8, 0, _checksum(header + payload), ident, seq) + payload
-
-
-class Prober:
-    """A raw ICMP socket inside a probe sandbox."""
-
-    def __init__(self, netns_path: str) -> None:
-        self.sock = in_netns(netns_path, lambda: socket.socket(
-            socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP))
-        self.ident = os.getpid() & 0xFFFF
-
-    def first_reply(self, address: str, timeout: float = 10.0, every: float = 0.002) -> float:
-        """Send echoes every ``every`` s until one is answered; return the time of the
-        reply (time.perf_counter) or raise TimeoutError after ``timeout``."""
-        deadline = time.perf_counter() + timeout
-        seq = 0
-        while time.perf_counter() < deadline:
-            seq = (seq + 1) & 0xFFFF
-            with contextlib.suppress(OSError):  # EHOSTUNREACH while ARP fails: go on
-                self.sock.sendto(_echo(self.ident, seq), (address, 0))
-            send_deadline = time.perf_counter() + every
-            while (left := send_deadline - time.perf_counter()) > 0:
-                ready, _, _ = select.select([self.sock], [], [], left)
-                if not ready:
-                    break
-                packet, (source, _) = self.sock.recvfrom(2048)
-                header_len = (packet[0] & 0x0F) * 4
-                kind, _, _, ident, _ = struct.unpack("!BBHHH", packet[header_len:header_len + 8])
-                if source == address and kind == 0 and ident == self.ident:
-                    return time.perf_counter()
-        raise TimeoutError(f"no reply from {address} within {timeout} s")
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-# --- iperf3 -------------------------------------------------------------------------------
-
-
-def iperf(lab: OverlayLab, server_ns: str, client_ns: str, address: str, seconds: int,
-          port: int) -> float:
-    """Gbit/s received by one iperf3 TCP stream from client_ns to address in server_ns."""
-    server = subprocess.Popen(["ip", "netns", "exec", server_ns, "iperf3", "-s", "-1", "-p",
-                               str(port), "-B", address], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True)
-    lab.processes.append(server)
-    try:
-        def run() -> subprocess.CompletedProcess:
-            return subprocess.run(["ip", "netns", "exec", client_ns, "iperf3", "-c", address,
-                                   "-p", str(port), "-t", str(seconds), "-J"],
-                                  capture_output=True, text=True, timeout=seconds + 30)
-
-        def attempt() -> dict | None:
-            result = run()
-            report = json.loads(result.stdout or "{}")
-            if "Connection refused" in str(report.get("error")):
-                return None  # the server does not listen yet: retried, bounded
-            if result.returncode != 0 or "sum_received" not in report.get("end", {}):
-                raise RuntimeError(f"iperf3 to {address} failed: "
-                                   f"{report.get('error') or result.stderr}")
-            return report
-
-        report = wait_for(attempt, 10, 0.2, what=f"iperf3 to {address}")
-        return report["end"]["sum_received"]["bits_per_second"] / 1e9
-    finally:
-        if server.poll() is None:
-            server.kill()
-        server.wait(timeout=10)
 
 
 # --- the run ------------------------------------------------------------------------------
@@ -203,6 +109,10 @@ class EtcdCalls:
     def close(self) -> None:
         for owner, name, original in self._restore:
             setattr(owner, name, original)
+
+
+def in_ns(name: str) -> list[str]:
+    return ["ip", "netns", "exec", name]
 
 
 def median_p90(values: list[float]) -> str:
@@ -289,10 +199,11 @@ def run(lab: OverlayLab, args: argparse.Namespace, controllers: list[Controller]
     a, b = probes[0][0], probes[1][0]
     overlay_runs, underlay_runs = [], []
     for run_index in range(args.iperf_runs):
-        overlay_runs.append(iperf(lab, b.netns_name, a.netns_name, probes[1][1],
-                                  args.iperf_seconds, 5201 + run_index))
-        underlay_runs.append(iperf(lab, hosts[1].name, hosts[0].name, hosts[1].underlay,
-                                   args.iperf_seconds, 5301 + run_index))
+        overlay_runs.append(iperf(in_ns(b.netns_name), in_ns(a.netns_name), probes[1][1],
+                                  args.iperf_seconds, 5201 + run_index, lab.processes))
+        underlay_runs.append(iperf(in_ns(hosts[1].name), in_ns(hosts[0].name),
+                                   hosts[1].underlay, args.iperf_seconds, 5301 + run_index,
+                                   lab.processes))
     if not all(overlay_runs) or not all(underlay_runs):
         print("FAILED: an iperf3 run measured nothing")
         return 1
