@@ -56,9 +56,15 @@ def plan_pools(
     ip_ranges: Iterable[str] = (),
     aux_addresses: Mapping[str, str] | None = None,
     ipv6: bool = False,
+    ipv4: bool = True,
 ) -> list[PoolRequest]:
-    """Validate and pair the user's addressing flags into one request per pool."""
+    """Validate and pair the user's addressing flags into one request per pool
+    (``ipv4=False``: an IPv6-only network, no IPv4 pool at all)."""
     requests = [PoolRequest(s, s.version) for s in (_network(t, "subnet") for t in subnets)]
+    for r in requests:
+        if r.version == 4 and not ipv4:
+            raise InvalidOption(f"subnet {r.subnet} is IPv4 but IPv4 is disabled for this "
+                                "network")
     if len([r for r in requests if r.version == 4]) > 1:
         raise InvalidOption("give at most one IPv4 --subnet per network")
     for r in requests:
@@ -100,7 +106,7 @@ def plan_pools(
                                 f"characters and no blanks, got {shown(name)}")
         ip = _address(text, f"aux-address {name}")
         owner(ip, f"aux-address {name}").aux[name] = ip
-    if not any(r.version == 4 for r in requests):
+    if ipv4 and not any(r.version == 4 for r in requests):
         requests.insert(0, PoolRequest(None, 4))
     if ipv6 and not any(r.version == 6 for r in requests):
         requests.append(PoolRequest(None, 6))

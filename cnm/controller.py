@@ -24,7 +24,7 @@ from typing import Any
 
 import drivers as driver_registry
 from cnm import addressing, etcfiles, inputs, modes, names, osl
-from cnm.driverapi import OPT_ENABLE_IPV6, OPT_INTERNAL, Driver, DriverContext
+from cnm.driverapi import OPT_ENABLE_IPV4, OPT_ENABLE_IPV6, OPT_INTERNAL, Driver, DriverContext
 from cnm.endpoint import Endpoint
 from cnm.errors import (
     CNMError,
@@ -213,12 +213,15 @@ class Controller:
         labels: Mapping[str, str] | None = None,
         network_id: str | None = None,
         preallocated: Iterable[PoolRecord] | None = None,
+        ipv4: bool = True,
     ) -> Network:
         """Create a network (``docker network create``). Everything is validated before
         anything is made; on failure nothing remains.
 
         ``network_id`` and ``preallocated`` serve callers that own addressing (Docker's
         IPAM): the pools are recorded as given and pycnm's IPAM is not asked.
+        ``ipv4=False`` makes an IPv6-only network (Docker 28's ``--ipv4=false``), for the
+        drivers that support one.
         """
         if not names.is_valid_object_name(name):
             raise InvalidOption(
@@ -230,15 +233,13 @@ class Controller:
         if existing is not None:
             return Network(self, nid)  # a retried create
         drv = self.driver(driver)
-        opts: dict[str, Any] = {str(k): v for k, v in (options or {}).items()}
-        opts[OPT_INTERNAL] = bool(internal)
-        opts[OPT_ENABLE_IPV6] = bool(ipv6)
-        drv.validate_network_options(opts)
+        opts = self.check_network_options(driver, options, internal=internal, ipv6=ipv6,
+                                          ipv4=ipv4)
         caps = drv.capabilities()
         record = NetworkRecord(
             id=nid, name=name, driver=driver, scope=caps.scope, options=opts,
-            internal=bool(internal), ipv6=bool(ipv6), labels=dict(labels or {}),
-            ipam_scope=caps.connectivity_scope,
+            internal=bool(internal), ipv6=bool(ipv6), ipv4=bool(ipv4),
+            labels=dict(labels or {}), ipam_scope=caps.connectivity_scope,
         )
         with contextlib.ExitStack() as undo:
             if not self.local.create(f"names/networks/{name}", {"id": nid}):
@@ -249,13 +250,16 @@ class Controller:
                 record.ipam = "external"
                 for pool in preallocated:
                     version = 6 if ":" in pool.subnet else 4
+                    if version == 4 and not ipv4:
+                        raise InvalidOption(f"subnet {pool.subnet} is IPv4 but IPv4 is "
+                                            "disabled for this network")
                     (record.ipv6_pools if version == 6 else record.ipv4_pools).append(
                         pool.to_dict()
                     )
             else:
                 requests = addressing.plan_pools(
                     _as_list(subnet), _as_list(gateway), _as_list(ip_range),
-                    aux_addresses, ipv6,
+                    aux_addresses, ipv6, ipv4,
                 )
                 for request in requests:
                     pool = self._allocate_pool(record.ipam_scope, request, undo)
@@ -269,6 +273,23 @@ class Controller:
             undo.pop_all()
         log.info("network %s (%s): created with driver %s", name, nid[:12], driver)
         return Network(self, nid)
+
+    def check_network_options(
+        self, driver: str, options: Mapping[str, Any] | None, *, internal: bool = False,
+        ipv6: bool = False, ipv4: bool = True,
+    ) -> dict[str, Any]:
+        """The options ``new_network`` would give ``driver``, validated by it (an
+        InvalidOption naming the bad one), with nothing made: the generic flags join the
+        user's options as Docker's keys."""
+        if not ipv4 and not ipv6:
+            raise InvalidOption("a network needs IPv4 or IPv6: both are disabled")
+        drv = self.driver(driver)
+        opts: dict[str, Any] = {str(k): v for k, v in (options or {}).items()}
+        opts[OPT_INTERNAL] = bool(internal)
+        opts[OPT_ENABLE_IPV6] = bool(ipv6)
+        opts[OPT_ENABLE_IPV4] = bool(ipv4)
+        drv.validate_network_options(opts)
+        return opts
 
     def _allocate_pool(
         self, scope: str, request: addressing.PoolRequest, undo: contextlib.ExitStack

@@ -26,6 +26,8 @@ Proto = Literal["tcp", "udp", "sctp"]
 # Generic option keys, as Docker names them; the core puts them into a network's options.
 OPT_INTERNAL = "com.docker.network.internal"
 OPT_ENABLE_IPV6 = "com.docker.network.enable_ipv6"
+# Docker 28: False for an IPv6-only network (no IPv4 pool, no IPv4 address anywhere).
+OPT_ENABLE_IPV4 = "com.docker.network.enable_ipv4"
 OPT_MTU = "com.docker.network.driver.mtu"
 OPT_PORTMAP = "com.docker.network.portmap"
 OPT_EXPOSED = "com.docker.network.endpoint.exposedports"

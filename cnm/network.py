@@ -225,6 +225,7 @@ class Network:
             "Created": net.created,
             "Scope": net.scope,
             "Driver": net.driver,
+            "EnableIPv4": net.ipv4,
             "EnableIPv6": net.ipv6,
             "Internal": net.internal,
             "IPAM": {"Driver": net.ipam, "Config": config},

@@ -50,6 +50,7 @@ class NetworkRecord(Record):
     options: dict[str, Any] = field(default_factory=dict)
     internal: bool = False
     ipv6: bool = False
+    ipv4: bool = True  # False: IPv6 only (Docker 28's --ipv4=false)
     ipv4_pools: list[dict[str, Any]] = field(default_factory=list)
     ipv6_pools: list[dict[str, Any]] = field(default_factory=list)
     ipam: str = "pycnm"  # "pycnm": our IPAM allocates; "external": the caller does

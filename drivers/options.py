@@ -7,6 +7,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from cnm.driverapi import OPT_ENABLE_IPV4
 from cnm.errors import InvalidOption
 from cnm.inputs import shown
 from cnm.names import is_valid_ifname
@@ -34,6 +35,16 @@ def canonical(
             raise InvalidOption(f"option {key!r} is given twice with different values")
         result[name] = value
     return result
+
+
+def require_ipv4(driver: str, options: Mapping[str, Any]) -> None:
+    """Refuse an IPv6-only network (``com.docker.network.enable_ipv4`` false) for a driver
+    that needs IPv4."""
+    if not parse_bool(OPT_ENABLE_IPV4, options.get(OPT_ENABLE_IPV4, True)):
+        raise InvalidOption(
+            f"the {driver} driver needs IPv4: IPv6-only networks ({OPT_ENABLE_IPV4}=false, "
+            "docker network create --ipv4=false) are made by the bridge driver only"
+        )
 
 
 def parse_bool(key: str, value: Any) -> bool:

@@ -21,12 +21,20 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import logging
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from cnm.driverapi import OPT_ENABLE_IPV6, OPT_INTERNAL, OPT_MACADDRESS
+from cnm.driverapi import (
+    OPT_ENABLE_IPV4,
+    OPT_ENABLE_IPV6,
+    OPT_INTERNAL,
+    OPT_MACADDRESS,
+    OPT_PORTMAP,
+)
 from cnm.endpoint import Endpoint
 from cnm.errors import NotFound
 from cnm.inputs import shown
@@ -42,6 +50,14 @@ log = logging.getLogger(__name__)
 
 OPT_GENERIC = "com.docker.network.generic"
 DRIVER_OPTION = "driver"  # -o driver=bridge|macvlan|ipvlan|overlay
+# Docker 28: the name the user asked for the interface inside the container (docker run
+# --network name=N,driver-opt=com.docker.network.endpoint.ifname=NAME). The remote driver
+# passes Docker no destination name (SetNames(src, prefix, "")), so no plugin can honour it.
+OPT_IFNAME = "com.docker.network.endpoint.ifname"
+# Docker 27: per-interface sysctls ("net.ipv4.conf.IFNAME.forwarding=1,..."); dockerd sets
+# them itself inside the container once the interface is there, so the driver only lets
+# them through.
+OPT_SYSCTLS = "com.docker.network.endpoint.sysctls"
 DEFAULT_DRIVER = "bridge"
 NAME_PREFIX = "docker-"
 
@@ -119,9 +135,11 @@ def activate(ctx: PluginContext, body: Body) -> Answer:
 
 def capabilities(ctx: PluginContext, body: Body) -> Answer:
     """``NetworkDriver.GetCapabilities``: {} -> {"Scope": "local", "ConnectivityScope":
-    "local"}. Without swarm Docker has no cluster store, so the scope must be local; multi-
-    host networks tie their hosts together through pycnm's own store."""
-    return {"Scope": "local", "ConnectivityScope": "local"}
+    "local", "GwAllocChecker": true}. Without swarm Docker has no cluster store, so the
+    scope must be local; multi-host networks tie their hosts together through pycnm's own
+    store. ``GwAllocChecker`` (Docker 28+; older engines ignore it) asks for GwAllocCheck
+    before every CreateNetwork."""
+    return {"Scope": "local", "ConnectivityScope": "local", "GwAllocChecker": True}
 
 
 # --- networks -----------------------------------------------------------------------------
@@ -152,12 +170,21 @@ def _pools(ctx: PluginContext, body: Body, field: str, version: int) -> list[Poo
     return pools
 
 
-def create_network(ctx: PluginContext, body: Body) -> Answer:
-    """``NetworkDriver.CreateNetwork``: {"NetworkID", "Options": {"com.docker.network.generic":
-    {"driver": "bridge", ...}, "com.docker.network.internal": bool,
-    "com.docker.network.enable_ipv6": bool}, "IPv4Data": [{"AddressSpace", "Pool",
-    "Gateway", "AuxAddresses"}], "IPv6Data": [...]} -> {}"""
-    nid = body.id("NetworkID")
+@dataclass(frozen=True)
+class NetworkRequest:
+    """What CreateNetwork's (and GwAllocCheck's) ``Options`` ask for."""
+
+    driver: str
+    options: dict[str, Any]
+    internal: bool
+    ipv6: bool
+    ipv4: bool
+
+
+def _network_request(body: Body) -> NetworkRequest:
+    """Options: {"com.docker.network.generic": {"driver": "bridge", ...the user's -o},
+    "com.docker.network.internal": bool, "com.docker.network.enable_ipv6": bool,
+    "com.docker.network.enable_ipv4": bool (Docker 28+; absent means true)}"""
     opts = body.sub("Options")
     generic = opts.mapping(OPT_GENERIC)
     options: dict[str, Any] = {}
@@ -167,15 +194,45 @@ def create_network(ctx: PluginContext, body: Body) -> Answer:
                              f"{type(value).__name__}")
         options[str(key)] = value
     driver = str(options.pop(DRIVER_OPTION, DEFAULT_DRIVER) or DEFAULT_DRIVER)
-    internal, ipv6 = opts.flag(OPT_INTERNAL), opts.flag(OPT_ENABLE_IPV6)
+    ipv4 = opts.flag(OPT_ENABLE_IPV4) if OPT_ENABLE_IPV4 in opts.data else True
+    return NetworkRequest(driver, options, opts.flag(OPT_INTERNAL), opts.flag(OPT_ENABLE_IPV6),
+                          ipv4)
+
+
+def gw_alloc_check(ctx: PluginContext, body: Body) -> Answer:
+    """``NetworkDriver.GwAllocCheck`` (Docker 28+, sent before CreateNetwork because
+    GetCapabilities said ``GwAllocChecker``): {"Options": {as CreateNetwork's}} ->
+    {"SkipIPv4": bool, "SkipIPv6": bool}: may Docker skip reserving gateway addresses?
+    Never for pycnm's drivers: the bridge holds its gateway address even on an internal
+    network, and a macvlan network's gateway is the LAN's router, which no container may be
+    given. The options are checked here too, so a bad one fails before Docker has
+    allocated anything."""
+    request = _network_request(body)
+    ctx.controller.check_network_options(request.driver, request.options,
+                                         internal=request.internal, ipv6=request.ipv6,
+                                         ipv4=request.ipv4)
+    return {"SkipIPv4": False, "SkipIPv6": False}
+
+
+def create_network(ctx: PluginContext, body: Body) -> Answer:
+    """``NetworkDriver.CreateNetwork``: {"NetworkID", "Options": {...see _network_request},
+    "IPv4Data": [{"AddressSpace", "Pool", "Gateway", "AuxAddresses"}], "IPv6Data": [...]}
+    -> {}. With IPv4 disabled (Docker 28's ``--ipv4=false``) IPv4Data is empty: an
+    IPv6-only network."""
+    nid = body.id("NetworkID")
+    request = _network_request(body)
     pools = _pools(ctx, body, "IPv4Data", 4) + _pools(ctx, body, "IPv6Data", 6)
-    if any(ipaddress.ip_network(p.subnet).version == 6 for p in pools) and not ipv6:
+    if any(ipaddress.ip_network(p.subnet).version == 6 for p in pools) and not request.ipv6:
         raise BadRequest(f"{body.call}: IPv6 subnets need --ipv6")
+    if not request.ipv4 and any(ipaddress.ip_network(p.subnet).version == 4 for p in pools):
+        raise BadRequest(f"{body.call}: {OPT_ENABLE_IPV4} is false but IPv4Data has a pool")
     labels = {"docker.ipam": "pycnm" if any(p.pool_id for p in pools) else "docker"}
+    driver = request.driver
     with ctx.locks.hold(nid):
         net = ctx.controller.new_network(
-            network_name(nid), driver, ipv6=ipv6, internal=internal, options=options,
-            labels=labels, network_id=nid, preallocated=pools,
+            network_name(nid), driver, ipv6=request.ipv6, internal=request.internal,
+            options=request.options, labels=labels, network_id=nid, preallocated=pools,
+            ipv4=request.ipv4,
         )
     log.info("network %s: %s (driver %s, %s)", nid[:12], net.name, driver,
              ", ".join(p.subnet for p in pools) or "no subnet")
@@ -220,8 +277,16 @@ def free_network(ctx: PluginContext, body: Body) -> Answer:
 def create_endpoint(ctx: PluginContext, body: Body) -> Answer:
     """``NetworkDriver.CreateEndpoint``: {"NetworkID", "EndpointID", "Interface": {"Address",
     "AddressIPv6", "MacAddress"}, "Options": {...}} -> {"Interface": {only the fields Docker
-    left empty, e.g. "MacAddress"}}"""
+    left empty, e.g. "MacAddress"}}. Options may carry Docker 27's per-interface sysctls
+    (dockerd applies them itself) and Docker 28's interface name, which a remote driver
+    cannot honour: refused rather than silently ignored."""
     nid, eid = body.id("NetworkID"), body.id("EndpointID")
+    ifname = body.sub("Options").data.get(OPT_IFNAME)
+    if ifname not in (None, ""):
+        raise BadRequest(
+            f"{OPT_IFNAME}={json.dumps(ifname)[:40]} cannot be honoured by a network plugin: "
+            "Docker names a plugin's interface in the container itself (eth0, eth1, ...); "
+            "drop the option, or use a built-in driver to choose the name")
     iface = body.sub("Interface")
     address, address_v6 = iface.cidr_interface("Address"), iface.cidr_interface("AddressIPv6")
     mac = iface.mac("MacAddress")
@@ -295,8 +360,32 @@ def program_external(ctx: PluginContext, body: Body) -> Answer:
     {"com.docker.network.portmap": [{"Proto", "IP", "Port", "HostIP", "HostPort",
     "HostPortEnd"}], "com.docker.network.endpoint.exposedports": [...]}} -> {}"""
     ep = ctx.endpoint(body.id("NetworkID"), body.id("EndpointID"))
-    ep.program_external_connectivity(body.options("Options"))
+    options = body.options("Options")
+    if options.get(OPT_PORTMAP):
+        sibling = _publishing_sibling(ctx, ep)
+        if sibling is not None:
+            # Docker 29 programs the IPv4 gateway and the IPv6 gateway of a container
+            # separately when they are two endpoints. pycnm publishes each port once, on
+            # the endpoint that got it first; this one takes over when that one leaves.
+            log.info("%s: ports of endpoint %s are already published by endpoint %s of the "
+                     "same container (its other gateway)", body.call, ep.id[:12],
+                     sibling.id[:12])
+            return {}
+    ep.program_external_connectivity(options)
     return {}
+
+
+def _publishing_sibling(ctx: PluginContext, ep: Endpoint) -> Endpoint | None:
+    """Another endpoint of ``ep``'s sandbox that publishes ports right now."""
+    key = ep.record.sandbox_key
+    if not key:
+        return None
+    for other in ctx.controller.endpoints():
+        if other.id != ep.id and other.record.sandbox_key == key:
+            with contextlib.suppress(NotFound):
+                if other.operational_info().get(OPT_PORTMAP):
+                    return other
+    return None
 
 
 def revoke_external(ctx: PluginContext, body: Body) -> Answer:
@@ -371,6 +460,7 @@ def release_address(ctx: PluginContext, body: Body) -> Answer:
 ROUTES: dict[str, Handler] = {
     "Plugin.Activate": activate,
     "NetworkDriver.GetCapabilities": capabilities,
+    "NetworkDriver.GwAllocCheck": gw_alloc_check,
     "NetworkDriver.CreateNetwork": create_network,
     "NetworkDriver.DeleteNetwork": delete_network,
     "NetworkDriver.AllocateNetwork": allocate_network,

@@ -68,8 +68,11 @@ class BridgeDriver(Driver):
         if self.ctx.store.get(f"networks/{nid}") is not None:
             return  # a retried call: the first one finished
         parsed = options.parse(opts)
-        if not ipv4:
+        if parsed.ipv4 and not ipv4:
             raise InvalidOption("a bridge network needs an IPv4 subnet")
+        if not parsed.ipv4 and (ipv4 or not ipv6):
+            raise InvalidOption("an IPv6-only bridge network needs an IPv6 subnet and no "
+                                "IPv4 one")
         bridge = parsed.bridge_name or names.bridge_name(nid)
         for entry in self.ctx.store.list("networks/"):
             if entry.value["bridge"] == bridge:
@@ -262,12 +265,17 @@ class BridgeDriver(Driver):
             ep = self._endpoint(nid, eid)
             if ep["ports"]:
                 return  # a retried call
-            if not ep["address"]:
-                raise InvalidOption("ports can only be published for an endpoint with IPv4")
+            if not ep["address"] and not ep.get("address_v6"):
+                raise InvalidOption("ports can only be published for an endpoint with an "
+                                    "address")
             for b in wanted:
                 if ":" in b.host_ip and not ep.get("address_v6"):
                     raise InvalidOption(f"HostIP {b.host_ip} is IPv6 but endpoint {eid[:12]} "
                                         "has no IPv6 address to forward port "
+                                        f"{b.port}/{b.proto} to")
+                if b.host_ip and ":" not in b.host_ip and not ep["address"]:
+                    raise InvalidOption(f"HostIP {b.host_ip} is IPv4 but endpoint {eid[:12]} "
+                                        "has no IPv4 address to forward port "
                                         f"{b.port}/{b.proto} to")
             host_ip_default = network["options"].get("host_ip") or ""
             wanted = [
@@ -327,8 +335,12 @@ class BridgeDriver(Driver):
             for b in ep["ports"]:
                 host_ip = (None if b["HostIP"] in ("", "0.0.0.0", "::")
                            else ipaddress.ip_address(b["HostIP"]))
-                target = ep["address"] if host_ip is None or host_ip.version == 4 \
-                    else ep.get("address_v6")
+                # Every local address maps to the endpoint's IPv4 address, or to its IPv6
+                # one on an IPv6-only network.
+                if host_ip is None:
+                    target = ep["address"] or ep.get("address_v6")
+                else:
+                    target = ep["address"] if host_ip.version == 4 else ep.get("address_v6")
                 if not target:
                     continue  # refused at parse time; an old record is not re-published
                 rules.ports.append(

@@ -6,7 +6,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from cnm.driverapi import OPT_ENABLE_IPV6, OPT_INTERNAL, OPT_MTU
+from cnm.driverapi import OPT_ENABLE_IPV4, OPT_ENABLE_IPV6, OPT_INTERNAL, OPT_MTU
 from cnm.errors import InvalidOption
 from drivers.options import canonical, parse_bool, parse_ifname, parse_mtu
 
@@ -24,9 +24,10 @@ ALIASES = {
     "host_ip": HOST_BINDING_IPV4,
     "internal": OPT_INTERNAL,
     "ipv6": OPT_ENABLE_IPV6,
+    "ipv4": OPT_ENABLE_IPV4,
 }
 KNOWN = {NAME, OPT_MTU, ICC, MASQUERADE, HOST_BINDING_IPV4, DEFAULT_BRIDGE, OPT_INTERNAL,
-         OPT_ENABLE_IPV6}
+         OPT_ENABLE_IPV6, OPT_ENABLE_IPV4}
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class BridgeOptions:
     internal: bool
     ipv6: bool
     host_ip: str | None
+    ipv4: bool = True  # False: IPv6 only (Docker 28's --ipv4=false)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -64,4 +66,5 @@ def parse(options: dict[str, Any]) -> BridgeOptions:
         internal=parse_bool(OPT_INTERNAL, opts.get(OPT_INTERNAL, False)),
         ipv6=parse_bool(OPT_ENABLE_IPV6, opts.get(OPT_ENABLE_IPV6, False)),
         host_ip=host_ip,
+        ipv4=parse_bool(OPT_ENABLE_IPV4, opts.get(OPT_ENABLE_IPV4, True)),
     )

@@ -13,9 +13,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from cnm.driverapi import OPT_ENABLE_IPV6, OPT_INTERNAL, OPT_MTU
+from cnm.driverapi import OPT_ENABLE_IPV4, OPT_ENABLE_IPV6, OPT_INTERNAL, OPT_MTU
 from cnm.errors import InvalidOption
-from drivers.options import canonical, parse_bool, parse_mtu
+from drivers.options import canonical, parse_bool, parse_mtu, require_ipv4
 from drivers.parent import parse_parent
 
 PARENT = "parent"
@@ -24,8 +24,8 @@ FLAG = "ipvlan_flag"
 MODES = ("l2", "l3", "l3s")
 FLAGS = ("bridge", "private", "vepa")
 ALIASES = {"mode": MODE, "flag": FLAG, "mtu": OPT_MTU, "internal": OPT_INTERNAL,
-           "ipv6": OPT_ENABLE_IPV6}
-KNOWN = {PARENT, MODE, FLAG, OPT_MTU, OPT_INTERNAL, OPT_ENABLE_IPV6}
+           "ipv6": OPT_ENABLE_IPV6, "ipv4": OPT_ENABLE_IPV4}
+KNOWN = {PARENT, MODE, FLAG, OPT_MTU, OPT_INTERNAL, OPT_ENABLE_IPV6, OPT_ENABLE_IPV4}
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,7 @@ def _choice(opts: dict[str, Any], key: str, allowed: tuple[str, ...]) -> str:
 def parse(options: dict[str, Any]) -> IpvlanOptions:
     """Validate every option at once, before anything is created."""
     opts = canonical(options, ALIASES, KNOWN)
+    require_ipv4("ipvlan", opts)
     parent = parse_parent(opts.get(PARENT), "ipvlan")
     mtu_value = opts.get(OPT_MTU)
     return IpvlanOptions(

@@ -21,9 +21,9 @@ import ipaddress
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from cnm.driverapi import OPT_ENABLE_IPV6, OPT_INTERNAL, OPT_MTU
+from cnm.driverapi import OPT_ENABLE_IPV4, OPT_ENABLE_IPV6, OPT_INTERNAL, OPT_MTU
 from cnm.errors import InvalidOption
-from drivers.options import canonical, parse_bool, parse_mtu
+from drivers.options import canonical, parse_bool, parse_mtu, require_ipv4
 from drivers.parent import (
     parse_parent,
     split_vlan,  # noqa: F401 - Docker's IFACE.VID, shared with ipvlan
@@ -44,8 +44,10 @@ ALIASES = {
     "mtu": OPT_MTU,
     "internal": OPT_INTERNAL,
     "ipv6": OPT_ENABLE_IPV6,
+    "ipv4": OPT_ENABLE_IPV4,
 }
-KNOWN = {PARENT, MODE, HOST_SHIM, OPT_MTU, OPT_INTERNAL, OPT_ENABLE_IPV6}
+KNOWN = {PARENT, MODE, HOST_SHIM, OPT_MTU, OPT_INTERNAL, OPT_ENABLE_IPV6,
+         OPT_ENABLE_IPV4}
 
 
 
@@ -73,6 +75,7 @@ class MacvlanOptions:
 def parse(options: dict[str, Any]) -> MacvlanOptions:
     """Validate every option at once, before anything is created."""
     opts = canonical(options, ALIASES, KNOWN)
+    require_ipv4("macvlan", opts)
     parent = parse_parent(opts.get(PARENT), "macvlan")
     mode = str(opts.get(MODE) or DEFAULT_MODE).strip().lower()
     if mode not in MODES:

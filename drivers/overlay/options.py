@@ -22,9 +22,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from cnm import names
-from cnm.driverapi import OPT_ENABLE_IPV6, OPT_INTERNAL, OPT_MTU
+from cnm.driverapi import OPT_ENABLE_IPV4, OPT_ENABLE_IPV6, OPT_INTERNAL, OPT_MTU
 from cnm.errors import InvalidOption
-from drivers.options import canonical, parse_bool, parse_int, parse_mtu
+from drivers.options import canonical, parse_bool, parse_int, parse_mtu, require_ipv4
 
 OVERLAY = "overlay"
 VNI = "vni"
@@ -42,8 +42,10 @@ ALIASES = {
     "underlay": VTEP,
     "internal": OPT_INTERNAL,
     "ipv6": OPT_ENABLE_IPV6,
+    "ipv4": OPT_ENABLE_IPV4,
 }
-KNOWN = {OVERLAY, VNI, VTEP, OPT_MTU, OPT_INTERNAL, OPT_ENABLE_IPV6}
+KNOWN = {OVERLAY, VNI, VTEP, OPT_MTU, OPT_INTERNAL, OPT_ENABLE_IPV6,
+         OPT_ENABLE_IPV4}
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,7 @@ def parse_vni(key: str, value: Any) -> int:
 def parse(options: dict[str, Any]) -> OverlayOptions:
     """Validate every option at once, before anything is created."""
     opts = canonical(options, ALIASES, KNOWN)
+    require_ipv4("overlay", opts)
     overlay = str(opts.get(OVERLAY) or "")
     if not overlay:
         raise InvalidOption(

@@ -373,7 +373,7 @@ def test_bad_requests_change_nothing(populated: tuple[Lab, str, str], call: str,
 
 def test_unknown_paths_methods_and_oversize(lab: Lab) -> None:
     before = lab.snapshot()
-    status, answer = lab.call("NetworkDriver.GwAllocCheck", {})
+    status, answer = lab.call("NetworkDriver.NoSuchCall", {})
     assert status == 404 and "does not implement" in answer["Err"]
     response = lab.client.get("/Plugin.Activate")
     assert response.status_code == 405
@@ -392,8 +392,8 @@ def test_handshake_with_empty_or_null_bodies(lab: Lab) -> None:
         status, answer = lab.call("Plugin.Activate", raw=raw)
         assert status == 200
         assert answer == {"Implements": ["NetworkDriver", "IpamDriver"]}
-    assert lab.ok("NetworkDriver.GetCapabilities") == {"Scope": "local",
-                                                       "ConnectivityScope": "local"}
+    assert lab.ok("NetworkDriver.GetCapabilities") == {
+        "Scope": "local", "ConnectivityScope": "local", "GwAllocChecker": True}
 
 
 def test_retried_calls_are_idempotent(populated: tuple[Lab, str, str]) -> None:
