@@ -402,6 +402,14 @@ def write_sysctl(ns: str | None, key: str, value: str) -> None:
         in_netns(ns, write)
     except FileNotFoundError as exc:
         raise KernelError(f"sysctl {key} does not exist on this kernel") from exc
+    except OSError as exc:
+        if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        # A managed Docker plugin sees /proc/sys read-only: the host must set it.
+        name = key.replace("/", ".")
+        raise KernelError(f"cannot set {name}={value}: /proc/sys is read-only here (a "
+                          f"managed Docker plugin?); set it on the host: sysctl -w "
+                          f"{name}={value}") from None
 
 
 def read_sysctl(ns: str | None, key: str) -> str:
