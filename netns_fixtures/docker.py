@@ -340,6 +340,8 @@ def start_engine(workdir: str, install: EngineInstall | str = ENGINE_VERSIONS[0]
             if not os.path.lexists(link):
                 os.symlink(os.path.join(install.cli_plugins, name), link)
     try:
+        if mountns is None:
+            share_mounts_below(engine.netns_dir)
         start_daemon(engine, timeout=timeout)
         reported = engine.docker("version", "--format", "{{.Server.Version}}",
                                  timeout=30).stdout.strip()
@@ -350,6 +352,19 @@ def start_engine(workdir: str, install: EngineInstall | str = ENGINE_VERSIONS[0]
         stop_engine(engine)
         raise
     return engine
+
+
+def share_mounts_below(path: str) -> None:
+    """Make ``path`` a shared mount point (a bind mount onto itself), so that what dockerd
+    mounts below it later (its containers' network namespaces) also appears in a managed
+    plugin's mount of it: on a machine whose / is a private mount (this one), mounts made
+    after the plugin started would otherwise stay invisible to it. Unmounted with the
+    engine's directory."""
+    os.makedirs(path, exist_ok=True)
+    for argv in (["mount", "--bind", path, path], ["mount", "--make-shared", path]):
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        if result.returncode != 0:
+            raise DockerError(f"{' '.join(argv)}: {result.stderr.strip()}")
 
 
 def _pid_from(path: str) -> int | None:
@@ -462,11 +477,13 @@ def running_engine(version: str = ENGINE_VERSIONS[0], *, extra_args: Sequence[st
         stop_engine(engine)
 
 
-@pytest.fixture(scope="session", params=ENGINE_VERSIONS)
+@pytest.fixture(scope="package", params=ENGINE_VERSIONS)
 def docker_engine(request: pytest.FixtureRequest) -> Iterator[DockerEngine]:
-    """A real dockerd for the session, once per engine (``[20.10]`` and ``[26.1]``: pytest
-    runs every test of one engine before the next starts), with ``pycnm-busybox:test``
-    imported. A test that needs one engine only says so with
+    """A real dockerd for the tests of one package (tests/e2e, say), once per engine
+    (``[20.10]`` and ``[26.1]``: pytest runs every test of one engine before the next
+    starts), with ``pycnm-busybox:test`` imported. Package scope, not session: the engine
+    (and what uses Docker's shared plugin folder with it) is gone once the package's tests
+    are done, not at the end of a long run. A test that needs one engine only says so with
     ``@pytest.mark.parametrize("docker_engine", ["26.1"], indirect=True)``.
 
     Fails (never skips) when an engine is missing: the tests that use it are part of the

@@ -9,7 +9,7 @@ Loaded through the ``pytest11`` entry point of the installed package (or with
 - ``host``: factory of ``Host`` namespaces (emulated machines), optionally with an uplink;
 - ``outside``: factory, ``outside(host)`` -> an ``Outside`` namespace wired to ``host``;
 - ``store_url``: a fresh embedded (SQLite) store URL for one test;
-- ``docker_engine`` (session): see ``netns_fixtures.docker``;
+- ``docker_engine`` (package, once per engine): see ``netns_fixtures.docker``;
 - ``etcd_server`` (session): see ``netns_fixtures.etcd``.
 
 Every name is unique (``pt`` + 6 hex digits), and everything a test made is removed in
@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from netns_fixtures import leaks
-from netns_fixtures.docker import docker_engine  # noqa: F401 - a session fixture
+from netns_fixtures.docker import docker_engine  # noqa: F401 - a package fixture
 from netns_fixtures.lab.fixture import lab  # noqa: F401 - the lab fixture (topology files)
 from netns_fixtures.netns import (
     Host,

@@ -8,10 +8,10 @@ where the host shim puts a host route to the one container on our own interface,
 with ``ip route get`` before a packet is sent. Every loop is bounded; every test removes
 its containers, networks and links in ``finally``.
 
-The plugin: this module runs ``pycnm plugin serve`` on Docker's socket for its own
-tests (module scope, so it is gone before tests/e2e/test_docker_plugin.py starts its
-session plugin). A test owns the plugin it talks to: if another process already answers
-there, the module fails rather than test someone else's plugin and store.
+The plugin: the e2e package's own ``pycnm plugin serve`` on Docker's socket (the
+``plugin`` fixture of tests/e2e/conftest.py). A test owns the plugin it talks to: if
+another process already answers there, the fixture fails rather than test someone else's
+plugin and store.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import pytest
 
 from cnm.store import open_store
 from netns_fixtures.netns import Namespace, unique_name, veth
-from tests.e2e.plugin_process import SOCKET, Plugin, answers
+from tests.e2e.plugin_process import Plugin
 
 pytestmark = [pytest.mark.docker, pytest.mark.root]
 
@@ -40,16 +40,6 @@ ROUTER = "203.0.113.1"
 SERVER = "203.0.113.10"
 SHIM_IP = "203.0.113.250"
 NO_DNS_OUT = ["--dns", "127.0.0.1"]  # names Docker does not know stay on the machine
-
-
-@pytest.fixture(scope="module")
-def plugin(docker_engine: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plugin]:
-    """Our own plugin process for this module (Plugin.start fails if another serves)."""
-    if answers(SOCKET):
-        pytest.fail(f"another plugin already serves {SOCKET}: stop it first")
-    workdir = tmp_path_factory.mktemp("pycnm-macvlan-plugin")
-    with Plugin(f"sqlite://{workdir}/state.db", workdir / "plugin.log").serving() as served:
-        yield served
 
 
 @dataclass

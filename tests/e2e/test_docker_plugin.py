@@ -1,6 +1,6 @@
-"""pycnm as a Docker network plugin, end to end: a real dockerd (the session's
+"""pycnm as a Docker network plugin, end to end: a real dockerd (the package's
 ``docker_engine``), ``pycnm plugin serve`` as a real process on the real socket path, and
-Debian's docker client.
+each engine's own client.
 
 Traffic goes only to containers these tests start and to an "outside" namespace made here
 (wired to the root namespace by a veth with TEST-NET-2 addresses, checked with ``ip route
@@ -18,147 +18,24 @@ import os
 import secrets
 import subprocess
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from netns_fixtures.docker import DockerEngine
-from netns_fixtures.netns import FIXTURE_PREFIX
-from tests.e2e.plugin_process import SOCKET, Plugin, answers, call_socket
+from tests.e2e.docker_client import (
+    NO_DNS_OUT,
+    Docker,
+    Names,
+    kernel_objects_of,
+    links,
+    nft_ruleset,
+    run_container,
+    wired_outside,
+)
+from tests.e2e.plugin_process import SOCKET, Plugin, call_socket
 
 pytestmark = [pytest.mark.docker, pytest.mark.root]
-
-IMAGE = "pycnm-busybox:test"
-NO_DNS_OUT = ["--dns", "127.0.0.1"]  # names Docker does not know stay on the machine
-OUTSIDE_V4 = ipaddress.ip_network("198.51.100.0/30")  # TEST-NET-2, never routed anywhere
-
-
-# --- the engine and the plugin ------------------------------------------------------------
-
-
-@dataclass
-class Docker:
-    """An engine's own client (Debian 12's for 20.10, Debian 13's for 26.1)."""
-
-    engine: DockerEngine
-    image: str = IMAGE
-
-    @property
-    def client(self) -> str:
-        return self.engine.install.docker
-
-    def run(self, *args: str, check: bool = True, timeout: float = 90) -> str:
-        result = subprocess.run([self.client, *args], capture_output=True, text=True,
-                                timeout=timeout, env=self.engine.env)
-        if check and result.returncode != 0:
-            raise AssertionError(f"docker {' '.join(args)}: {result.stderr.strip()}")
-        return result.stdout.strip() if check else result.stdout + result.stderr
-
-    def fails(self, *args: str, timeout: float = 90) -> str:
-        result = subprocess.run([self.client, *args], capture_output=True, text=True,
-                                timeout=timeout, env=self.engine.env)
-        assert result.returncode != 0, f"docker {' '.join(args)} succeeded"
-        return result.stderr.strip()
-
-    def inspect(self, *names: str) -> list[dict[str, Any]]:
-        return json.loads(self.run("inspect", *names))
-
-    def network(self, name: str) -> dict[str, Any]:
-        return json.loads(self.run("network", "inspect", name))[0]
-
-    def address(self, container: str, network: str, v6: bool = False) -> str:
-        settings = self.inspect(container)[0]["NetworkSettings"]["Networks"][network]
-        return settings["GlobalIPv6Address" if v6 else "IPAddress"]
-
-    def ping(self, container: str, target: str, attempts: int = 3) -> bool:
-        """Bounded: a first packet may be lost while neighbours resolve."""
-        flag = ["-6"] if ":" in target else []
-        for _ in range(attempts):
-            result = subprocess.run(
-                [self.client, "exec", container, "ping", *flag, "-c", "1", "-W", "2", target],
-                capture_output=True, text=True, timeout=30, env=self.engine.env)
-            if result.returncode == 0:
-                return True
-        return False
-
-
-@pytest.fixture(scope="session")
-def docker(docker_engine: DockerEngine) -> Docker:
-    """The session's dockerd (each engine in turn: netns_fixtures.docker) and its client."""
-    return Docker(docker_engine, docker_engine.image)
-
-
-@pytest.fixture(scope="session")
-def plugin(docker: Docker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plugin]:
-    if answers(SOCKET):
-        pytest.fail(f"another plugin already serves {SOCKET}: stop it first")
-    workdir = tmp_path_factory.mktemp("pycnm-plugin")
-    with Plugin(f"sqlite://{workdir}/state.db", workdir / "plugin.log").serving() as served:
-        yield served
-
-
-@pytest.fixture
-def names(docker: Docker, plugin: Plugin) -> Iterator[Names]:
-    made = Names()
-    try:
-        yield made
-    finally:
-        made.remove(docker)
-
-
-@dataclass
-class Names:
-    """Unique names for a test's containers and networks, removed at its end."""
-
-    tag: str = field(default_factory=lambda: secrets.token_hex(3))
-    containers: list[str] = field(default_factory=list)
-    networks: list[str] = field(default_factory=list)
-
-    def container(self, label: str) -> str:
-        self.containers.append(f"pt{self.tag}-{label}")
-        return self.containers[-1]
-
-    def network(self, label: str) -> str:
-        self.networks.append(f"pt{self.tag}-{label}")
-        return self.networks[-1]
-
-    def remove(self, docker: Docker) -> None:
-        for chunk in range(0, len(self.containers), 25):
-            docker.run("rm", "-f", *self.containers[chunk:chunk + 25], check=False,
-                       timeout=120)
-        for name in self.networks:
-            docker.run("network", "rm", name, check=False)
-
-
-def run_container(docker: Docker, name: str, network: str, *extra: str) -> str:
-    return docker.run("run", "-d", "--name", name, "--network", network, *NO_DNS_OUT, *extra,
-                      docker.image, "sleep", "600")
-
-
-# --- what pycnm has in the kernel ------------------------------------------------------------
-
-
-def links() -> set[str]:
-    out = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True,
-                         check=True).stdout
-    return {line.split()[0].split("@")[0] for line in out.splitlines()}
-
-
-def nft_ruleset() -> str:
-    return subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True,
-                          check=True).stdout
-
-
-def kernel_objects_of(network_id: str, endpoint_ids: list[str]) -> list[str]:
-    """pycnm's kernel objects named after one network and its endpoints."""
-    found = [n for n in links() if n == "pcbr-" + network_id[:10]]
-    found += [n for n in links() for e in endpoint_ids if n in ("pcv-" + e[:11], "pcp-" + e[:11])]
-    if "pcbr-" + network_id[:10] in nft_ruleset():
-        found.append("nft rules naming pcbr-" + network_id[:10])
-    return found
-
 
 # --- the tests ---------------------------------------------------------------------------------
 
@@ -240,19 +117,6 @@ def test_connect_and_disconnect_a_running_container(docker: Docker, names: Names
     assert "eth1" not in docker.run("exec", app, "ip", "link")
     assert not {"pcv-" + endpoint[:11], "pcp-" + endpoint[:11]} & links()
     assert docker.ping(app, "10.83.0.1")  # still on its first network
-
-
-def wired_outside(outside: Callable[..., Any]) -> tuple[Any, str]:
-    """An "outside" namespace wired to the root namespace by a veth with TEST-NET-2
-    addresses (the fixture removes both); returns it and the root side's address, once
-    ``ip route get`` shows the way to it is that veth, never eth0."""
-    root_ip, far_ip = (str(a) for a in list(OUTSIDE_V4.hosts())[:2])
-    far = outside(None, f"{root_ip}/{OUTSIDE_V4.prefixlen}", f"{far_ip}/{OUTSIDE_V4.prefixlen}")
-    route = subprocess.run(["ip", "route", "get", far_ip], capture_output=True, text=True,
-                           check=True).stdout
-    device = route.split(" dev ")[1].split()[0]
-    assert device.startswith(FIXTURE_PREFIX), f"{far_ip} would leave through {device}: {route}"
-    return far, root_ip
 
 
 def test_published_port_reached_from_an_outside_namespace(
