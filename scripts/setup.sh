@@ -14,7 +14,7 @@ PYTHON=${PYTHON:-python3}
 APT_PACKAGES=(iproute2 nftables iputils-ping tcpdump docker.io busybox-static etcd-server
               iperf3 graphviz ethtool procps kmod util-linux tar chromium etcd-client
               dnsutils dnsmasq-base dnsperf  # dig, a test upstream, DNS load (cnm.dns)
-              qemu-system-x86)
+              qemu-system-x86 debootstrap)  # debootstrap: the managed plugin's rootfs
 # Tests that need kernel features this machine's kernel lacks (802.1q, ipvlan) run under
 # Debian's stock kernel in a VM: the kernel package unpacked here (never into /boot) and
 # virtme-ng in a venv. Not under /var/cache: virtme-ng hides that folder inside the VM.
@@ -61,6 +61,9 @@ fi
 # The second Docker engine the tests run against (Debian 13's Docker 26.1 and compose v2),
 # unpacked into /var/cache/pycnm once per machine; never installed, apt sources untouched.
 bash scripts/docker-engine.sh
+# The managed plugin's root file system (debootstrap + pycnm's dependencies), cached there
+# too: the tests build the plugin from it in seconds.
+bash scripts/managed-plugin.sh --rootfs-only
 
 # pip takes seconds even with nothing to do, so skip it when this interpreter already
 # imports pycnm from this checkout and pyproject.toml is unchanged since the last install.
