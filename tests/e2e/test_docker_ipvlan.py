@@ -36,11 +36,23 @@ from netns_fixtures.docker import (
 )
 from netns_fixtures.vm import time_factor
 from tests.e2e import test_docker_macvlan
+from tests.e2e.plugin_process import SOCKET, Plugin, answers
 from tests.e2e.test_docker_macvlan import LAN, RANGE, ROUTER, SERVER, Wire, server_learns
 
 pytestmark = [pytest.mark.docker, pytest.mark.root, pytest.mark.kernel("ipvlan")]
-plugin = test_docker_macvlan.plugin  # our plugin process (a module fixture)
 wire = test_docker_macvlan.wire  # the emulated LAN (a fixture)
+
+
+@pytest.fixture(scope="module")
+def plugin(docker_engine: DockerEngine, tmp_path_factory: pytest.TempPathFactory
+           ) -> Iterator[Plugin]:
+    """Our own plugin process for this module, on the VM's own socket folder (the e2e
+    package's plugin belongs to the package's engines, not to this module's)."""
+    if answers(SOCKET):
+        pytest.fail(f"another plugin already serves {SOCKET}: stop it first")
+    workdir = tmp_path_factory.mktemp("pycnm-ipvlan-plugin")
+    with Plugin(f"sqlite://{workdir}/state.db", workdir / "plugin.log").serving() as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
