@@ -187,7 +187,7 @@ class Network:
         if eps and not force:
             raise Busy(
                 f"network {net.name} still has {len(eps)} endpoint(s) "
-                f"({', '.join(e.record.name for e in eps[:5])}): detach them first"
+                f"({', '.join(sorted(e.record.name for e in eps)[:5])}): detach them first"
             )
         for ep in eps:
             ep.delete(force=True)

@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from cnm.cli import open_controller
+    from cnm.cli import daemon, open_controller
     from plugin_server.server import serve
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -60,5 +60,6 @@ def _serve(args: argparse.Namespace) -> int:
     with open_controller(args, reconcile=True) as ctl:
         for problem in ctl.last_reconcile:
             print(f"reconcile: {problem}", file=sys.stderr)
-        serve(ctl, options)
+        with daemon.serving(ctl, args):  # CLI calls on this host and store run here
+            serve(ctl, options)
     return 0

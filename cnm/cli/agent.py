@@ -2,9 +2,10 @@
 
 It opens the Controller (which reconciles the kernel with the store), starts the drivers'
 background work (the overlay's lease, watches and VTEP entries) and the embedded DNS
-resolver of every sandbox (``cnm.dns``), and runs until SIGTERM or SIGINT, then stops that
-work (sandboxes get their plain resolv.conf back) and exits 0. The plugin server does the
-same in its own process; run one or the other per host, not both.
+resolver of every sandbox (``cnm.dns``), serves the CLI calls handed to it
+(``cnm.cli.daemon``), and runs until SIGTERM or SIGINT, then stops that work (sandboxes
+get their plain resolv.conf back) and exits 0. The plugin server does the same in its own
+process; run one or the other per host, not both.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import signal
 import sys
 import threading
 
-from cnm.cli import open_controller
+from cnm.cli import daemon, open_controller
 
 ENV_LEASE_TTL = "PYCNM_OVERLAY_LEASE_TTL"
 
@@ -66,10 +67,11 @@ def _agent(args: argparse.Namespace) -> int:
             for problem in ctl.last_reconcile:
                 print(f"reconcile: {problem}", file=sys.stderr)
             started = ctl.start_background(config)
-            print(f"pycnm agent: host {ctl.host_id} running "
-                  f"({', '.join(started) or 'no background work'})", flush=True)
-            while not stop.wait(1.0):
-                pass
+            with daemon.serving(ctl, args):
+                print(f"pycnm agent: host {ctl.host_id} running "
+                      f"({', '.join(started) or 'no background work'})", flush=True)
+                while not stop.wait(1.0):
+                    pass
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)

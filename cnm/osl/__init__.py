@@ -5,7 +5,11 @@ Every function takes ``ns``: the path of a network namespace file (``/run/netns/
 helpers; nothing above this package imports pyroute2.
 """
 
-from cnm.osl.netns import (
+from cnm.osl import light_pyroute2
+
+light_pyroute2.install()  # before the first pyroute2 import below: see its docstring
+
+from cnm.osl.netns import (  # noqa: E402
     NETNS_RUN_DIR,
     create_named_netns,
     delete_named_netns,

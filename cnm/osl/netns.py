@@ -19,12 +19,13 @@ import socket
 import struct
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
-
-from pyroute2 import IPRoute
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from cnm.errors import Conflict, InvalidOption, KernelError, NotFound
 from cnm.osl.rtnl import Rtnl
+
+if TYPE_CHECKING:
+    from pyroute2.iproute.linux import IPRoute
 
 NETNS_RUN_DIR = "/run/netns"
 CLONE_NEWNET = 0x40000000
@@ -217,6 +218,9 @@ class NetlinkHandle:
     @property
     def ipr(self) -> IPRoute:
         if self._ipr is None:
+            from pyroute2.iproute.linux import IPRoute  # only when state is read back
+
+
             self._ipr = IPRoute() if self.ns is None else \
                 IPRoute(use_socket=in_netns(self.ns, _netlink_socket))
         return self._ipr

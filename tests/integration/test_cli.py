@@ -1,7 +1,13 @@
-"""The ``pycnm`` command line, run as a user would: a subprocess per command."""
+"""The ``pycnm`` command line, run as a user would: a subprocess per command.
+
+Every test runs twice: with the CLI doing the work itself ("alone"), and with a ``pycnm
+agent`` serving the same store and host namespace, to which the CLI hands the commands it
+may ("daemon"): the same output, errors and exit codes are expected from both.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -11,14 +17,15 @@ import pytest
 
 from cnm.store import open_store
 from tests.integration.bridge_helpers import ping_eventually, unique
+from tests.integration.cli_agent import running_agent
 
 pytestmark = pytest.mark.root
 
 Pycnm = Callable[..., subprocess.CompletedProcess]
 
 
-@pytest.fixture
-def pycnm(netns, store_url) -> Iterator[Pycnm]:
+@pytest.fixture(params=["alone", "daemon"])
+def pycnm(request, netns, store_url, tmp_path) -> Iterator[Pycnm]:
     host = netns("host")
 
     def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -32,10 +39,14 @@ def pycnm(netns, store_url) -> Iterator[Pycnm]:
 
     run.host = host  # type: ignore[attr-defined]
     run.store_url = store_url  # type: ignore[attr-defined]
-    try:
-        yield run
-    finally:
-        run("cleanup", check=False)
+    with contextlib.ExitStack() as stack:
+        if request.param == "daemon":
+            run.agent = stack.enter_context(  # type: ignore[attr-defined]
+                running_agent(store_url, host.name, tmp_path))
+        try:
+            yield run
+        finally:
+            run("cleanup", check=False)
 
 
 def test_network_sandbox_attach_life_cycle(pycnm: Pycnm) -> None:

@@ -1,0 +1,219 @@
+"""The CLI's parser built lazily (only the chosen command's module) against the parser with
+every module registered; ``--json`` before and after the sub-command; the hand-off's
+request checks and keys; the light way into pyroute2. No root needed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cnm.cli import COMMANDS, build_parser, chosen_command, handoff
+from cnm.cli.daemon import BadRequest, parse_request
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def subcommands(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+
+
+def full_parser() -> argparse.ArgumentParser:
+    return build_parser()
+
+
+def test_the_command_table_lists_what_the_modules_register_in_order() -> None:
+    sub = subcommands(full_parser())
+    registered = [(a.dest, a.help) for a in sub._choices_actions]
+    table = [(name, help_line) for _, commands in COMMANDS for name, help_line in
+             commands.items()]
+    assert registered == table
+
+
+def test_top_level_help_reads_the_same_without_importing_the_modules() -> None:
+    assert build_parser(["--help"]).format_help() == full_parser().format_help()
+    assert build_parser([]).format_help() == full_parser().format_help()
+    assert build_parser(["no-such-command"]).format_help() == full_parser().format_help()
+
+
+@pytest.mark.parametrize("name", [n for _, commands in COMMANDS for n in commands])
+def test_each_command_is_parsed_by_its_own_module_alone(name: str) -> None:
+    lazy = subcommands(build_parser([name]))
+    full = subcommands(full_parser())
+    assert lazy.choices[name].format_help() == full.choices[name].format_help()
+    # Only that command's module was registered (its siblings share the module).
+    module = next(m for m, commands in COMMANDS if name in commands)
+    siblings = next(commands for m, commands in COMMANDS if m == module)
+    assert set(lazy.choices) == set(siblings)
+
+
+@pytest.mark.parametrize("argv", [
+    ["network", "create", "web", "--subnet", "10.1.0.0/24", "-o", "mtu=1400"],
+    ["--store", "sqlite:///x.db", "--host-ns", "h1", "attach", "web", "c1", "--ip", "10.1.0.9"],
+    ["--json", "endpoint", "ls", "--network", "web"],
+    ["endpoint", "ls", "--json"],
+    ["-v", "sandbox", "create", "c1", "--dns", "10.0.0.2", "--add-host", "db=10.0.0.3"],
+    ["--host-id", "n1", "detach", "web", "c1"],
+    ["sandbox", "exec", "c1", "--", "ip", "--json", "addr"],
+    ["--sto", "sqlite:///abbrev.db", "network", "ls"],
+    ["--store=sqlite:///eq.db", "network", "inspect", "a", "b"],
+    ["lab", "down", "bridge"],
+])
+def test_lazy_and_full_parsers_agree(argv: list[str]) -> None:
+    lazy = vars(build_parser(argv).parse_args(argv))
+    full = vars(full_parser().parse_args(argv))
+    assert lazy.keys() == full.keys()
+    assert {k: v for k, v in lazy.items() if k != "handler"} == \
+        {k: v for k, v in full.items() if k != "handler"}
+    assert lazy["handler"].__qualname__ == full["handler"].__qualname__
+
+
+@pytest.mark.parametrize("argv", [
+    ["bogus"], ["network"], ["network", "bogus"], ["attach", "only-one"],
+    ["--store"], ["network", "ls", "--bogus"], ["-h", "attach"],
+])
+def test_lazy_and_full_parsers_fail_alike(argv: list[str], capsys) -> None:
+    outcomes = []
+    for parser in (build_parser(argv), full_parser()):
+        with pytest.raises(SystemExit) as exit_info:
+            parser.parse_args(argv)
+        captured = capsys.readouterr()
+        outcomes.append((exit_info.value.code, captured.out, captured.err))
+    assert outcomes[0] == outcomes[1]
+
+
+def test_json_is_accepted_before_and_after_the_sub_command() -> None:
+    def parse(*argv: str) -> bool:
+        return bool(build_parser(list(argv)).parse_args(list(argv)).json)
+
+    assert parse("--json", "endpoint", "ls")
+    assert parse("endpoint", "ls", "--json")
+    assert parse("--json", "endpoint", "ls", "--json")
+    assert not parse("endpoint", "ls")
+    assert parse("network", "inspect", "web", "--json")
+    assert parse("attach", "web", "c1", "--json")
+    assert parse("lab", "ls", "--json")
+    # A command run inside a sandbox keeps its own --json.
+    args = build_parser(["sandbox", "exec", "c1", "ip", "--json", "a"]).parse_args(
+        ["sandbox", "exec", "c1", "ip", "--json", "a"])
+    assert args.argv == ["ip", "--json", "a"] and not args.json
+
+
+def test_the_chosen_command_is_the_first_word_after_the_global_options() -> None:
+    assert chosen_command(["--store", "network", "attach", "a", "b"]) == "attach"
+    assert chosen_command(["--json", "-v", "network", "ls"]) == "network"
+    assert chosen_command(["--help", "network"]) is None
+    assert chosen_command(["--store"]) is None
+    assert chosen_command([]) is None
+
+
+# --- the hand-off's keys and requests -----------------------------------------------------
+
+
+@pytest.mark.parametrize(("store", "portable"), [
+    (None, True), ("", True), ("sqlite:///var/lib/x.db", True), ("/tmp/x.db", True),
+    ("sqlite://rel/x.db", False), ("x.db", False), ("./x.db", False), ("memory://", False),
+    ("etcd://127.0.0.1:2379", True), ("etcds://h:1?ca=/etc/ca.pem", True),
+    ("etcds://h:1?ca=ca.pem", False), ("etcd://h:1?password_file=pw", False),
+    ("bogus://x", False),
+])
+def test_only_stores_every_process_names_alike_are_handed_off(store: str | None,
+                                                              portable: bool) -> None:
+    assert (handoff.host_key(store, None, "n1") is not None) is portable
+
+
+def test_the_key_follows_host_namespace_host_id_store_and_etcd_environment(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    base = handoff.host_key("/s.db", None, "n1")
+    assert base is not None
+    assert base == handoff.host_key("/s.db", None, "n1")
+    assert base.socket_path().startswith(handoff.SOCKET_DIR + "/n1-")
+    assert handoff.host_key("/s.db", None, "n2") != base
+    assert handoff.host_key("/other.db", None, "n1") != base
+    assert handoff.host_key("/s.db", "/proc/1/ns/mnt", "n1") != base  # another "namespace"
+    assert handoff.host_key("/s.db", "relative/ns", "n1") is None
+    assert handoff.host_key("/s.db", "no-such-netns-xyz", "n1") is None
+    assert handoff.host_key("/s.db", None, "../../etc") is None  # never a path
+    assert handoff.host_key("/s.db", None, "n1\n") is None
+    monkeypatch.setenv("PYCNM_ETCD_USER", "u")
+    assert handoff.host_key("/s.db", None, "n1") != base
+    monkeypatch.setenv("PYCNM_ETCD_CA", "relative-ca.pem")
+    assert handoff.host_key("etcds://h:1", None, "n1") is None
+
+
+def wire(argv: object = ("network", "ls"), **changes: object) -> bytes:
+    key = handoff.host_key("/s.db", None, "n1")
+    assert key is not None
+    request: dict[str, object] = {"version": handoff.VERSION, "key": key.to_wire(),
+                                  "argv": argv if isinstance(argv, str) else list(argv)}  # type: ignore[call-overload]
+    request.update(changes)
+    return json.dumps(request).encode()
+
+
+def test_a_well_formed_request_is_read_back() -> None:
+    argv, key = parse_request(wire())
+    assert argv == ["network", "ls"] and key == handoff.host_key("/s.db", None, "n1")
+
+
+@pytest.mark.parametrize("data", [
+    b"not json", b"[]", b'"network ls"',
+    wire(version=2), wire(extra=1), wire(argv="network ls"), wire(argv=["a\0b"]),
+    wire(argv=[1, 2]), wire(argv=["x"] * 5000), wire(key={"netns": "1:2"}),
+    wire(key={"netns": 1, "mntns": "1", "host_id": "n", "store": "", "etcd_env": []}),
+    wire(key={"netns": "1", "mntns": "1", "host_id": "n", "store": "", "etcd_env": [["a"]]}),
+])
+def test_malformed_requests_are_refused(data: bytes) -> None:
+    with pytest.raises(BadRequest):
+        parse_request(data)
+
+
+# --- pyroute2 without its __init__ -------------------------------------------------------
+
+
+def test_pyroute2_messages_come_without_the_whole_library_which_stays_reachable() -> None:
+    script = """
+import sys
+from cnm.osl import light_pyroute2
+from cnm.osl.links import address_request, ifinfmsg
+assert not light_pyroute2.fully_loaded(), "messages brought the whole library"
+assert "pyroute2.ndb" not in sys.modules and "pyroute2.ipdb" not in sys.modules
+from pyroute2 import netlink  # a submodule: still no whole library
+assert not light_pyroute2.fully_loaded()
+from pyroute2 import IPRoute, NDB  # names of the package: its __init__ runs now
+assert light_pyroute2.fully_loaded() and IPRoute.__name__ == "IPRoute"
+import pyroute2
+assert pyroute2.IPRoute is IPRoute and pyroute2.NDB is NDB
+try:
+    pyroute2.NoSuchThing
+except AttributeError:
+    pass
+else:
+    raise AssertionError("a missing name must stay missing")
+print("ok")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert result.stdout.strip() == "ok", result.stderr
+
+
+def test_the_cli_imports_nothing_heavy_to_hand_a_command_off_or_show_help() -> None:
+    script = """
+import sys
+from cnm.cli import build_parser, handoff
+for argv in (["network", "ls"], ["attach", "web", "c1"], ["sandbox", "rm", "c1"]):
+    args = build_parser(argv).parse_args(argv)
+    assert handoff.eligible(args), argv
+    handoff.host_key(args.store, args.host_ns, args.host_id)
+build_parser(["--help"]).format_help()
+heavy = [m for m in ("pyroute2", "cnm.controller", "sqlite3", "cnm.osl", "plugin_server.server",
+                     "netns_fixtures", "socket", "logging") if m in sys.modules]
+print(heavy)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert result.stdout.strip() == "[]", result.stderr
