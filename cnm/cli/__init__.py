@@ -21,12 +21,17 @@ to build the parser. So:
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+
+# Every CLI call imports this module; one handed to a daemon needs nothing more than
+# cnm.cli.handoff, so argparse (and what it imports: re, enum, gettext...) and typing are
+# imported where they are used. For type checkers only:
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Callable, Mapping, Sequence
+    from typing import Any
 
 # Every sub-command: (module, {command: the help line ``pycnm --help`` shows}), in the
 # order of ``pycnm --help``. Only the chosen command's module is imported; the others are
@@ -82,6 +87,8 @@ def _global_options(parser: argparse.ArgumentParser,
 def chosen_command(argv: Sequence[str]) -> str | None:
     """The sub-command ``argv`` names (its first word after the global options), or None.
     A cheap first pass: the real parse follows, with every rule and message of argparse."""
+    import argparse
+
     scout = argparse.ArgumentParser(add_help=False, exit_on_error=False)
     _global_options(scout)
     scout.add_argument("-h", "--help", action="store_true")
@@ -105,6 +112,8 @@ def build_parser(argv: Sequence[str] | None = None,
     is a placeholder showing its help line from ``COMMANDS``. Without ``argv``, every
     module is registered. Each parser costs argparse a few gettext look-ups: made only
     when needed. ``env``: where the global options' defaults come from (os.environ)."""
+    import argparse
+
     parser = argparse.ArgumentParser(prog="pycnm", description=DESCRIPTION)
     _global_options(parser, env)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -141,6 +150,9 @@ def _accept_json_after(sub: argparse._SubParsersAction, names: list[str]) -> Non
     ``docker ... --format json``), on every leaf command of ``names``; SUPPRESS keeps a
     ``pycnm --json endpoint ls`` from being reset by the leaf's default. A command that
     takes the rest of the line as a command to run (``sandbox exec``) is left alone."""
+    import argparse
+    import contextlib
+
     todo = [sub.choices[name] for name in names if name in sub.choices]
     while todo:
         parser = todo.pop()
@@ -184,13 +196,13 @@ def open_controller(args: argparse.Namespace, reconcile: bool = False) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(words).parse_args(words)
     from cnm.cli import handoff
 
-    if handoff.eligible(args):
-        answered = handoff.send(words, args)
-        if answered is not None:
-            return answered
+    answered = handoff.send(words)  # the host's daemon does it, if one serves us
+    if answered is not None:
+        return answered
+    args = build_parser(words).parse_args(words)  # help and usage errors end here
+    complete_site()
     import logging
 
     logging.basicConfig(
@@ -198,6 +210,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     return dispatch(args)
+
+
+def complete_site() -> None:
+    """Run what Python's ``site`` skipped when the launcher (bin/pycnm) started it with
+    -S: the .pth hooks of site-packages (some installs and tools rely on them), before
+    this process does a command itself. A command handed to a daemon never needs them."""
+    if not sys.flags.no_site:
+        return
+    import site
+
+    if site.ENABLE_USER_SITE is None:  # site.main() has not run in this process yet
+        site.main()
 
 
 def dispatch(args: argparse.Namespace) -> int:

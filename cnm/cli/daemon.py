@@ -2,20 +2,22 @@
 
 ``pycnm agent`` and ``pycnm plugin serve`` open a ``CliChannel`` beside their work: a Unix
 socket under /run/pycnm/cli (directory 0700, socket 0600, root's), one request per
-connection. A request is JSON: ``{"version": 1, "argv": [...], "key": {...}}``. The daemon
+connection, in the wire format ``cnm.cli.handoff`` describes. The daemon
 
 - answers only root (SO_PEERCRED) and reads at most 1 MiB within 5 s;
-- checks the request's shape field by field and that its key is its own (same host
-  namespace, mount namespace, host id, store URL and etcd settings);
-- parses ``argv`` with the CLI's own parser, so each value meets the same argparse rules
-  and the same handler checks as on the command line (argv never becomes syntax of any
-  kind: it is a list of strings, never a shell line or a path);
+- checks the request's shape field by field (counts that add up, namespaces as
+  DEV:INODE, a plain host id) and that its key is its own (same host namespace, mount
+  namespace, host id, store URL and etcd settings);
+- parses the argv with the CLI's own parser, with the client's defaults, so each value
+  meets the same argparse rules and the same handler checks as on the command line
+  (argv is a list of strings: it never becomes a shell line, a path or nft syntax), and
+  checks that it names the store, host id and host namespace of the key;
 - runs only the commands ``cnm.cli.handoff.HANDOFF`` names, through ``cnm.cli.dispatch``
   with this process's Controller, capturing what the handler prints to stdout and stderr
   (and the warnings it logs, as the CLI's own logging would print them);
-- answers ``{"handled": true, "exit": N, "output": [[1|2, text], ...]}``, or
-  ``{"handled": false}`` whenever it will not run the request (the CLI then runs it
-  itself, so declining is always safe).
+- declines everything else, including a line argparse refuses or answers with help: the
+  CLI then runs it itself (so declining is always safe, and argparse's messages, whose
+  line width follows the user's terminal, always come from the CLI's own process).
 
 One difference stays, by design: a veth pair whose endpoint was detached or deleted is
 removed by the daemon's background reaper a few tens of milliseconds after the command
@@ -29,7 +31,6 @@ import argparse
 import contextlib
 import errno
 import functools
-import json
 import logging
 import os
 import socket
@@ -116,10 +117,10 @@ class _CapturedWarnings(logging.Handler):
 class CliChannel:
     """Serve handed-off CLI commands with ``controller`` until ``close()``."""
 
-    def __init__(self, controller: Any, key: handoff.HostKey) -> None:
+    def __init__(self, controller: Any, key: Key) -> None:
         self.controller = controller
         self.key = key
-        self.path = key.socket_path()
+        self.path = handoff.socket_path(key)
         self._sock: socket.socket | None = None
         self._inode = 0
         self._threads: set[threading.Thread] = set()
@@ -186,7 +187,7 @@ class CliChannel:
                                               name="pycnm-cli", daemon=True)
                     self._threads.add(worker)
             if busy:
-                _answer(conn, {"handled": False})  # the CLI runs it itself
+                _answer(conn, DECLINED)  # the CLI runs it itself
                 continue
             worker.start()
 
@@ -200,21 +201,21 @@ class CliChannel:
             with self._lock:
                 self._threads.discard(threading.current_thread())
 
-    def _run(self, conn: socket.socket) -> dict[str, Any]:
+    def _run(self, conn: socket.socket) -> bytes:
         if _peer_uid(conn) != 0:
-            return {"handled": False}
+            return DECLINED
         try:
             argv, key = parse_request(_read(conn))
         except BadRequest as exc:
             log.warning("CLI hand-off: refused a request: %s", exc)
-            return {"handled": False}
+            return DECLINED
         if key != self.key:
-            return {"handled": False}
+            return DECLINED
         args = _parse_argv(argv, key)
         if args is None or not handoff.eligible(args):
-            return {"handled": False}
-        _served.controller = self.controller
+            return DECLINED
         output: list[list[Any]] = []
+        _served.controller = self.controller
         _served.output = output
         try:
             from cnm.cli import dispatch
@@ -225,7 +226,18 @@ class CliChannel:
         finally:
             _served.controller = None
             _served.output = None
-        return {"handled": True, "exit": code, "output": output}
+        return encode_reply(code, output)
+
+
+DECLINED = handoff.MAGIC + b" declined\n"
+
+
+def encode_reply(code: int, output: list[list[Any]]) -> bytes:
+    parts = [handoff.MAGIC + f" exit {code}\n".encode()]
+    for stream, text in output:
+        data = text.encode(errors="surrogateescape")
+        parts.append(f"{stream} {len(data)}\n".encode() + data)
+    return b"".join(parts)
 
 
 _parse_lock = threading.Lock()
@@ -249,51 +261,59 @@ class BadRequest(ValueError):
     """A request that is not what a pycnm CLI sends."""
 
 
-def parse_request(data: bytes) -> tuple[list[str], handoff.HostKey]:
+Key = tuple[str, str, str, str, tuple[str, ...]]
+
+
+def parse_request(data: bytes) -> tuple[list[str], Key]:
     """Check a request field by field; return its argv and key."""
-    try:
-        request = json.loads(data)
-    except ValueError as exc:
-        raise BadRequest(f"not JSON ({exc})") from None
-    if not isinstance(request, dict) or set(request) != {"version", "argv", "key"}:
-        raise BadRequest("expected exactly version, argv and key")
-    if request["version"] != handoff.VERSION:
-        raise BadRequest(f"version {request['version']!r} is not {handoff.VERSION}")
-    argv = request["argv"]
-    if not isinstance(argv, list) or len(argv) > MAX_ARGS or not all(
-            isinstance(a, str) and "\0" not in a for a in argv):
-        raise BadRequest(f"argv must be a list of at most {MAX_ARGS} strings without NUL")
-    key = request["key"]
-    fields = {"netns", "mntns", "host_id", "store", "etcd_env"}
-    if not isinstance(key, dict) or set(key) != fields:
-        raise BadRequest(f"key must have exactly {', '.join(sorted(fields))}")
-    if not all(isinstance(key[f], str) for f in fields - {"etcd_env"}):
-        raise BadRequest("key fields must be strings")
-    pairs = key["etcd_env"]
-    if not isinstance(pairs, list) or not all(
-            isinstance(p, list) and len(p) == 2 and all(isinstance(s, str) for s in p)
-            for p in pairs):
-        raise BadRequest("key etcd_env must be a list of [name, value] pairs")
-    return argv, handoff.HostKey(key["netns"], key["mntns"], key["host_id"], key["store"],
-                                 tuple((p[0], p[1]) for p in pairs))
+    head, sep, body = data.partition(b"\n")
+    if head != handoff.MAGIC or not sep:
+        raise BadRequest("not a pycnm CLI request of this version")
+    fields = body.decode("utf-8", errors="surrogateescape").split("\0")
+    if len(fields) < 5 or not fields[4].isdigit() or len(fields[4]) > 2:
+        raise BadRequest("expected host namespace, mount namespace, host id, store and a "
+                         "count of etcd settings")
+    count = int(fields[4])
+    etcd, argv = fields[5:5 + count], fields[5 + count:]
+    if len(etcd) != count or not all(e.startswith("PYCNM_ETCD_") and "=" in e for e in etcd):
+        raise BadRequest("etcd settings must be PYCNM_ETCD_NAME=VALUE")
+    if not argv or len(argv) > MAX_ARGS:
+        raise BadRequest(f"argv must have 1 to {MAX_ARGS} words")
+    netns, mntns, host_id = fields[:3]
+    if not (_is_identity(netns) and _is_identity(mntns) and handoff.is_plain_name(host_id)):
+        raise BadRequest("namespaces must be DEV:INODE and the host id a plain name")
+    return argv, (netns, mntns, host_id, fields[3], tuple(etcd))
 
 
-def _parse_argv(argv: list[str], key: handoff.HostKey) -> argparse.Namespace | None:
+def _is_identity(text: str) -> bool:
+    dev, sep, ino = text.partition(":")
+    return bool(sep) and dev.isdigit() and ino.isdigit() and len(text) < 42
+
+
+def _parse_argv(argv: list[str], key: Key) -> argparse.Namespace | None:
     """``argv`` through the CLI's own parser, its defaults those the client had (its
-    key); None if it does not parse or names another store or host id."""
+    key); None if argparse refuses it or prints help, or if it names another store, host
+    id or host namespace than the key."""
     from cnm.cli import chosen_command
 
-    parser = _parser(chosen_command(argv), key.store, key.host_id)
+    parser = _parser(chosen_command(argv), key[3], key[2])
     _served.output = []  # argparse's messages, if any, are dropped with it
     try:
         with _parse_lock:
             args = parser.parse_args(argv)
     except SystemExit:
-        return None  # the client parsed it: this is not the same CLI
+        return None  # the CLI says it itself, in its own terminal's width
     finally:
         _served.output = None
-    if (args.store or "") != key.store or (args.host_id or key.host_id) != key.host_id:
+    if (args.store or "") != key[3] or (args.host_id or key[2]) != key[2]:
         return None
+    if args.host_ns is not None:
+        path = args.host_ns if "/" in args.host_ns else f"/run/netns/{args.host_ns}"
+        try:
+            if handoff.identity(path) != key[0]:
+                return None
+        except (OSError, ValueError):
+            return None
     return args
 
 
@@ -308,9 +328,9 @@ def _read(conn: socket.socket) -> bytes:
     return b"".join(chunks)
 
 
-def _answer(conn: socket.socket, reply: dict[str, Any]) -> None:
+def _answer(conn: socket.socket, reply: bytes) -> None:
     with contextlib.suppress(OSError):  # the CLI went away (Ctrl-C): nothing to tell
-        conn.sendall(json.dumps(reply).encode())
+        conn.sendall(reply)
 
 
 def _peer_uid(conn: socket.socket) -> int:

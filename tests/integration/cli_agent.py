@@ -49,11 +49,11 @@ class Agent:
 def socket_for(store: str, host_ns: str | None, host_id: str | None = None) -> str:
     """Where the agent for ``store`` and ``host_ns`` serves CLI calls (as the CLI finds
     it)."""
-    from cnm.cli.handoff import host_key
+    from cnm.cli.handoff import host_key, socket_path
 
     key = host_key(store, host_ns, host_id)
     assert key is not None, f"no CLI hand-off is possible for store {store!r}"
-    return key.socket_path()
+    return socket_path(key)
 
 
 @contextlib.contextmanager

@@ -2,13 +2,16 @@
 
 Every test runs twice: with the CLI doing the work itself ("alone"), and with a ``pycnm
 agent`` serving the same store and host namespace, to which the CLI hands the commands it
-may ("daemon"): the same output, errors and exit codes are expected from both.
+may ("daemon"): the same output, errors and exit codes are expected from both. The CLI is
+started as the installed ``pycnm`` command is: bin/pycnm (Python without site's hooks
+until the CLI needs them).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -17,11 +20,12 @@ import pytest
 
 from cnm.store import open_store
 from tests.integration.bridge_helpers import ping_eventually, unique
-from tests.integration.cli_agent import running_agent
+from tests.integration.cli_agent import REPO, running_agent
 
 pytestmark = pytest.mark.root
 
 Pycnm = Callable[..., subprocess.CompletedProcess]
+LAUNCHER = str(REPO / "bin" / "pycnm")
 
 
 @pytest.fixture(params=["alone", "daemon"])
@@ -30,8 +34,9 @@ def pycnm(request, netns, store_url, tmp_path) -> Iterator[Pycnm]:
 
     def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
         result = subprocess.run(
-            [sys.executable, "-m", "cnm.cli", "--store", store_url, "--host-ns", host.name,
-             *args], capture_output=True, text=True, timeout=60,
+            [LAUNCHER, "--store", store_url, "--host-ns", host.name, *args],
+            capture_output=True, text=True, timeout=60,
+            env={**os.environ, "PYCNM_PYTHON": sys.executable, "PYTHONPATH": str(REPO)},
         )
         if check and result.returncode != 0:
             raise AssertionError(f"pycnm {' '.join(args)} failed: {result.stderr}")

@@ -39,8 +39,9 @@ def cli(store: str, host: str, *args: str, reporting: bool = False
                           env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
-def ask(path: str, payload: bytes) -> dict[str, object]:
-    """Send raw bytes to the daemon's socket; its answer."""
+def ask(path: str, payload: bytes) -> tuple[int, list[tuple[int, str]]] | None:
+    """Send raw bytes to the daemon's socket; None if it declined, else the exit code and
+    the output records of its answer."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
         conn.settimeout(30)
         conn.connect(path)
@@ -49,14 +50,23 @@ def ask(path: str, payload: bytes) -> dict[str, object]:
         data = b""
         while chunk := conn.recv(65536):
             data += chunk
-    return json.loads(data)
+    head, _, body = data.partition(b"\n")
+    if head == b"pycnm-cli 1 declined":
+        return None
+    assert head.startswith(b"pycnm-cli 1 exit "), data[:200]
+    records = []
+    while body:
+        line, _, body = body.partition(b"\n")
+        stream, size = (int(x) for x in line.split())
+        records.append((stream, body[:size].decode()))
+        body = body[size:]
+    return int(head.split()[-1]), records
 
 
 def request(store: str, host: str, argv: list[str]) -> bytes:
     key = handoff.host_key(store, host, None)
     assert key is not None
-    return json.dumps({"version": handoff.VERSION, "argv": argv,
-                       "key": key.to_wire()}).encode()
+    return handoff.encode_request(key, argv)
 
 
 HEX = re.compile(r"\b[0-9a-f]{64}\b|\b[0-9a-f]{12}\b|\b([0-9a-f]{2}:){5}[0-9a-f]{2}\b")
@@ -179,10 +189,14 @@ def test_what_a_cli_would_not_send_is_refused_and_runs_nothing(netns, store_url,
             assert cli(store_url, host.name, "network", "create", net).returncode == 0
             assert cli(store_url, host.name, "sandbox", "create", sb).returncode == 0
             good = request(store_url, host.name, [*base, "network", "rm", "ghost"])
+            store_bytes = store_url.encode()
             refused = [
-                b"", b"not json", b"[1, 2]", good.replace(b'"version": 1', b'"version": 7'),
-                good[:-1] + b', "more": 1}',
-                request(store_url, host.name, [*base, "network", "rm", "a\0b"]),
+                b"", b"not a request", b'{"argv": ["network", "ls"]}',
+                good.replace(b"pycnm-cli 1", b"pycnm-cli 7"),
+                good.replace(b"\0network\0", b"\0network\0\0"),  # an empty word: argparse
+                # the count of etcd settings after the store: not a number; too many
+                good.replace(store_bytes + b"\0" + b"0\0", store_bytes + b"\0" + b"x\0"),
+                good.replace(store_bytes + b"\0" + b"0\0", store_bytes + b"\0" + b"3\0"),
                 # not a command a daemon runs: the network, the sandbox stay
                 request(store_url, host.name, [*base, "cleanup"]),
                 request(store_url, host.name, [*base, "reconcile"]),
@@ -204,23 +218,20 @@ def test_what_a_cli_would_not_send_is_refused_and_runs_nothing(netns, store_url,
                 request(store_url, host.name, [*base, "network", "rm"]),
             ]
             for payload in refused:
-                assert ask(agent.socket_path, payload) == {"handled": False}, payload[:200]
+                assert ask(agent.socket_path, payload) is None, payload[:200]
             # More than 1 MiB: the daemon stops reading, declines and hangs up.
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                assert ask(agent.socket_path, b"[" + b" " * (1 << 20) + b"]") == {
-                    "handled": False}
+                assert ask(agent.socket_path, good + b"x" * (1 << 20)) is None
             listed = json.loads(cli(store_url, host.name, "--json", "network", "ls").stdout)
             assert [n["Name"] for n in listed] == [net]
             assert os.path.exists(f"/run/netns/pcsb-{sb}")
             # ... and the daemon still answers a good request, with the CLI's own words; a
             # value is a value, never syntax.
-            assert ask(agent.socket_path, good) == {
-                "handled": True, "exit": 1,
-                "output": [[2, "Error: no network named or with id 'ghost'\n"]]}
+            assert ask(agent.socket_path, good) == (
+                1, [(2, "Error: no network named or with id 'ghost'\n")])
             shell = request(store_url, host.name, [*base, "network", "rm", "$(reboot); rm -rf /"])
-            assert ask(agent.socket_path, shell) == {
-                "handled": True, "exit": 1,
-                "output": [[2, "Error: no network named or with id '$(reboot); rm -rf /'\n"]]}
+            assert ask(agent.socket_path, shell) == (
+                1, [(2, "Error: no network named or with id '$(reboot); rm -rf /'\n")])
             assert agent.proc.poll() is None
     finally:
         cli(store_url, host.name, "cleanup")
@@ -245,7 +256,7 @@ def test_a_dead_daemons_socket_leaves_the_cli_working_and_a_new_daemon_takes_it(
                 pass
             assert "another pycnm process serves" in second.output()
             assert ask(agent.socket_path, request(store_url, host.name, [
-                "--store", store_url, "--host-ns", host.name, "network", "ls"]))["handled"]
+                "--store", store_url, "--host-ns", host.name, "network", "ls"])) is not None
         assert not os.path.exists(agent.socket_path)  # an orderly stop removes it
     finally:
         cli(store_url, host.name, "cleanup")

@@ -5,7 +5,6 @@ request checks and keys; the light way into pyroute2. No root needed."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -132,7 +131,7 @@ def test_the_key_follows_host_namespace_host_id_store_and_etcd_environment(
     base = handoff.host_key("/s.db", None, "n1")
     assert base is not None
     assert base == handoff.host_key("/s.db", None, "n1")
-    assert base.socket_path().startswith(handoff.SOCKET_DIR + "/n1-")
+    assert handoff.socket_path(base).startswith(handoff.SOCKET_DIR + "/n1-")
     assert handoff.host_key("/s.db", None, "n2") != base
     assert handoff.host_key("/other.db", None, "n1") != base
     assert handoff.host_key("/s.db", "/proc/1/ns/mnt", "n1") != base  # another "namespace"
@@ -146,26 +145,56 @@ def test_the_key_follows_host_namespace_host_id_store_and_etcd_environment(
     assert handoff.host_key("etcds://h:1", None, "n1") is None
 
 
-def wire(argv: object = ("network", "ls"), **changes: object) -> bytes:
-    key = handoff.host_key("/s.db", None, "n1")
-    assert key is not None
-    request: dict[str, object] = {"version": handoff.VERSION, "key": key.to_wire(),
-                                  "argv": argv if isinstance(argv, str) else list(argv)}  # type: ignore[call-overload]
-    request.update(changes)
-    return json.dumps(request).encode()
+@pytest.mark.parametrize(("argv", "scanned"), [
+    (["network", "ls"], (None, None, None, "network", "ls")),
+    (["--store", "/s.db", "--host-ns=h1", "--json", "attach", "n", "c"],
+     ("/s.db", "h1", None, "attach", None)),
+    (["--host-id", "x", "sandbox", "rm", "a", "-h"], None),  # help: argparse, here
+    (["-v", "network", "ls"], None), (["--debug", "network", "ls"], None),
+    (["--sto", "/s.db", "network", "ls"], None),  # an abbreviation: argparse, here
+    (["--store"], None), ([], None), (["network"], None), (["network", "--json"], None),
+])
+def test_the_scan_reads_only_plain_lines(argv: list[str], scanned: object,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("PYCNM_STORE", "PYCNM_HOST_NS", "PYCNM_HOST_ID"):
+        monkeypatch.delenv(name, raising=False)
+    assert handoff.scan(argv) == scanned
+
+
+def test_the_scan_takes_the_defaults_from_the_environment(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYCNM_STORE", "/env.db")
+    monkeypatch.setenv("PYCNM_HOST_NS", "h9")
+    assert handoff.scan(["network", "ls"]) == ("/env.db", "h9", None, "network", "ls")
+    assert handoff.scan(["--store", "/s.db", "network", "ls"])[0] == "/s.db"  # type: ignore[index]
+
+
+def wire(argv: list[str] | None = None, key: object = None, count: str | None = None,
+         head: bytes = handoff.MAGIC) -> bytes:
+    real = handoff.host_key("/s.db", None, "n1")
+    assert real is not None
+    fields = list(key) if isinstance(key, tuple) else [*real[:4]]  # type: ignore[arg-type]
+    etcd = list(real[4])
+    fields += [count if count is not None else str(len(etcd)), *etcd]
+    fields += ["network", "ls"] if argv is None else argv
+    return head + b"\n" + "\0".join(fields).encode()
 
 
 def test_a_well_formed_request_is_read_back() -> None:
     argv, key = parse_request(wire())
     assert argv == ["network", "ls"] and key == handoff.host_key("/s.db", None, "n1")
+    real = handoff.host_key("/s.db", None, "n1")
+    assert real is not None
+    assert parse_request(handoff.encode_request(real, ["attach", "n", "c"])) == (
+        ["attach", "n", "c"], real)
 
 
 @pytest.mark.parametrize("data", [
-    b"not json", b"[]", b'"network ls"',
-    wire(version=2), wire(extra=1), wire(argv="network ls"), wire(argv=["a\0b"]),
-    wire(argv=[1, 2]), wire(argv=["x"] * 5000), wire(key={"netns": "1:2"}),
-    wire(key={"netns": 1, "mntns": "1", "host_id": "n", "store": "", "etcd_env": []}),
-    wire(key={"netns": "1", "mntns": "1", "host_id": "n", "store": "", "etcd_env": [["a"]]}),
+    b"", b"not a request", b'{"argv": ["network", "ls"]}',
+    wire(head=b"pycnm-cli 2"), wire(argv=[]), wire(argv=["x"] * 5000), wire(count="x"),
+    wire(count="7"), wire(count="123"),
+    wire(key=("1:2", "3:4", "../etc", "")), wire(key=("1", "3:4", "n1", "")),
+    wire(key=("1:2", "3:x", "n1", "")),
 ])
 def test_malformed_requests_are_refused(data: bytes) -> None:
     with pytest.raises(BadRequest):
@@ -201,19 +230,51 @@ print("ok")
     assert result.stdout.strip() == "ok", result.stderr
 
 
-def test_the_cli_imports_nothing_heavy_to_hand_a_command_off_or_show_help() -> None:
+def test_the_cli_imports_nothing_heavy_to_hand_a_command_off() -> None:
     script = """
 import sys
 from cnm.cli import build_parser, handoff
+from cnm.cli import main
 for argv in (["network", "ls"], ["attach", "web", "c1"], ["sandbox", "rm", "c1"]):
-    args = build_parser(argv).parse_args(argv)
-    assert handoff.eligible(args), argv
-    handoff.host_key(args.store, args.host_ns, args.host_id)
-build_parser(["--help"]).format_help()
-heavy = [m for m in ("pyroute2", "cnm.controller", "sqlite3", "cnm.osl", "plugin_server.server",
-                     "netns_fixtures", "socket", "logging") if m in sys.modules]
+    scanned = handoff.scan(argv)
+    assert scanned is not None and scanned[3:] in handoff.HANDOFF, argv
+    key = handoff.host_key(*scanned[:3])
+    handoff.encode_request(key, argv)
+    handoff.send(["--store", "/nonexistent/pycnm-test.db", *argv])  # no daemon: None
+heavy = [m for m in ("argparse", "re", "json", "typing", "socket", "logging", "pyroute2",
+                     "cnm.controller", "sqlite3", "cnm.osl") if m in sys.modules]
 print(heavy)
 """
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    # -S: the modules site's .pth hooks import do not count (bin/pycnm starts Python so)
+    result = subprocess.run([sys.executable, "-S", "-c", script], capture_output=True,
+                            text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                            timeout=120)
     assert result.stdout.strip() == "[]", result.stderr
+
+
+def test_the_launcher_shows_the_same_help_as_the_module() -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYCNM_PYTHON": sys.executable}
+    launched = subprocess.run([str(REPO / "bin" / "pycnm"), "--help"], capture_output=True,
+                              text=True, env=env, timeout=120)
+    module = subprocess.run([sys.executable, "-m", "cnm.cli", "--help"], capture_output=True,
+                            text=True, env=env, timeout=120)
+    assert launched.returncode == module.returncode == 0
+    assert launched.stdout == module.stdout and "attach" in launched.stdout
+
+
+def test_site_hooks_run_before_the_cli_works_in_its_own_process() -> None:
+    script = """
+import site, sys
+from cnm.cli import complete_site
+assert sys.flags.no_site and site.ENABLE_USER_SITE is None
+complete_site()
+assert site.ENABLE_USER_SITE is not None  # site.main() ran: the .pth hooks too
+before = list(sys.path)
+complete_site()  # once only
+assert sys.path == before
+print("ok")
+"""
+    result = subprocess.run([sys.executable, "-S", "-c", script], capture_output=True,
+                            text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                            timeout=120)
+    assert result.stdout.strip() == "ok", result.stderr
