@@ -7,17 +7,30 @@ fixtures) left in the kernel; ``plugin`` gives tests fixtures that always clean 
 fails the session on a leak; ``docker`` and ``etcd`` start real servers for a session.
 """
 
-from netns_fixtures.netns import (
-    Host,
-    Namespace,
-    Outside,
-    add_route,
-    bridge,
-    enable_forwarding,
-    unique_name,
-    veth,
-    wire_outside,
-)
+from typing import TYPE_CHECKING, Any
 
 __all__ = ["Host", "Namespace", "Outside", "add_route", "bridge", "enable_forwarding",
            "unique_name", "veth", "wire_outside"]
+
+if TYPE_CHECKING:
+    from netns_fixtures.netns import (
+        Host,
+        Namespace,
+        Outside,
+        add_route,
+        bridge,
+        enable_forwarding,
+        unique_name,
+        veth,
+        wire_outside,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    """The names above, imported on first use: ``pycnm lab ...`` imports modules of this
+    package without needing ``netns`` itself (a CLI call is short; see cnm/cli)."""
+    if name in __all__:
+        from netns_fixtures import netns
+
+        return getattr(netns, name)
+    raise AttributeError(f"module 'netns_fixtures' has no attribute {name!r}")

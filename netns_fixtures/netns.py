@@ -29,9 +29,10 @@ import select
 import subprocess
 import time
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from pyroute2 import IPRoute
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
 
 FIXTURE_PREFIX = "pt"  # every namespace and root-namespace link these helpers name
 FIXTURE_NAME_RE = re.compile(rf"^{FIXTURE_PREFIX}[0-9a-f]{{6}}")
@@ -178,6 +179,8 @@ class Namespace:
 
     def ipr(self) -> IPRoute:
         """A pyroute2 handle bound to this namespace; close it, or use it in ``with``."""
+        from pyroute2 import IPRoute  # here: labs use this module without it (fast start)
+
         return IPRoute(netns=self.name)
 
     # --- traffic (bounded, and only to namespaces the caller made) -----------------------

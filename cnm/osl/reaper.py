@@ -1,4 +1,4 @@
-"""Deleting links off the caller's critical path.
+"""Deleting links off the caller's critical path, many at a time.
 
 Deleting a veth costs the kernel an RCU grace period (~17-25 ms here, measured by
 bench/bench_attach.py as "kernel floor: veth delete"), most of a container's plugin time
@@ -6,6 +6,13 @@ in Docker's Leave. Nothing waits on the result, so the caller resolves the link'
 now (one ioctl) and a background thread deletes it by that index: a link created later
 under the same name (a quick re-join) has a new index and is never touched, because the
 kernel hands out interface indexes in increasing order.
+
+The thread takes every deletion queued by the time it wakes. Two or more in one namespace
+are deleted together: each gets a link group of the batch's own (one cheap request each,
+by index), then one RTM_DELLINK of that group unregisters them all with one grace period
+(``ip link delete group N``): 200 veths took 4 s one by one and 0.09 s as a group here.
+The group is a random number no link of the namespace has (checked with one dump just
+before), so nothing but the batch is in it.
 
 ``flush()`` waits for every queued deletion; ``Controller.close()`` and interpreter exit
 call it, so a short-lived process (the CLI) never leaves a link behind.
@@ -17,15 +24,19 @@ import atexit
 import errno
 import logging
 import queue
+import secrets
 import threading
 
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
 from cnm.osl.links import link_index
-from cnm.osl.netns import iproute
+from cnm.osl.netns import NetlinkHandle, iproute
+from cnm.osl.rtnl import RTM_NEWLINK, SET, Request, RequestFailed
 
 log = logging.getLogger(__name__)
 
+_GONE = (errno.ENODEV, errno.ENOENT, errno.EINVAL)
 _jobs: queue.Queue[tuple[str | None, int, str]] = queue.Queue()
 _worker: threading.Thread | None = None
 _start_lock = threading.Lock()
@@ -33,17 +44,71 @@ _start_lock = threading.Lock()
 
 def _run() -> None:
     while True:
-        ns, index, name = _jobs.get()
+        batch = [_jobs.get()]
+        while True:  # and whatever else is queued by now
+            try:
+                batch.append(_jobs.get_nowait())
+            except queue.Empty:
+                break
+        by_ns: dict[str | None, list[tuple[int, str]]] = {}
+        for ns, index, name in batch:
+            by_ns.setdefault(ns, []).append((index, name))
         try:
-            with iproute(ns) as ipr:
-                ipr.link("del", index=index)
-        except NetlinkError as exc:
-            if exc.code not in (errno.ENODEV, errno.ENOENT, errno.EINVAL):
-                log.warning("could not delete %s (index %d): %s", name, index, exc)
-        except Exception as exc:  # noqa: BLE001 - the namespace may be gone: nothing to do
-            log.debug("delete %s (index %d) skipped: %s", name, index, exc)
+            for ns, links in by_ns.items():
+                _delete(ns, links)
         finally:
-            _jobs.task_done()
+            for _ in batch:
+                _jobs.task_done()
+
+
+def _delete(ns: str | None, links: list[tuple[int, str]]) -> None:
+    try:
+        with iproute(ns) as ipr:
+            if len(links) > 1 and _delete_as_group(ipr, links):
+                return
+            for index, name in links:
+                _delete_one(ipr, index, name)
+    except Exception as exc:  # noqa: BLE001 - the namespace may be gone: nothing to do
+        log.debug("deleting %d links in %s skipped: %s", len(links), ns, exc)
+
+
+def _delete_one(ipr: NetlinkHandle, index: int, name: str) -> None:
+    try:
+        ipr.link("del", index=index)
+    except NetlinkError as exc:
+        if exc.code not in _GONE:
+            log.warning("could not delete %s (index %d): %s", name, index, exc)
+
+
+def _delete_as_group(ipr: NetlinkHandle, links: list[tuple[int, str]]) -> bool:
+    """Delete ``links`` with one grace period; False if the caller must delete them one by
+    one instead."""
+    try:
+        taken = ipr.rtnl.link_groups()
+    except (NetlinkError, OSError) as exc:
+        log.debug("reading link groups failed (%s): one by one", exc)
+        return False
+    group = 0
+    while group == 0 or group in taken:
+        group = 0x40000000 | secrets.randbits(30)  # never 0, the default group
+    requests = []
+    for index, name in links:
+        msg = ifinfmsg()
+        msg["index"], msg["attrs"] = index, [("IFLA_GROUP", group)]
+        requests.append(Request(msg, RTM_NEWLINK, SET, f"group {name}",
+                                frozenset(_GONE)))  # already gone: nothing to do
+    try:
+        ipr.rtnl.run(requests)
+        ipr.link("del", group=group)
+    except RequestFailed as exc:
+        log.debug("grouping links for deletion failed (%s): one by one", exc)
+        return False
+    except NetlinkError as exc:
+        if exc.code == errno.ENODEV:
+            return True  # every one of them was gone already
+        log.debug("deleting link group %d failed (%s): one by one", group, exc)
+        return False
+    return True
 
 
 def delete_later(ns: str | None, name: str) -> None:

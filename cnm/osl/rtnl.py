@@ -27,9 +27,14 @@ SET = NLM_F_REQUEST | NLM_F_ACK
 CREATE = SET | NLM_F_CREATE | NLM_F_EXCL
 REPLACE = SET | NLM_F_CREATE | NLM_F_REPLACE
 
-_NLMSG_ERROR = 2
+_NLMSG_ERROR, _NLMSG_DONE = 2, 3
+_NLM_F_DUMP = 0x300
+_RTM_GETLINK = 18
+_IFLA_GROUP = 27
 _HEADER = struct.Struct("=IHHII")  # length, type, flags, sequence number, port id
 _ERROR_CODE = struct.Struct("=i")
+_ATTR = struct.Struct("=HH")  # an rtattr: length, type
+_U32 = struct.Struct("=I")
 
 
 @dataclass
@@ -91,3 +96,42 @@ class Rtnl:
                 offset += (length + 3) & ~3 if length else len(data)
         if failure is not None:
             raise failure
+
+    def link_groups(self) -> set[int]:
+        """The group of every link in the namespace (``ip link``'s "group"), from one dump
+        read by hand: decoding 1000 links with pyroute2 would cost more than it saves."""
+        seq = next(self._sequence)
+        # RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, then an empty ifinfomsg (16 bytes)
+        self.sock.send(_HEADER.pack(_HEADER.size + 16, _RTM_GETLINK, NLM_F_REQUEST | _NLM_F_DUMP,
+                                    seq, 0) + bytes(16))
+        groups: set[int] = set()
+        while True:
+            data = self.sock.recv(1 << 20)
+            offset = 0
+            while offset + _HEADER.size <= len(data):
+                length, msg_type, _flags, msg_seq, _port = _HEADER.unpack_from(data, offset)
+                if length < _HEADER.size:
+                    raise NetlinkError(0, "a malformed netlink message")
+                if msg_seq == seq:
+                    if msg_type == _NLMSG_DONE:
+                        return groups
+                    if msg_type == _NLMSG_ERROR:
+                        code = -_ERROR_CODE.unpack_from(data, offset + _HEADER.size)[0]
+                        raise NetlinkError(code, os.strerror(code))
+                    if msg_type == RTM_NEWLINK:
+                        groups.update(_u32_attrs(data, offset + _HEADER.size + 16,
+                                                 offset + length, _IFLA_GROUP))
+                offset += (length + 3) & ~3
+
+
+def _u32_attrs(data: bytes, start: int, end: int, wanted: int) -> list[int]:
+    """The values of the top-level u32 attributes of type ``wanted`` in data[start:end]."""
+    found = []
+    while start + 4 <= end:
+        size, kind = _ATTR.unpack_from(data, start)
+        if size < 4:
+            break
+        if kind & 0x3FFF == wanted and size >= 8:
+            found.append(_U32.unpack_from(data, start + 4)[0])
+        start += (size + 3) & ~3
+    return found

@@ -152,6 +152,10 @@ class _Builder:
                   for n in topo.networks for h in n.hosts]
         steps += [Step(f"sandbox {s.name} on {s.host}", partial(self.make_sandbox, s))
                   for s in sorted(topo.sandboxes, key=self._sharing_depth)]
+        # Every sandbox's namespace noted ahead, in one write of the state (write-ahead
+        # holds for each; one write per sandbox made a large lab's up quadratic).
+        self.state.note_namespaces([names.sandbox_netns(sandbox_name(topo.name, s.name))
+                                    for s in topo.sandboxes if s.own_namespace])
         if any(n.driver == "overlay" for n in topo.networks) and topo.sandboxes:
             steps.append(Step("overlay peers", self.wait_for_peers))
         return steps

@@ -88,8 +88,15 @@ class LabState:
         os.replace(tmp, self.dir / STATE_FILE)
 
     def note_namespace(self, name: str) -> None:
-        if name not in self.namespaces:
-            self.namespaces.append(name)
+        self.note_namespaces([name])
+
+    def note_namespaces(self, names: list[str]) -> None:
+        """Note namespaces about to be made, in one write (a lab of 1000 sandboxes would
+        otherwise rewrite its whole state 1000 times)."""
+        known = set(self.namespaces)
+        new = [n for n in dict.fromkeys(names) if n not in known]
+        if new:
+            self.namespaces.extend(new)
             self.save()
 
     def note_process(self, role: str, pid: int, marker: str) -> None:
