@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -26,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg  # noqa: E402
 
+from bench.benchlib import footer, header, summary  # noqa: E402
 from cnm.controller import Controller  # noqa: E402
 from cnm.osl.links import (  # noqa: E402
     address_request,
@@ -45,10 +45,10 @@ from cnm.osl.rtnl import CREATE, RTM_NEWLINK, SET, Request  # noqa: E402
 SETTLE_S = 5.0
 
 
-def stats(samples: list[float]) -> tuple[float, float]:
-    ordered = sorted(samples)
-    p90 = ordered[min(len(ordered) - 1, int(round(0.9 * (len(ordered) - 1))))]
-    return statistics.median(ordered) * 1000, p90 * 1000
+def stats(samples: list[float], what: str = "a measure") -> tuple[float, float, float]:
+    """Median, p10 and p90 in milliseconds; fails loudly if there is no sample."""
+    med, p10, p90 = summary(samples, what)
+    return med * 1000, p10 * 1000, p90 * 1000
 
 
 def timed(action: Callable[[], object]) -> float:
@@ -201,37 +201,45 @@ def main() -> int:
     host = create_named_netns(host_name)
     tmp = tempfile.mkdtemp(prefix="pycnm-bench-")
     try:
-        print(f"{'what':<38}{'N':>6}{'median ms':>12}{'p90 ms':>10}")
+        header(f"sizes {sizes}, store {args.store}")
+        print(f"{'what':<38}{'N':>6}{'median ms':>12}{'p10 ms':>10}{'p90 ms':>10}")
         naive = naive_pyroute2(host_name, args.naive, tag)
-        print(f"{'naive pyroute2: sandbox+attach':<38}{args.naive:>6}{stats(naive)[0]:>12.2f}"
-              f"{stats(naive)[1]:>10.2f}")
+        med, p10, p90 = stats(naive, "naive pyroute2")
+        print(f"{'naive pyroute2: sandbox+attach':<38}{args.naive:>6}{med:>12.2f}{p10:>10.2f}"
+              f"{p90:>10.2f}")
         # Untimed warm-up: first-use costs (imports, caches) belong to no N.
         kernel_floor(host, 10, f"{tag}w")
         pycnm_run(host, f"sqlite:///{tmp}/warm-up.db", 20)
         medians: dict[str, list[float]] = {}
-        for n in sizes:
-            # The kernel floor at the same N, in the same run: what growth the kernel itself
-            # shows with N namespaces and veths alive.
-            floor = kernel_floor(host, n, f"{tag}{n}")
-            # The kernel dismantles deleted namespaces in the background: let it finish
-            # before timing pycnm, or pycnm's figures carry the floor's clean-up.
-            time.sleep(SETTLE_S)
-            for key in ("netns", "veth", "inside", "veth delete"):
-                med, p90 = stats(floor[key])
-                medians.setdefault(f"floor {key}", []).append(med)
-                print(f"{'kernel floor: ' + key:<38}{n:>6}{med:>12.2f}{p90:>10.2f}")
+        for index, n in enumerate(sizes):
             from cnm.store.memory import MemoryStore
 
             store = MemoryStore() if args.store == "memory" else \
                 f"sqlite:///{tmp}/bench-{n}.db"
-            result = pycnm_run(host, store, n)
+            # The kernel floor at the same N, in the same run: what growth the kernel itself
+            # shows with N namespaces and veths alive. Floor and pycnm take turns going
+            # first from one N to the next; between them the kernel dismantles the first
+            # one's namespaces in the background: let it finish, or the second one's
+            # figures carry that clean-up.
+            if index % 2 == 0:
+                floor = kernel_floor(host, n, f"{tag}{n}")
+                time.sleep(SETTLE_S)
+                result = pycnm_run(host, store, n)
+            else:
+                result = pycnm_run(host, store, n)
+                time.sleep(SETTLE_S)
+                floor = kernel_floor(host, n, f"{tag}{n}")
+            for key in ("netns", "veth", "inside", "veth delete"):
+                med, p10, p90 = stats(floor[key], f"floor {key}")
+                medians.setdefault(f"floor {key}", []).append(med)
+                print(f"{'kernel floor: ' + key:<38}{n:>6}{med:>12.2f}{p10:>10.2f}{p90:>10.2f}")
             for key, label in (("sandbox", "pycnm: sandbox create"),
                                ("attach", "pycnm: attach (endpoint+join)"),
                                ("detach", "pycnm: detach (leave+delete ep)"),
                                ("rm", "pycnm: sandbox delete")):
-                med, p90 = stats(result[key])
+                med, p10, p90 = stats(result[key], label)
                 medians.setdefault(key, []).append(med)
-                print(f"{label:<38}{n:>6}{med:>12.2f}{p90:>10.2f}")
+                print(f"{label:<38}{n:>6}{med:>12.2f}{p10:>10.2f}{p90:>10.2f}")
             # What pycnm adds to the kernel's own work for an attach, at this N.
             above = medians["attach"][-1] - medians["floor veth"][-1] - medians["floor inside"][-1]
             medians.setdefault("attach above the floor", []).append(above)
@@ -249,6 +257,7 @@ def main() -> int:
             for key, values in medians.items():
                 print(f"growth of median {key} from N={sizes[0]} to N={sizes[-1]}: "
                       f"x{values[-1] / values[0]:.2f}")
+        footer()
     finally:
         delete_named_netns(host_name)
     return 0

@@ -6,16 +6,19 @@ One run, one dockerd (started here as the tests start theirs: netns_fixtures.doc
 ``--bridge=none --iptables=false``), one ``pycnm plugin serve`` on the real socket with a
 throwaway store. The built-in side is a user-defined ``docker network create -d bridge``
 network on that same dockerd, so both sides get Docker's embedded DNS and neither has
-Docker's default bridge. Measured, alternating pycnm and bridge so drift hits both alike:
+Docker's default bridge. Measured with the sides taking turns going first (pycnm, bridge;
+then bridge, pycnm; ...) so drift and warm caches favour neither:
 
 - ``docker network create`` (each network removed again, untimed);
 - ``docker run --rm IMAGE true`` on a network of each kind;
 - 20 concurrent ``docker run -d IMAGE sleep``: wall time of the batch and each run's time;
 - the plugin's own time per call and per container, from its log ("-> 200 in X ms").
 
-Prints median and p90 (milliseconds) and a verdict against issue 3's targets: pycnm's
-median ``docker run`` within 5% of the bridge's, and under 10 ms of plugin time per
-container. No packet leaves the machine: the containers run ``true`` or ``sleep``.
+Prints the commit and command, median, p10 and p90 (milliseconds) and a verdict against
+issue 3's targets: pycnm's median ``docker run`` within 5% of the bridge's, and under
+10 ms of plugin time per container. Fails (exit 1, no verdict) if any measure has no
+sample or the plugin's log has no line for one of a container's calls. No packet leaves
+the machine: the containers run ``true`` or ``sleep``.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.benchlib import footer, header, rotated, summary  # noqa: E402
 from netns_fixtures.docker import (  # noqa: E402 - after the path
     DOCKER,
     DockerEngine,
@@ -55,12 +59,6 @@ PER_CONTAINER = ("NetworkDriver.CreateEndpoint", "NetworkDriver.Join",
                  "NetworkDriver.ProgramExternalConnectivity", "NetworkDriver.EndpointOperInfo",
                  "NetworkDriver.RevokeExternalConnectivity", "NetworkDriver.Leave",
                  "NetworkDriver.DeleteEndpoint")
-
-
-def percentiles(samples: list[float]) -> tuple[float, float]:
-    ordered = sorted(samples)
-    p90 = ordered[min(len(ordered) - 1, int(round(0.9 * (len(ordered) - 1))))]
-    return statistics.median(ordered), p90
 
 
 def timed(action: Callable[[], object]) -> float:
@@ -155,9 +153,10 @@ def main() -> int:
     with engine_and_plugin() as (engine, plugin):
         image = engine.image
         version = engine.docker("version", "--format", "{{.Server.Version}}").stdout.strip()
-        # network create, alternating sides.
+        # network create; the sides take turns going first.
         for i in range(args.creates):
-            for side, driver in sides.items():
+            for side in rotated(list(sides), i):
+                driver = sides[side]
                 name = f"pb-c{i}-{side}"
                 results[side]["network create"].append(timed(lambda d=driver, n=name: docker(
                     engine, "network", "create", "-d", d, n)))
@@ -169,15 +168,15 @@ def main() -> int:
             docker(engine, "run", "--rm", "--network", f"pb-{side}", image, "true")
         # docker run --rm
         mark = plugin.mark()
-        for _ in range(args.runs):
-            for side in sides:
+        for i in range(args.runs):
+            for side in rotated(list(sides), i):
                 results[side]["docker run --rm"].append(timed(lambda s=side: docker(
                     engine, "run", "--rm", "--network", f"pb-{s}", image, "true")))
         pycnm_id = engine.docker("network", "inspect", "-f", "{{.Id}}", "pb-pycnm").stdout
         run_calls = plugin.calls_since(mark, pycnm_id.strip())
         # 20 concurrent docker run -d
         for r in range(args.rounds):
-            for side in sides:
+            for side in rotated(list(sides), r):
                 names = [f"pb-r{r}-{side}-{i}" for i in range(20)]
 
                 def one(name: str, s: str = side) -> float:
@@ -191,24 +190,30 @@ def main() -> int:
                     (time.perf_counter() - start) * 1000)
                 results[side]["20 x docker run -d (each)"].extend(each)
                 docker(engine, "rm", "-f", *names)
-    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"# python3 bench/bench_docker.py --runs {args.runs} --creates {args.creates} "
-          f"--rounds {args.rounds}")
-    print(f"# kernel {os.uname().release}, {os.cpu_count()} cpus, docker {version}, "
-          f"load average at the end {load}; milliseconds")
-    print(f"{'measure':32} {'pycnm med':>10} {'p90':>8} {'bridge med':>11} {'p90':>8} "
-          f"{'ratio':>7}")
+    # Measured nothing? Then there is no figure: fail, never print a verdict.
+    for side in sides:
+        for measure in ("network create", "docker run --rm", "20 x docker run -d (batch)"):
+            summary(results[side][measure], f"{side} {measure}")
+    missing = [c for c in PER_CONTAINER if not run_calls.get(c)]
+    if missing:
+        raise SystemExit(f"FAILED: no plugin log line for {', '.join(missing)} during the "
+                         f"docker run --rm phase (see {plugin.log}): the plugin's time per "
+                         "container was not measured")
+    header(f"docker {version}; milliseconds")
+    print(f"{'measure':32} {'pycnm med':>10} {'p10':>8} {'p90':>8} {'bridge med':>11} "
+          f"{'p10':>8} {'p90':>8} {'ratio':>7}")
     for measure in results["pycnm"]:
-        mp, pp = percentiles(results["pycnm"][measure])
-        mb, pb = percentiles(results["bridge"][measure])
-        print(f"{measure:32} {mp:10.1f} {pp:8.1f} {mb:11.1f} {pb:8.1f} {mp / mb:7.3f}")
+        mp, p10p, pp = summary(results["pycnm"][measure], measure)
+        mb, p10b, pb = summary(results["bridge"][measure], measure)
+        print(f"{measure:32} {mp:10.1f} {p10p:8.1f} {pp:8.1f} {mb:11.1f} {p10b:8.1f} {pb:8.1f} "
+              f"{mp / mb:7.3f}")
     print("\n# plugin time per call during the docker run --rm phase (ms)")
-    print(f"{'call':44} {'count':>6} {'median':>8} {'p90':>8}")
+    print(f"{'call':44} {'count':>6} {'median':>8} {'p10':>8} {'p90':>8}")
     for call, samples in sorted(run_calls.items()):
-        med, p90 = percentiles(samples)
-        print(f"{call:44} {len(samples):6d} {med:8.2f} {p90:8.2f}")
+        med, p10, p90 = summary(samples, call)
+        print(f"{call:44} {len(samples):6d} {med:8.2f} {p10:8.2f} {p90:8.2f}")
     print(f"\nplugin log: {plugin.log}")
-    containers = len(run_calls.get("NetworkDriver.Join", [])) or 1
+    containers = len(run_calls["NetworkDriver.Join"])
     per_container = sum(sum(run_calls.get(c, [])) for c in PER_CONTAINER) / containers
     start_path = sum(sum(run_calls.get(c, [])) for c in START_PATH) / containers
     run_ratio = (statistics.median(results["pycnm"]["docker run --rm"])
@@ -221,6 +226,7 @@ def main() -> int:
           f"{'met' if run_ratio <= 1.05 else 'NOT met'}")
     print(f"target under 10 ms of plugin time per container: {per_container:.2f} ms -> "
           f"{'met' if per_container < 10 else 'NOT met'}")
+    footer()
     return 0
 
 

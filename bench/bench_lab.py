@@ -39,7 +39,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.benchlib import REPO, footer, header, summary  # noqa: E402
+from bench.benchlib import (  # noqa: E402
+    REPO,
+    compile_tree,
+    footer,
+    header,
+    installed_env,
+    summary,
+)
 
 LAUNCHER = str(REPO / "bin" / "pycnm")
 MN = shutil.which("mn") or "/usr/bin/mn"
@@ -60,7 +67,7 @@ def lab_file(folder: Path, name: str, count: int) -> Path:
 
 
 def pycnm_env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO), "PYCNM_PYTHON": sys.executable}
+    return installed_env(PYCNM_PYTHON=sys.executable)
 
 
 def run_pycnm(folder: Path, count: int, tag: str) -> tuple[float, float]:
@@ -176,6 +183,7 @@ def main() -> int:
     version = subprocess.run([MN, "--version"], capture_output=True, text=True).stdout.strip()
     header(f"Mininet {version}; sizes {sizes}; {args.runs} runs per N "
            f"({args.large_runs} for N >= 1000)")
+    compile_tree()  # bytecode caches, as an installed pycnm has them
     tag = uuid.uuid4().hex[:4]
     results: dict[tuple[str, int], dict[str, list[float]]] = {}
     leftovers: list[str] = []

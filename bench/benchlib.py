@@ -23,6 +23,23 @@ class MeasuredNothing(SystemExit):
         super().__init__(f"FAILED: {what}: no samples, so there is no figure to report")
 
 
+def installed_env(**extra: str) -> dict[str, str]:
+    """The environment for the pycnm processes a benchmark starts: this tree on
+    PYTHONPATH, and Python's bytecode caches used as an installed pycnm uses them (pip
+    compiles them at install time; PYTHONDONTWRITEBYTECODE, set in some sessions, would
+    make every process compile pycnm's sources again). ``compile_tree`` writes them."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), **extra}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
+def compile_tree() -> None:
+    """Write the bytecode caches of this tree's packages (as pip does on install)."""
+    folders = [str(REPO / p) for p in ("cnm", "drivers", "plugin_server", "netns_fixtures")]
+    subprocess.run([sys.executable, "-m", "compileall", "-q", *folders], check=True,
+                   env=installed_env())
+
+
 def commit() -> str:
     """HEAD's short id, with "+dirty" when the work tree differs from it."""
     def git(*args: str) -> str:

@@ -275,8 +275,10 @@ def parse_request(data: bytes) -> tuple[list[str], Key]:
                          "count of etcd settings")
     count = int(fields[4])
     etcd, argv = fields[5:5 + count], fields[5 + count:]
-    if len(etcd) != count or not all(e.startswith("PYCNM_ETCD_") and "=" in e for e in etcd):
-        raise BadRequest("etcd settings must be PYCNM_ETCD_NAME=VALUE")
+    if len(etcd) != count or not all(e.partition("=")[0] in handoff.ETCD_ENV and "=" in e
+                                     for e in etcd):
+        raise BadRequest(f"store settings must be NAME=VALUE, NAME one of "
+                         f"{', '.join(handoff.ETCD_ENV)}")
     if not argv or len(argv) > MAX_ARGS:
         raise BadRequest(f"argv must have 1 to {MAX_ARGS} words")
     netns, mntns, host_id = fields[:3]

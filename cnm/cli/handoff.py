@@ -47,8 +47,10 @@ HANDOFF = frozenset({
 })
 SUBCOMMAND_DEST = {"network": "network_command", "sandbox": "sandbox_command",
                    "endpoint": "endpoint_command"}
+# The environment that changes which store a Controller opens, beside --store: part of
+# the key, so a CLI call whose environment differs from the daemon's runs by itself.
 ETCD_ENV = ("PYCNM_ETCD_USER", "PYCNM_ETCD_PASSWORD", "PYCNM_ETCD_PASSWORD_FILE",
-            "PYCNM_ETCD_CA", "PYCNM_ETCD_CERT", "PYCNM_ETCD_KEY")
+            "PYCNM_ETCD_CA", "PYCNM_ETCD_CERT", "PYCNM_ETCD_KEY", "PYCNM_LOCAL_STORE")
 _ETCD_FILE_PARAMS = ("ca=", "cert=", "key=", "password_file=")
 _VALUED = ("--store", "--host-ns", "--host-id")
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
@@ -80,7 +82,7 @@ def _store_is_portable(store: str, env: dict[str, str]) -> bool:
     if scheme in ("etcd", "etcds"):
         query = rest.partition("?")[2].partition("#")[0]
         files = [p.split("=", 1)[1] for p in query.split("&") if p.startswith(_ETCD_FILE_PARAMS)]
-        files += [v for k, v in env.items() if k not in ("PYCNM_ETCD_USER", "PYCNM_ETCD_PASSWORD")]
+        files += [v for k, v in env.items() if k.endswith(("_CA", "_CERT", "_KEY", "_FILE"))]
         return all(v.startswith("/") and "%" not in v for v in files)
     return False  # memory:// lives in one process; anything else: the CLI says what
 
@@ -92,7 +94,8 @@ def host_key(store: str | None, host_ns: str | None, host_id: str | None
     (the CLI then runs the command itself, with its own errors)."""
     env = {k: os.environ[k] for k in ETCD_ENV if os.environ.get(k)}
     store = store or ""
-    if not _store_is_portable(store, env) or "\0" in store:
+    if not _store_is_portable(store, env) or "\0" in store \
+            or not _store_is_portable(env.get("PYCNM_LOCAL_STORE", ""), {}):
         return None
     if host_ns and "/" not in host_ns:
         host_ns = f"/run/netns/{host_ns}"
