@@ -179,8 +179,10 @@ class Endpoint:
         if sb is not None:
             if was_gateway:
                 sandbox._drop_gateway(self.id)
-                sandbox._elect_gateway()
-            sandbox._write_files()
+            if not sb.removing:  # a sandbox being removed needs no new gateway nor files
+                if was_gateway:
+                    sandbox._elect_gateway()
+                sandbox._write_files()
         log.info("endpoint %s: left sandbox %s", self.id[:12], sb.name if sb else ep.sandbox_id)
         ctl.settle_dns(revision)  # its names no longer answer once leave returns
 

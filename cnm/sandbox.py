@@ -259,12 +259,17 @@ class Sandbox:
             log.info("sandbox %s (%s): deleted (mode %s)", sb.name, self.id[:12], sb.mode)
             return
         self._begin_removal()
+        if sb.owned:
+            # The namespace first: the kernel then takes the sandbox's interfaces with it,
+            # many namespaces in one batch, where leaving first would move each interface
+            # out only to delete it. The endpoints leave after it (records, addresses, the
+            # host ends of their links, rules); nothing of a leave that would act inside
+            # the sandbox runs while it is being removed.
+            delete_named_netns(names.sandbox_netns(sb.name))
         for ep in reversed(self.endpoints()):
             ep.leave()
             ep.delete()
-        if sb.owned:
-            delete_named_netns(names.sandbox_netns(sb.name))
-        elif netns_exists(sb.netns_path):
+        if not sb.owned and netns_exists(sb.netns_path):
             dnsnat.remove(sb.netns_path)  # the namespace is not ours; the resolver's table is
         ctl.local.delete(dns_client.sandbox_key(self.id))
         etcfiles.remove(sb, self.netns_name)

@@ -39,7 +39,12 @@ from typing import Any
 
 from cnm import names
 from cnm.errors import CNMError, Conflict
-from cnm.osl.netns import delete_named_netns, list_named_netns, named_netns_path
+from cnm.osl.netns import (
+    create_named_netns,
+    delete_named_netns,
+    list_named_netns,
+    named_netns_path,
+)
 from netns_fixtures.lab import kernel, tc
 from netns_fixtures.lab.model import (
     SWITCH_BRIDGE,
@@ -165,7 +170,11 @@ class _Builder:
     def make_node(self, node: str, kind: str) -> str:
         name = self.topo.netns(node)
         self.state.note_namespace(name)
-        ns = Namespace(name, forwarding=kind in ("host", "router"))
+        # Made as pycnm makes a sandbox's (loopback up, forwarding set, in one thread's
+        # visit): no `ip` processes, which a lab's start would otherwise wait for.
+        create_named_netns(name, loopback_up=True,
+                           forwarding=True if kind in ("host", "router") else None)
+        ns = Namespace(name, create=False)
         if kind == "switch":
             bridge(ns, SWITCH_BRIDGE)
         what = {"host": "forwarding on, runs pycnm", "router": "forwarding on",
