@@ -57,16 +57,17 @@ def socket_for(store: str, host_ns: str | None, host_id: str | None = None) -> s
 
 
 @contextlib.contextmanager
-def running_agent(store: str, host_ns: str, logdir: str | Path,
+def running_agent(store: str, host_ns: str, logdir: str | Path, *options: str,
                   timeout: float = 60) -> Iterator[Agent]:
-    """Start ``pycnm --store STORE --host-ns HOST_NS agent``; yield once it serves CLI
-    calls; stop it (SIGTERM, which waits for its queued link deletions) afterwards."""
+    """Start ``pycnm --store STORE --host-ns HOST_NS agent OPTIONS``; yield once it serves
+    CLI calls; stop it (SIGTERM, which waits for its queued link deletions) afterwards."""
     log = Path(logdir) / f"agent-{os.path.basename(host_ns)}.log"
     path = socket_for(store, host_ns)
     with open(log, "ab") as out:
         start = out.tell()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "cnm.cli", "--store", store, "--host-ns", host_ns, "agent"],
+            [sys.executable, "-m", "cnm.cli", "--store", store, "--host-ns", host_ns, "agent",
+             *options],
             stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
             env={**os.environ, "PYTHONPATH": str(REPO)})
     agent = Agent(proc, log, path, start)

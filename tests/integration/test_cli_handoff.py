@@ -123,8 +123,8 @@ def test_a_session_prints_and_exits_alike_with_and_without_the_daemon(netns, tmp
         store = f"sqlite:///{tmp_path}/{mode}.db"
         outcomes = []
         try:
-            if mode == "daemon":
-                with running_agent(store, host.name, tmp_path):
+            if mode == "daemon":  # no DNS: the comparison is of the CLI alone
+                with running_agent(store, host.name, tmp_path, "--no-dns"):
                     outcomes = [normalised(cli(store, host.name, *c)) for c in script(*names)]
             else:
                 outcomes = [normalised(cli(store, host.name, *c)) for c in script(*names)]
