@@ -5,8 +5,9 @@
 Three sides, each in a host namespace of the benchmark's own (never the machine's
 interfaces), one command at a time, the sides' order rotating from one item to the next:
 
-- **pycnm, daemon**: ``pycnm agent`` serves host namespace A and store A; each CLI call
-  hands its command to it (``cnm.cli.handoff``), as the docker CLI hands to dockerd.
+- **pycnm, daemon**: ``pycnm agent --no-dns`` serves host namespace A and store A; each
+  CLI call hands its command to it (``cnm.cli.handoff``), as the docker CLI hands to
+  dockerd. Without DNS, as the other sides have none (``--agent-dns`` adds its resolver).
 - **pycnm, alone**: host namespace B, store B, no daemon: each CLI call does the work in
   its own process.
 - **references**: ``ip netns add`` / ``ip netns delete``, and Debian's CNI ``bridge``
@@ -167,6 +168,9 @@ class Pycnm:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=60, help="sandboxes per side")
+    parser.add_argument("--agent-dns", action="store_true",
+                        help="let the daemon side's agent serve DNS too (its resolver's work "
+                        "on each sandbox then counts; the other sides have none)")
     args = parser.parse_args()
     if args.count < 1:
         parser.error("--count must be at least 1")
@@ -194,7 +198,8 @@ def main() -> int:
                 subprocess.run(["ip", "netns", "delete", name], check=False)
 
         stack.callback(undo_references)
-        agent = stack.enter_context(running_agent(daemon.store, daemon.host, work))
+        agent = stack.enter_context(running_agent(
+            daemon.store, daemon.host, work, *([] if args.agent_dns else ["--no-dns"])))
         return measure(args.count, tag, daemon, alone, cni, netns_names, cni_attached,
                        agent.proc)
 
