@@ -38,6 +38,7 @@ import stat
 import struct
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any, TextIO
 
@@ -340,6 +341,9 @@ def _peer_uid(conn: socket.socket) -> int:
     return int(struct.unpack("3i", creds)[1])
 
 
+STALE_AFTER_S = 60.0
+
+
 def _listener(path: str) -> socket.socket:
     """A listening socket at ``path``, 0600 from birth, in a root-only directory."""
     directory = os.path.dirname(path)
@@ -349,6 +353,7 @@ def _listener(path: str) -> socket.socket:
         raise OSError(errno.EPERM, f"{directory} is not a directory of ours")
     if info.st_mode & 0o077:
         os.chmod(directory, 0o700)
+    _remove_stale(directory)
     with contextlib.suppress(FileNotFoundError):
         if not stat.S_ISSOCK(os.lstat(path).st_mode):
             raise OSError(errno.EEXIST, f"{path} exists and is not a socket")
@@ -370,6 +375,31 @@ def _listener(path: str) -> socket.socket:
         os.umask(old)
     sock.listen(64)
     return sock
+
+
+def _remove_stale(directory: str) -> None:
+    """Remove the sockets of daemons that died without closing them (SIGKILL): no one
+    answers on them. Only sockets older than a minute: a daemon that has just bound its
+    socket refuses connections until it listens, a moment later."""
+    now = time.time()
+    with contextlib.suppress(OSError):
+        for name in os.listdir(directory):
+            path = os.path.join(directory, name)
+            try:
+                info = os.lstat(path)
+            except OSError:
+                continue
+            if not stat.S_ISSOCK(info.st_mode) or now - info.st_mtime < STALE_AFTER_S:
+                continue
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                try:
+                    probe.connect(path)
+                except ConnectionRefusedError:
+                    with contextlib.suppress(OSError):
+                        if os.lstat(path).st_ino == info.st_ino:  # still that dead one
+                            os.unlink(path)
+                except OSError:
+                    continue
 
 
 @contextlib.contextmanager

@@ -260,3 +260,25 @@ def test_a_dead_daemons_socket_leaves_the_cli_working_and_a_new_daemon_takes_it(
         assert not os.path.exists(agent.socket_path)  # an orderly stop removes it
     finally:
         cli(store_url, host.name, "cleanup")
+
+
+def test_a_daemon_removes_sockets_no_daemon_answers_on_any_more(netns, store_url,
+                                                                 tmp_path) -> None:
+    host = netns("host")
+    os.makedirs(handoff.SOCKET_DIR, mode=0o700, exist_ok=True)
+    dead = [os.path.join(handoff.SOCKET_DIR, f"{unique('ptstale')}-00000000.sock")
+            for _ in range(2)]
+    for path in dead:  # a socket file nobody listens on, as a SIGKILLed daemon leaves
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.bind(path)
+    old = os.stat(dead[0]).st_mtime - 3600
+    os.utime(dead[0], (old, old))  # dead for an hour; dead[1] only just made
+    try:
+        with running_agent(store_url, host.name, tmp_path, "--no-dns") as agent:
+            assert not os.path.exists(dead[0])
+            assert os.path.exists(dead[1])  # too young to tell from a daemon starting up
+            assert os.path.exists(agent.socket_path)
+    finally:
+        for path in dead:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
