@@ -409,6 +409,11 @@ def serving(controller: Any, args: argparse.Namespace) -> Iterator[CliChannel | 
     store). Call it from the thread that opened the Controller (namespaces are per
     thread)."""
     key = handoff.host_key(args.store, args.host_ns, controller.host_id)
+    # The key carries $PYCNM_LOCAL_STORE, not --local-store: a daemon given the flag
+    # (another local store than a CLI call would open) serves no CLI calls.
+    if (getattr(args, "local_store", None) or None) != (os.environ.get("PYCNM_LOCAL_STORE")
+                                                         or None):
+        key = None
     if key is None:
         log.info("CLI hand-off off: CLI calls for this store run in their own process")
         yield None
