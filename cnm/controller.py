@@ -115,6 +115,7 @@ class Controller:
         self._drivers: dict[str, Driver] = {}
         self._drivers_lock = threading.Lock()
         self._dns: Any = None
+        self._lb: Any = None
         self.last_reconcile: list[str] = []
         if reconcile:
             self.last_reconcile = self.reconcile()
@@ -521,6 +522,42 @@ class Controller:
             raise Conflict(f"endpoint {name_or_id!r} is ambiguous: name it as NETWORK/NAME")
         raise NotFound(f"no endpoint named or with id {name_or_id!r}")
 
+    # --- load-balanced services -----------------------------------------------------
+
+    def new_service(
+        self,
+        name: str,
+        network: str,
+        ports: str | int | Iterable[str | int | Mapping[str, Any]],
+        *,
+        vip: str | None = None,
+        mode: str = "vip",
+        balance: str | None = None,
+        publish: str | Iterable[str] | None = None,
+    ) -> Any:
+        """Create a load-balanced service on ``network`` (see docs/services.md).
+
+        ``ports``: ``"80/tcp"``, ``"53/udp"``, ... ``mode``: ``vip`` (a virtual IP from the
+        network's IPAM, or ``vip``; ``NAME`` resolves to it) or ``dnsrr`` (``NAME``
+        resolves to the backends). ``balance``: ``rr`` (default), ``random`` or
+        ``source-hash``. ``publish``: ``"8080:80/tcp"``, the service's port on every
+        host's addresses. Backends join with ``create_endpoint(..., services=[NAME])``.
+        """
+        from cnm.services.manager import Services
+
+        return Services(self).create(name, network, ports, vip=vip, mode=mode,
+                                     balance=balance, publish=publish)
+
+    def service(self, name: str, network: str | None = None) -> Any:
+        from cnm.services.manager import Services
+
+        return Services(self).find(name, network)
+
+    def services(self) -> list[Any]:
+        from cnm.services.manager import Services
+
+        return Services(self).all()
+
     # --- life cycle -----------------------------------------------------------------
 
     def reconcile(self) -> list[str]:
@@ -538,6 +575,9 @@ class Controller:
                 problems.append(f"driver {name}: {exc}")
         for sb in self.sandboxes():
             problems += sb.reconcile()
+        from cnm.services.manager import Services
+
+        problems += Services(self).reconcile(force=False)  # lost load balancers rebuilt
         for problem in problems:
             log.warning("reconcile: %s", problem)
         return problems
@@ -556,10 +596,18 @@ class Controller:
             drv.ctx.config.update(config or {})
             if drv.start():
                 started.append(name)
+        if self._lb is None:
+            from cnm.services.agent import ServiceAgent
+
+            self._lb = ServiceAgent(self, config)
+            self._lb.start()
+            started.append("services")
         if (config or {}).get("dns", True) and self._dns is None:
             from cnm.dns.service import DnsService
+            from cnm.services.names import LB_PREFIX, dns_names
 
             service = DnsService(self, config)
+            service.add_source(LB_PREFIX, dns_names)  # services' VIPs and tasks.NAME
             if service.start():
                 self._dns = service
                 started.append("dns")
@@ -591,6 +639,9 @@ class Controller:
         if self._dns is not None:
             self._dns.stop()  # sandboxes get their plain files back
             self._dns = None
+        if self._lb is not None:
+            self._lb.stop()  # the rules stay: they are the store's, not this process's
+            self._lb = None
         for drv in self._drivers.values():
             drv.close()
         reaper.flush()  # links queued for deletion are gone before we return

@@ -101,6 +101,7 @@ class Endpoint:
                 undo.callback(plumbing.unplug, sb.netns_path, ifname, ctl.host_ns, info.src_name)
             ep.sandbox_id, ep.sandbox_key, ep.ifname = sb.id, sb.netns_path, ifname
             ep.src_name = None if info.placed else info.src_name
+            ep.draining = False
             ep.gateway = str(info.gateway) if info.gateway else None
             ep.gateway_v6 = str(info.gateway_v6) if info.gateway_v6 else None
             ep.static_routes = [
@@ -114,6 +115,10 @@ class Endpoint:
                 drv.program_external_connectivity(self.network_id, self.id, opts)
                 undo.callback(drv.revoke_external_connectivity, self.network_id, self.id)
             sandbox._write_files(joined=ep)
+            if ep.services:  # a backend: the load balancer sends it connections from now on
+                from cnm.services.manager import Services
+
+                revision = max(revision, Services(ctl).apply(self.network_id))
             undo.pop_all()
         log.info("endpoint %s: joined sandbox %s as %s", self.id[:12], sb.name, ifname)
         ctl.settle_dns(revision)  # its names answer once join returns
@@ -153,14 +158,22 @@ class Endpoint:
         ep.static_routes = []
         return self._save(ep)
 
-    def leave(self) -> None:
-        """Unplug this endpoint from its sandbox; an endpoint in no sandbox is success."""
+    def leave(self, drain: float | None = None) -> None:
+        """Unplug this endpoint from its sandbox; an endpoint in no sandbox is success.
+
+        A backend of load-balanced services first leaves their rules (no new connection
+        reaches it), then its open TCP connections on the services' ports may finish, for
+        at most ``drain`` seconds (default 10)."""
         from cnm.sandbox import Sandbox
 
         ctl = self.controller
         ep = self.record
         if not ep.sandbox_id:
             return
+        if ep.services:
+            from cnm.services.manager import Services
+
+            Services(ctl).begin_drain(self, drain)
         sandbox = Sandbox(ctl, ep.sandbox_id)
         try:
             sb: SandboxRecord | None = sandbox.record
@@ -271,6 +284,7 @@ class Endpoint:
             "SandboxID": ep.sandbox_id or "",
             "Interface": ep.ifname or "",
             "Aliases": list(ep.aliases),
+            "Services": list(ep.services),
         }
 
     def repair(self, sandbox: Sandbox) -> None:

@@ -21,6 +21,7 @@ from cnm.errors import Busy, Conflict, InvalidOption, NotFound, PoolExhausted
 from cnm.inputs import address_text, shown
 from cnm.portmap import parse_portmap
 from cnm.records import EndpointRecord, NetworkRecord, PoolRecord
+from cnm.services.manager import Services
 
 if TYPE_CHECKING:
     from cnm.controller import Controller
@@ -75,13 +76,15 @@ class Network:
         options: Mapping[str, Any] | None = None,
         endpoint_id: str | None = None,
         aliases: Iterable[str] | None = None,
+        services: Iterable[str] | None = None,
     ) -> Endpoint:
         """Create an endpoint (an interface not yet in any sandbox) with its addresses.
 
         ``ip``/``ipv6_address`` ask for static addresses; networks whose addressing is
         owned by the caller (Docker) must be given them. ``aliases``: more names the
         endpoint's addresses answer to on this network, besides the sandbox's and the
-        endpoint's (RFC 1123 host names; Docker's ``--network-alias``).
+        endpoint's (RFC 1123 host names; Docker's ``--network-alias``). ``services``: the
+        load-balanced services of this network it is a backend of once joined.
         """
         ctl = self.controller
         net = self.record
@@ -95,6 +98,9 @@ class Network:
         if not names.is_valid_object_name(name):
             raise InvalidOption(f"endpoint name {name!r} is invalid")
         alias_list = check_aliases(list(aliases) if aliases is not None else None)
+        if isinstance(services, str):
+            services = [services]
+        service_list = Services(ctl).check_membership(self.id, services) if services else []
         mac = inputs.mac(mac, "the MAC address") if mac else None
         opts = refuse_internal_options(options, f"endpoint {name}")
         parse_portmap(opts.get(OPT_PORTMAP))  # refused now rather than at join
@@ -113,7 +119,7 @@ class Network:
                 id=eid, name=name, network_id=self.id,
                 address=str(address) if address else None,
                 address_v6=str(address_v6) if address_v6 else None,
-                mac=mac, options=opts, aliases=alias_list,
+                mac=mac, options=opts, aliases=alias_list, services=service_list,
             )
             iface = InterfaceInfo(
                 ipaddress.IPv4Interface(record.address) if record.address else None,
@@ -183,12 +189,15 @@ class Network:
         """Delete the network; it must have no endpoints unless ``force``."""
         ctl = self.controller
         net = self.record
-        eps = self.endpoints()
+        services = Services(ctl)
+        balancer = services.lb_state(self.id).get("endpoint")  # the network's own, not a user's
+        eps = [ep for ep in self.endpoints() if ep.id != balancer]
         if eps and not force:
             raise Busy(
                 f"network {net.name} still has {len(eps)} endpoint(s) "
                 f"({', '.join(sorted(e.record.name for e in eps)[:5])}): detach them first"
             )
+        services.network_removed(self.id, force)
         for ep in eps:
             ep.delete(force=True)
         ctl.driver(net.driver).delete_network(self.id)

@@ -84,6 +84,8 @@ class EndpointRecord(Record):
     gateway_v6: str | None = None
     static_routes: list[dict[str, Any]] = field(default_factory=list)
     aliases: list[str] = field(default_factory=list)  # more DNS names (RFC 1123)
+    services: list[str] = field(default_factory=list)  # load-balanced services it serves
+    draining: bool = False  # leaving its services: out of their rules, connections finish
     created: str = field(default_factory=now)
     version: int = SCHEMA
 

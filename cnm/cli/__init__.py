@@ -45,6 +45,7 @@ COMMANDS: list[tuple[str, dict[str, str]]] = [
         "attach": "connect a sandbox to a network (new endpoint)",
         "detach": "disconnect a sandbox from a network",
     }),
+    ("cnm.cli.service", {"service": "manage load-balanced services"}),
     ("cnm.cli.maintenance", {
         "cleanup": "remove every kernel object pycnm made (links, namespaces, nft tables)",
         "reconcile": "rebuild missing kernel state from the store",

@@ -30,11 +30,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     attach.add_argument("network")
     attach.add_argument("sandbox")
     attach.add_argument("--name", help="endpoint name (default: the sandbox's name)")
+    attach.add_argument("--service", action="append", default=[], metavar="NAME",
+                        help="be a backend of this load-balanced service of the network "
+                        "(repeatable)")
     _address_flags(attach)
     attach.set_defaults(handler=_attach)
     detach = sub.add_parser("detach", help="disconnect a sandbox from a network")
     detach.add_argument("network")
     detach.add_argument("sandbox")
+    detach.add_argument("--drain", type=float, default=None, metavar="SECONDS",
+                        help="a service backend's open connections may take this long to "
+                        "finish once it gets no new ones (default 10)")
     detach.set_defaults(handler=_detach)
 
 
@@ -130,6 +136,7 @@ def _attach(args: argparse.Namespace) -> int:
             ep = net.create_endpoint(
                 args.name or sb.name, ip=args.ip, ipv6_address=args.ip6,
                 mac=args.mac_address, options=_options(args), aliases=args.alias,
+                services=args.service,
             )
             undo.callback(ep.delete)
             ifname = ep.join(sb)
@@ -144,14 +151,17 @@ def _attach(args: argparse.Namespace) -> int:
 
 
 def _detach(args: argparse.Namespace) -> int:
-    from cnm.errors import NotFound
+    from cnm.errors import InvalidOption, NotFound
 
+    if args.drain is not None and not 0 <= args.drain <= 3600:
+        raise InvalidOption(f"--drain must be a number of seconds from 0 to 3600, not "
+                            f"{args.drain}")
     with open_controller(args) as ctl:
         net = ctl.network(args.network)
         sb = ctl.sandbox(args.sandbox)
         for ep in sb.endpoints():
             if ep.network_id == net.id:
-                ep.leave()
+                ep.leave(drain=args.drain)
                 ep.delete()
                 return 0
         raise NotFound(f"sandbox {sb.name} is not attached to network {net.name}")

@@ -44,7 +44,7 @@ _L4 = ("tcp", "udp", "sctp")
 _HOOKS = ("prerouting", "input", "forward", "output", "postrouting")
 _PRIORITIES = {"raw": -300, "mangle": -150, "dstnat": -100, "filter": 0, "security": 50,
                "srcnat": 100}
-_OPS = ("==", "!=", "<", ">", "<=", ">=")
+_OPS = ("==", "!=", "<", ">", "<=", ">=", "in")
 
 
 class InvalidNftValue(ValueError):
@@ -225,8 +225,9 @@ def replace_table(
     transaction: the table is added (so the delete cannot fail), deleted, and built anew."""
     table = table_obj(family, name)
     commands: list[Command] = [{"add": table}, {"delete": table}, {"add": table}]
-    commands += [{"add": set_obj(family, name, s)} for s in sets]
+    # Chains before sets: a verdict map's elements jump to chains that must exist.
     commands += [{"add": chain_obj(family, name, c)} for c in chains]
+    commands += [{"add": set_obj(family, name, s)} for s in sets]
     for chain in chains:
         commands += [{"add": rule_obj(family, name, chain.name, r)} for r in chain.rules]
     return commands
@@ -308,6 +309,55 @@ def match_ct_state(states: Iterable[Literal["new", "established", "related", "in
 
 def match_mark(value: int, op: str = "==") -> Expr:
     return match(meta("mark"), _int(value, "mark", 0, 2**32 - 1), op)
+
+
+def match_addr_in(direction: Literal["saddr", "daddr"], values: Iterable[Address],
+                  family: Literal["ip", "ip6"] = "ip") -> Expr:
+    """``ip daddr { A, B }``: one of several addresses (all of ``family``)."""
+    found = sorted({_addr(v) for v in values}, key=lambda a: a.packed)
+    if not found:
+        raise InvalidNftValue("an address set needs at least one address")
+    if any(_family_of(a) != family for a in found):
+        raise InvalidNftValue(f"every address of the set must be of family {family}")
+    return match({"payload": {"protocol": family, "field": direction}},
+                 {"set": [str(a) for a in found]})
+
+
+def match_ct_status(status: Literal["dnat", "snat"]) -> Expr:
+    """``ct status dnat``: the connection's destination (source) was translated."""
+    if status not in ("dnat", "snat"):
+        raise InvalidNftValue(f"unknown conntrack status {status!r}")
+    return match({"ct": {"key": "status"}}, status, "in")
+
+
+def concat(*exprs: Expr) -> Expr:
+    """``A . B . C``: a concatenated key (for a lookup in a map of concatenated keys)."""
+    if len(exprs) < 2:
+        raise InvalidNftValue("a concatenation needs at least two expressions")
+    return {"concat": list(exprs)}
+
+
+def service_key(address: Address, proto: L4Proto, port: int) -> Any:
+    """A map key ``ADDR . PROTO . PORT`` for a map of type
+    ``ipv4_addr . inet_proto . inet_service`` (kube-proxy's service-ips map)."""
+    if proto not in _L4:
+        raise InvalidNftValue(f"unknown protocol {proto!r}")
+    return {"concat": [str(_addr(address)), proto, _port(port)]}
+
+
+def service_key_expr(family: Literal["ip", "ip6"] = "ip") -> Expr:
+    """``ip daddr . meta l4proto . th dport``: the key ``service_key`` values match."""
+    return concat(payload(family, "daddr"), meta("l4proto"), payload("th", "dport"))
+
+
+def goto_element(key: Any, chain: str) -> list[Any]:
+    """One element of a verdict map: ``KEY : goto CHAIN``."""
+    return [key, goto(chain)]
+
+
+def vmap_lookup(key: Expr, map_name: str) -> Expr:
+    """``KEY vmap @MAP``: the verdict the named map holds for the key (none: go on)."""
+    return {"vmap": {"key": key, "data": "@" + _name(map_name, "map")}}
 
 
 # --- statements -------------------------------------------------------------------------

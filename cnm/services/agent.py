@@ -1,0 +1,155 @@
+"""The long-running half of load-balanced services (in ``pycnm agent`` and ``pycnm plugin
+serve``): this host's load balancers follow the store, also for changes made elsewhere.
+
+One control thread does everything in order; watch callbacks only wake it:
+
+    connect:  a lease (etcd), recorded at lb/agent so that short-lived processes publish
+              under it too; watches on this host's services/, endpoints/ and networks/ and
+              the cluster's services/ and service-backends/, then a full sync (every
+              network's rules loaded again: a restart repairs whatever changed meanwhile).
+    serve:    after watch events (coalesced): apply every network (``Services.apply``
+              loads a table only when its plan changed) and publish this host's backends
+              on cluster-wide networks under the lease; refresh the lease every ttl/3;
+              a full sync every ``resync_interval``.
+    failure:  StoreUnavailable: drop the watches, connect again with back-off. The rules
+              in the kernel stay as they are meanwhile.
+    stop:     nothing is torn down: the rules are the store's. The lease is not revoked,
+              so other hosts keep this host's backends while it restarts (they go when the
+              lease runs out if it never comes back).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from cnm.errors import CNMError, StoreUnavailable
+from cnm.services.manager import AGENT_KEY, Services
+from cnm.store.base import WatchEvent
+from cnm.store.prefixed import PrefixedStore
+
+if TYPE_CHECKING:
+    from cnm.controller import Controller
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LEASE_TTL = 15.0
+DEFAULT_RESYNC_INTERVAL = 30.0
+ENV_LEASE_TTL = "PYCNM_OVERLAY_LEASE_TTL"
+BACKOFF_FIRST, BACKOFF_MAX = 0.2, 5.0
+
+
+class ServiceAgent:
+    def __init__(self, controller: Controller, config: Mapping[str, Any] | None = None) -> None:
+        config = dict(config or {})
+        self.ctl = controller
+        self.services = Services(controller)
+        self.cluster = PrefixedStore(controller.store, "global/")
+        self.ttl = float(config.get("lease_ttl") or os.environ.get(ENV_LEASE_TTL)
+                         or DEFAULT_LEASE_TTL)
+        self.resync_interval = float(config.get("resync_interval") or DEFAULT_RESYNC_INTERVAL)
+        self.connected = threading.Event()
+        self._lease: Any = None
+        self._dirty = threading.Event()
+        self._stopping = threading.Event()
+        self._cancels: list[Callable[[], None]] = []
+        self._thread = threading.Thread(target=self._run, name="pycnm-lb-control", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._dirty.set()
+        if self._thread.is_alive():
+            self._thread.join(15)
+        self._drop_watches()
+        with contextlib.suppress(CNMError):
+            entry = self.ctl.local.get(AGENT_KEY)
+            if entry is not None and entry.value.get("pid") == os.getpid():
+                self.ctl.local.delete(AGENT_KEY)
+
+    def _run(self) -> None:
+        backoff = BACKOFF_FIRST
+        while not self._stopping.is_set():
+            try:
+                self._connect()
+                backoff = BACKOFF_FIRST
+                self._serve()
+            except StoreUnavailable as exc:
+                log.warning("services %s: store unavailable (%s); the rules stay, retrying "
+                            "in %.1f s", self.ctl.host_id, exc, backoff)
+            except Exception:  # noqa: BLE001 - a bug must not stop the host's services
+                log.exception("services %s: unexpected error; reconnecting", self.ctl.host_id)
+            self.connected.clear()
+            self._drop_watches()
+            if self._stopping.wait(backoff):
+                break
+            backoff = min(backoff * 2, BACKOFF_MAX)
+
+    def _drop_watches(self) -> None:
+        cancels, self._cancels = self._cancels, []
+        for cancel in cancels:
+            with contextlib.suppress(Exception):
+                cancel()
+
+    def _note(self, _event: WatchEvent) -> None:
+        self._dirty.set()
+
+    def _connect(self) -> None:
+        self._drop_watches()
+        if hasattr(self.cluster, "grant_lease"):
+            self._lease = self.cluster.grant_lease(self.ttl)
+        self.ctl.local.put(AGENT_KEY, {"pid": os.getpid(), "since": time.time(),
+                                       "lease": getattr(self._lease, "id", None)})
+        for prefix in ("services/", "endpoints/", "networks/"):
+            self._cancels.append(self.ctl.local.watch(prefix, self._note))
+        for prefix in ("services/", "service-backends/"):
+            self._cancels.append(self.cluster.watch(prefix, self._note))
+        self._sync(full=True)
+        self.connected.set()
+        log.info("services %s: load balancers in line with the store", self.ctl.host_id)
+
+    def _serve(self) -> None:
+        refresh_every = max(self.ttl / 3.0, 0.2)
+        now = time.monotonic()
+        next_refresh, next_resync = now + refresh_every, now + self.resync_interval
+        while not self._stopping.is_set():
+            wait = max(0.0, min(next_refresh, next_resync) - time.monotonic())
+            if self._dirty.wait(wait) and not self._stopping.is_set():
+                self._dirty.clear()
+                self._sync(full=False)
+            now = time.monotonic()
+            if now >= next_refresh:
+                if self._lease is not None and not self._lease.refresh():
+                    raise StoreUnavailable(f"the services lease of host {self.ctl.host_id} "
+                                           "expired")
+                next_refresh = now + refresh_every
+            if now >= next_resync:
+                self._sync(full=True)
+                next_resync = now + self.resync_interval
+
+    def _sync(self, full: bool) -> None:
+        for problem in self.services.reconcile(force=full) if full else self._apply_all():
+            log.warning("services %s: %s", self.ctl.host_id, problem)
+        self.services.publish_all(self._lease)
+
+    def _apply_all(self) -> list[str]:
+        problems = []
+        from cnm.services.manager import LB_KEY
+
+        nids = {e.value["id"] for e in self.ctl.local.list("networks/")}
+        nids |= {e.key[len(LB_KEY):] for e in self.ctl.local.list(LB_KEY)}
+        for nid in sorted(nids):
+            try:
+                self.services.apply(nid)
+            except StoreUnavailable:
+                raise
+            except CNMError as exc:
+                problems.append(f"load balancer of network {nid[:12]}: {exc}")
+        return problems
