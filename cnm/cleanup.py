@@ -11,6 +11,7 @@ from cnm import names
 from cnm.osl import iproute, nft
 from cnm.osl.links import delete_link
 from cnm.osl.netns import delete_named_netns, list_named_netns
+from cnm.osl.nftjson import Family
 
 
 def remove_kernel_objects(host_ns: str | None = None, host_id: str | None = None) -> list[str]:
@@ -34,9 +35,13 @@ def remove_kernel_objects(host_ns: str | None = None, host_id: str | None = None
                 delete_link(ipr, name)
                 removed.append(f"link {name}")
     with contextlib.suppress(Exception):  # best effort, as for the links above
-        if ("inet", names.NFT_TABLE) in nft.list_tables(host_ns):
-            nft.delete_table(host_ns, "inet", names.NFT_TABLE)
-            removed.append(f"nft table inet {names.NFT_TABLE}")
+        tables = nft.list_tables(host_ns)
+        ours: list[tuple[Family, str]] = [("inet", names.NFT_TABLE),
+                                          ("ip", names.NFT_INGRESS_TABLE)]
+        for family, table in ours:
+            if (family, table) in tables:
+                nft.delete_table(host_ns, family, table)
+                removed.append(f"nft table {family} {table}")
     nft.release_table(host_ns)
     if host_ns is None and os.path.isdir("/etc/netns"):
         for entry in os.listdir("/etc/netns"):
@@ -50,7 +55,10 @@ def _own_namespace(name: str) -> bool:
 
 
 def _overlay_namespace_of(host_id: str) -> Callable[[str], bool]:
-    pattern = re.compile(rf"{re.escape(names.OVERLAY_NETNS_PREFIX)}[0-9]+-{re.escape(host_id)}")
+    """An emulated host's own namespaces: its overlays' and its load balancers'."""
+    pattern = re.compile(rf"(?:{re.escape(names.OVERLAY_NETNS_PREFIX)}[0-9]+|"
+                         rf"{re.escape(names.LB_NETNS_PREFIX)}[0-9A-Za-z]+)-"
+                         rf"{re.escape(host_id)}")
     return lambda name: bool(pattern.fullmatch(name))
 
 

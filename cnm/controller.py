@@ -633,7 +633,7 @@ class Controller:
         for ep in self.endpoints():
             ep.delete(force=True)
         for net in self.networks():
-            net.delete()
+            net.delete(force=True)  # with this host's services (a cluster's stay)
 
     def close(self) -> None:
         if self._dns is not None:

@@ -25,11 +25,14 @@ OVERLAY_BRIDGE = "br0"  # bridge inside an overlay namespace
 SANDBOX_NETNS_PREFIX = "pcsb-"  # named netns of a sandbox:       pcsb-<name>
 OVERLAY_NETNS_PREFIX = "pcov-"  # namespace of an overlay net:    pcov-<vni>
 LAB_NETNS_PREFIX = "pclab-"  # lab hosts/routers:                  pclab-<lab>-<node>
+LB_NETNS_PREFIX = "pclb-"  # a network's load balancer:            pclb-<nid:10>
+INGRESS_PREFIX = "pcig-"  # host end of a load balancer's ingress: pcig-<nid:10>
 
 NFT_TABLE = "pycnm"  # table inet pycnm, ours alone
+NFT_INGRESS_TABLE = "pycnm-ingress"  # table ip pycnm-ingress: published service ports
 NFT_FAMILY = "inet"
 
-KERNEL_NAME_RE = re.compile(r"^pc(br|v|p|mv|iv|sh|vl|vx|sb|ov|lab)-")
+KERNEL_NAME_RE = re.compile(r"^pc(br|v|p|mv|iv|sh|vl|vx|sb|ov|lab|lb|ig)-")
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")

@@ -41,8 +41,8 @@ from cnm.osl.netns import (
 )
 
 LOCK_DIR = "/run/pycnm"
-LB_NETNS_PREFIX = "pclb-"
-INGRESS_PREFIX = "pcig-"
+LB_NETNS_PREFIX = names.LB_NETNS_PREFIX
+INGRESS_PREFIX = names.INGRESS_PREFIX
 LEG = "eth0"
 INGRESS_INSIDE = "ig0"
 HOST_LINK_ADDRESS = ipaddress.IPv4Interface("169.254.0.1/32")

@@ -37,11 +37,12 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from cnm import names
 from cnm.osl import nftjson as j
 from cnm.services.model import Port, Proto
 
 LB_TABLE = "pycnm-lb"
-INGRESS_TABLE = "pycnm-ingress"
+INGRESS_TABLE = names.NFT_INGRESS_TABLE
 FAMILY: j.Family = "ip"
 SERVICE_MAP = "service-ips"
 LEG = "eth0"
