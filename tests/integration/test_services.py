@@ -104,7 +104,7 @@ def test_random_and_source_hash(lab, servers) -> None:
     setup = three_backends(lab, servers, "10.72.0.0/24", services=())
     setup.service("rnd", "--port", "80/tcp", "--balance", "random")
     setup.service("sticky", "--port", "80/tcp", "--balance", "source-hash")
-    for name, netns in setup.backends.items():  # join both services
+    for name in setup.backends:  # join both services
         lab.pycnm("detach", setup.network, name)
         lab.pycnm("attach", setup.network, name, "--service", "rnd", "--service", "sticky")
     client = lab.sandbox(unique("cli"), setup.network)
