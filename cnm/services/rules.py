@@ -26,10 +26,14 @@ On the host, table ``ip pycnm-ingress`` publishes service ports (the routing mes
 
     chain prerouting (nat, dstnat):   fib daddr type local tcp dport HOSTPORT dnat to VIP:PORT
     chain postrouting (nat, srcnat):  oifname pcig-NET ip saddr SUBNET masquerade
+    chain forward (filter):           oifname { pcig-... } ct status dnat accept
+                                      oifname { pcig-... } drop
 
 The VIP is routed through the ``pcig-`` veth to the network's load balancer, which picks
 a backend on any host; the masquerade only concerns a sandbox of the network itself that
-reaches its host's published port (its reply must come back the same way).
+reaches its host's published port (its reply must come back the same way). The forward
+guard lets through the link only what a published port translated: a sandbox of another
+network, routed by the host, must not reach the VIP that way.
 """
 
 from __future__ import annotations
@@ -135,5 +139,11 @@ def ingress_ruleset(plan: IngressPlan) -> list[j.Chain]:
         j.rule(j.match_ifname("oifname", link), j.match_addr("saddr", subnet), j.masquerade())
         for link, subnets in plan.links for subnet in subnets
     ]
+    links = [link for link, _ in plan.links]
+    guard = [
+        j.rule(j.match_ifname("oifname", links), j.match_ct_status("dnat"), j.accept()),
+        j.rule(j.match_ifname("oifname", links), j.drop()),
+    ] if links else []
     return [j.Chain("prerouting", j.nat_hook("prerouting"), dnat),
-            j.Chain("postrouting", j.nat_hook("postrouting"), masquerade)]
+            j.Chain("postrouting", j.nat_hook("postrouting"), masquerade),
+            j.Chain("forward", j.filter_hook("forward"), guard)]

@@ -94,6 +94,9 @@ def plan(lab: Lab, new: Topology, *, detach: bool = True) -> Plan:
         raise Conflict(f"lab {old.name}'s etcd runs as it was built (tls and auth cannot "
                        "change under running agents): take it down and up again to change "
                        "its 'etcd' settings")
+    if new.services != old.services:
+        raise Conflict(f"lab {old.name}'s services cannot change in place yet: take it down "
+                       "and up again (or change them with pycnm service create/rm)")
     if any(link.netem for link in new.links):
         tc.require()
     builder = realise._Builder(new, lab.state, detach)

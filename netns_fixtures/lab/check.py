@@ -59,6 +59,9 @@ def run_checks(lab: Lab, progress: Callable[[Outcome], None] | None = None) -> l
         if address is None:
             outcome = Outcome(index, exp, "?", "error", f"{exp.dst} has no IPv4 address",
                               0.0)
+        elif exp.spread:
+            got, detail = _spread(lab, exp, address)
+            outcome = Outcome(index, exp, address, got, detail, time.monotonic() - started)
         elif exp.proto == "icmp":
             got, detail = _icmp(lab, exp, address)
             outcome = Outcome(index, exp, address, got, detail, time.monotonic() - started)
@@ -118,6 +121,62 @@ def _tcp(lab: Lab, exp: Expectation, address: str) -> tuple[str, str]:
     return "reach", detail
 
 
+_COUNTING_CLIENT = """
+import collections, json, socket, sys
+address, port, count, timeout = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+seen = collections.Counter()
+for _ in range(count):
+    try:
+        with socket.create_connection((address, port), timeout=timeout) as conn:
+            conn.shutdown(socket.SHUT_WR)
+            data = b""
+            while chunk := conn.recv(4096):
+                data += chunk
+        seen[data.decode(errors="replace").strip() or "<empty>"] += 1
+    except OSError as exc:
+        seen["<" + type(exc).__name__ + ">"] += 1
+print(json.dumps(seen))
+"""
+SPREAD_SHARE = 0.7  # each backend must get at least this part of an even share
+
+
+def _spread(lab: Lab, exp: Expectation, address: str) -> tuple[str, str]:
+    """``count`` connections to the service's VIP; each backend's own short-lived server
+    answers with the backend's name, and the names are counted."""
+    import contextlib
+    import json
+
+    assert exp.port is not None and exp.count is not None
+    lifetime = SERVER_LIFETIME + exp.count * 0.05
+    with contextlib.ExitStack() as servers:
+        for node in exp.spread:
+            servers.enter_context(lab.namespace(node).tcp_server(
+                exp.port, reply=node.encode(), connections=exp.count, timeout=lifetime))
+        result = lab.exec(exp.src, ["python3", "-c", _COUNTING_CLIENT, address, str(exp.port),
+                                    str(exp.count), str(PROBE_TIMEOUT)],
+                          timeout=lifetime + 30)
+    try:
+        counts: dict[str, int] = json.loads(result.stdout)
+    except ValueError:
+        return "error", f"the client failed: {(result.stderr or result.stdout).strip()[:200]}"
+    shown = ", ".join(f"{name} {n}" for name, n in sorted(counts.items()))
+    answered = sum(n for name, n in counts.items() if name in exp.spread)
+    if answered == 0:
+        return "blocked", f"no backend answered at {address}:{exp.port} ({shown})"
+    strangers = [name for name in counts if name not in exp.spread]
+    if exp.sticky:
+        if len(counts) != 1 or strangers:
+            return "error", (f"{exp.count} connections to {address}:{exp.port} should all "
+                             f"reach one backend: {shown}")
+        return "reach", f"{exp.count} connections to {address}:{exp.port}, all to {shown}"
+    share = exp.count / len(exp.spread)
+    uneven = [name for name in exp.spread if counts.get(name, 0) < SPREAD_SHARE * share]
+    if uneven or strangers:
+        return "error", (f"{exp.count} connections to {address}:{exp.port}: {shown}; "
+                         f"uneven or unexpected: {', '.join(uneven + strangers)}")
+    return "reach", f"{exp.count} connections to {address}:{exp.port}: {shown}"
+
+
 def table(outcomes: list[Outcome]) -> str:
     """A pass/fail table, one row per expectation, and a summary line."""
     from cnm.cli.output import table as render
@@ -128,6 +187,8 @@ def table(outcomes: list[Outcome]) -> str:
         proto = exp.proto if exp.port is None else f"{exp.proto}/{exp.port}"
         if exp.proto == "dns":
             proto = f"dns {exp.rdtype}"
+        if exp.count is not None:
+            proto += f" x{exp.count}"
         if exp.size is not None:
             proto += f" {exp.size}B"
         rows.append((o.index, exp.src, f"{exp.dst} ({o.target})", proto, exp.expect, o.got,

@@ -61,12 +61,24 @@ class Lab:
         if isinstance(target, str):
             node, _, part = target.partition(":")
             target = Target(node, part or None)
+        if target.service is not None:
+            return self.service_vip(target.service)
         if target.node is None:
             return target.address
         iface = target.iface or self.default_iface(target.node)
         if iface is None:
             return None
         return kernel.first_ipv4(self.netns(target.node), iface)
+
+    def service_vip(self, name: str) -> str | None:
+        """A service's virtual IP, from the store (None: it has none)."""
+        spec = self.topology.service(name)
+        net = self.topology.network(spec.network) if spec is not None else None
+        if spec is None or net is None:
+            raise NotFound(f"lab {self.name} has no service {name!r}")
+        with self.controller(net.hosts[0]) as ctl:
+            vip = ctl.service(name, spec.network).vip
+        return str(vip) if vip is not None else None
 
     def default_iface(self, node: str) -> str | None:
         spec = self.topology.sandbox(node)

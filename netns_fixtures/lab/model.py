@@ -27,8 +27,13 @@ A topology names:
   ...), optionally at a static ``ip``, publishing ``ports``, forwarding (``ip_forward``)
   and with extra ``routes``; or, with ``mode``, using the host's namespace (``host``),
   loopback only (``none``) or another sandbox's namespace (``container:OTHER``).
+- ``services``: load-balanced services (``name``, ``network``, ``ports``, ``mode``,
+  ``balance``, ``vip``, ``publish``); a sandbox's attachment backs some with ``services``.
 - ``expect``: the reachability matrix, ``{from, to, proto, port, expect, listen, seen_as,
-  size}`` (``size``: an ICMP payload sent with "don't fragment", to check a path's MTU).
+  size}`` (``size``: an ICMP payload sent with "don't fragment", to check a path's MTU);
+  ``to: SERVICE`` with ``spread: [backends]`` and ``count`` opens that many connections to
+  the service's virtual IP and counts which backend answered each (``sticky: true``: all
+  of them must reach one backend of the list, as source hashing does).
 
 Names of lab nodes are lower-case letters and digits only: the kernel names derived from
 them (``pclab-<lab>-<node>``) then parse back unambiguously, so removing a lab never
@@ -158,6 +163,20 @@ class Attachment:
     network: str
     ip: str | None = None
     aliases: tuple[str, ...] = ()  # more DNS names of the endpoint on that network
+    services: tuple[str, ...] = ()  # load-balanced services of the network it backs
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """A load-balanced service on a network (``pycnm service create``)."""
+
+    name: str
+    network: str
+    ports: tuple[str, ...]
+    mode: str = "vip"
+    balance: str | None = None
+    vip: str | None = None
+    publish: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -188,8 +207,11 @@ class Target:
     node: str | None
     iface: str | None = None
     address: str | None = None
+    service: str | None = None  # a service's virtual IP, looked up live
 
     def __str__(self) -> str:
+        if self.service is not None:
+            return f"service {self.service}"
         if self.node is None:
             return str(self.address)
         return f"{self.node}:{self.iface}" if self.iface else self.node
@@ -210,6 +232,9 @@ class Expectation:
     answer: tuple[Target, ...] = ()
     rotates: bool = False
     rdtype: str = "A"
+    spread: tuple[str, ...] = ()  # backends a service's connections must be spread over
+    count: int | None = None  # connections a spread check opens
+    sticky: bool = False  # a spread check: every connection to one (any) of ``spread``
 
 
 @dataclass(frozen=True)
@@ -232,6 +257,10 @@ class Topology:
     expect: tuple[Expectation, ...]
     data: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
     etcd: EtcdSpec = EtcdSpec()
+    services: tuple[ServiceSpec, ...] = ()
+
+    def service(self, name: str) -> ServiceSpec | None:
+        return next((s for s in self.services if s.name == name), None)
 
     def node_names(self) -> list[str]:
         return [h.name for h in self.hosts] + [s.name for s in self.sandboxes]

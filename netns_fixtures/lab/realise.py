@@ -155,6 +155,8 @@ class _Builder:
                   for h in topo.agent_hosts()]
         steps += [Step(f"network {n.name} on {h}", partial(self.make_network, n, h))
                   for n in topo.networks for h in n.hosts]
+        steps += [Step(f"service {svc.name} on {h}", partial(self.make_service, svc, h))
+                  for svc in topo.services for h in self.service_hosts(svc)]
         steps += [Step(f"sandbox {s.name} on {s.host}", partial(self.make_sandbox, s))
                   for s in sorted(topo.sandboxes, key=self._sharing_depth)]
         # Every sandbox's namespace noted ahead, in one write of the state (write-ahead
@@ -315,6 +317,25 @@ class _Builder:
         gateway = pool.gateway.split("/")[0] if pool.gateway else "none"
         return f"{net.driver} {pool.subnet}, gateway {gateway}"
 
+    def service_hosts(self, svc: Any) -> tuple[str, ...]:
+        """Where to create a service: an overlay's services are the cluster's (one host
+        makes it, the others' agents follow); a bridge network is each host's own."""
+        net = self.topo.network(svc.network)
+        assert net is not None
+        return net.hosts[:1] if net.driver == "overlay" else net.hosts
+
+    def make_service(self, svc: Any, host: str) -> str:
+        ctl = self.controller(host)
+        service = ctl.new_service(svc.name, svc.network, list(svc.ports), vip=svc.vip,
+                                  mode=svc.mode, balance=svc.balance,
+                                  publish=list(svc.publish) or None)
+        info = service.inspect()
+        where = f"VIP {info['VirtualIP']}" if info["VirtualIP"] else "no VIP (dnsrr)"
+        balancer = info["LoadBalancer"].get("Namespace")
+        return f"{where}, ports {', '.join(info['Ports'])}" + (
+            f", load balancer {balancer}" if balancer else "") + (
+            f", published {', '.join(info['Publish'])}" if info["Publish"] else "")
+
     def _sharing_depth(self, spec: Any) -> int:
         """How many sandboxes stand between ``spec`` and a namespace of its own: an owner
         is made before those that share it."""
@@ -345,11 +366,14 @@ class _Builder:
                 options[OPT_PORTMAP] = parse_publish(list(spec.ports))
             net = ctl.network(att.network)
             endpoint = net.create_endpoint(spec.name, ip=att.ip, options=options,
-                                           aliases=list(att.aliases))
+                                           aliases=list(att.aliases),
+                                           services=list(att.services))
             ifname = endpoint.join(sandbox)
             address = endpoint.record.address or "no address"
+            notes = ([f"also {', '.join(att.aliases)}"] if att.aliases else []) + (
+                [f"backs {', '.join(att.services)}"] if att.services else [])
             details.append(f"{ifname} {address} on {att.network}" + (
-                f" (also {', '.join(att.aliases)})" if att.aliases else ""))
+                f" ({'; '.join(notes)})" if notes else ""))
             if net.record.driver == "overlay":
                 info = endpoint.operational_info()
                 self.vteps[(att.network, spec.host)] = (info["Namespace"], int(info["VNI"]))
@@ -396,7 +420,8 @@ class _Builder:
 def leftovers(name: str) -> list[str]:
     """Namespaces that carry lab ``name``'s own prefix (ours alone: lab names have no '-')."""
     prefix = lab_netns_prefix(name)
-    overlay = re.compile(rf"^{names.OVERLAY_NETNS_PREFIX}\d+-{re.escape(prefix)}")
+    overlay = re.compile(rf"^(?:{names.OVERLAY_NETNS_PREFIX}\d+|"
+                         rf"{names.LB_NETNS_PREFIX}[0-9A-Za-z]+)-{re.escape(prefix)}")
     return [ns for ns in list_named_netns() if ns.startswith(prefix) or overlay.match(ns)]
 
 
@@ -515,10 +540,11 @@ def down(name: str, *, progress: Progress = print) -> list[str]:
 
 def _removal_order(ns: str) -> tuple[int, str]:
     """Sandboxes first, then overlay namespaces, then the hosts they hang off."""
-    for rank, prefix in enumerate((names.SANDBOX_NETNS_PREFIX, names.OVERLAY_NETNS_PREFIX)):
+    for rank, prefix in enumerate((names.SANDBOX_NETNS_PREFIX, names.LB_NETNS_PREFIX,
+                                   names.OVERLAY_NETNS_PREFIX)):
         if ns.startswith(prefix):
             return rank, ns
-    return 2, ns
+    return 3, ns
 
 
 def _orderly(topo: Topology, state: LabState, progress: Progress) -> list[str]:

@@ -41,6 +41,7 @@ from netns_fixtures.lab.model import (
     Problem,
     Route,
     SandboxSpec,
+    ServiceSpec,
     Target,
     Topology,
     TopologyError,
@@ -167,8 +168,10 @@ def _suggest(word: str, choices: Iterable[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-TOP_KEYS = ("name", "description", "etcd", "hosts", "links", "networks", "sandboxes",
-            "expect")
+TOP_KEYS = ("name", "description", "etcd", "hosts", "links", "networks", "services",
+            "sandboxes", "expect")
+SERVICE_KEYS = ("name", "network", "ports", "mode", "balance", "vip", "publish")
+MAX_SPREAD_COUNT = 3000
 ETCD_KEYS = ("tls", "auth")
 NODE_RULE = "lower-case letters and digits, starting with a letter, at most 20"
 LAB_RULE = "lower-case letters and digits, starting with a letter, at most 12"
@@ -198,19 +201,71 @@ def validate(data: Any) -> Topology:
     hosts = _hosts(v, top, declare)
     links = _links(v, top, hosts)
     networks = _networks(v, top, hosts, links)
-    sandboxes = _sandboxes(v, top, hosts, networks, declare)
+    services = _services(v, top, networks)
+    sandboxes = _sandboxes(v, top, hosts, networks, declare, services)
     connected = _connected(hosts, links, networks, sandboxes)
     for node in hosts.values():
         _check_routes(v, node.routes, ("hosts", _index(top, "hosts", node.name)), node.name,
                       connected)
     for i, sb in enumerate(sandboxes):
         _check_routes(v, sb.routes, ("sandboxes", i), sb.name, connected)
-    expect = _expectations(v, top, kinds, links)
+    for service in services.values():
+        if service.name in nodes:
+            v.add(("services", _index(top, "services", service.name), "name"),
+                  f"name {service.name!r} is already a node's: a check's 'to' could not "
+                  "tell them apart")
+    expect = _expectations(v, top, kinds, links, services)
     etcd = _etcd(v, top, networks)
     if v.problems:
         raise TopologyError(v.problems)
     return Topology(lab, description, tuple(hosts.values()), tuple(links), tuple(networks),
-                    tuple(sandboxes), tuple(expect), data=dict(top), etcd=etcd)
+                    tuple(sandboxes), tuple(expect), data=dict(top), etcd=etcd,
+                    services=tuple(services.values()))
+
+
+def _services(v: _Checker, top: Mapping[str, Any],
+              networks: list[NetworkSpec]) -> dict[str, ServiceSpec]:
+    """``services:``, each value checked by pycnm's own (pure) service checks."""
+    from cnm.services import model as service_model
+
+    result: dict[str, ServiceSpec] = {}
+    by_name = {n.name: n for n in networks}
+    for i, item in enumerate(v.sequence(top.get("services"), ("services",))):
+        path: Path = ("services", i)
+        entry = v.mapping(item, path, SERVICE_KEYS, required=("name", "network", "ports"))
+        if entry is None:
+            continue
+        name = v.text(entry.get("name"), path + ("name",))
+        net_name = v.text(entry.get("network"), path + ("network",))
+        net = by_name.get(net_name or "")
+        if net_name is not None and net is None:
+            v.add(path + ("network",), f"unknown network {net_name!r}"
+                  f"{_suggest(net_name, by_name)}")
+        mode = v.choice(entry.get("mode"), path + ("mode",), service_model.MODES, "vip")
+        balance = entry.get("balance")
+        if balance is not None:
+            balance = v.choice(balance, path + ("balance",), service_model.BALANCES, "rr")
+        try:
+            if name is not None:
+                service_model.check_name(name)
+                if name in result:
+                    v.add(path + ("name",), f"service {name!r} is declared twice")
+                    name = None
+            ports = service_model.check_ports(entry.get("ports"))
+            publish = service_model.check_publish(entry.get("publish"), ports)
+        except InvalidOption as exc:
+            v.add(path, str(exc))
+            continue
+        vip = v.address(entry.get("vip"), path + ("vip",))
+        if vip is not None and net is not None and \
+                not _inside(vip, ipaddress.ip_network(net.subnet)):
+            v.add(path + ("vip",), f"{vip} is not in network {net.name!r}'s subnet {net.subnet}")
+        if mode == "dnsrr" and (vip or balance or publish):
+            v.add(path, "a dnsrr service has no virtual IP: no vip, balance or publish")
+        if name and net is not None:
+            result[name] = ServiceSpec(name, net.name, tuple(str(p) for p in ports), mode,
+                                       balance, vip, tuple(str(p) for p in publish))
+    return result
 
 
 def _etcd(v: _Checker, top: Mapping[str, Any], networks: list[NetworkSpec]) -> EtcdSpec:
@@ -561,7 +616,8 @@ def _overlaps(v: _Checker, networks: list[NetworkSpec], seen: Mapping[str, Path]
 
 def _sandboxes(v: _Checker, top: Mapping[str, Any], hosts: Mapping[str, Node],
                networks: list[NetworkSpec],
-               declare: Callable[[str | None, Path, str], None]) -> list[SandboxSpec]:
+               declare: Callable[[str | None, Path, str], None],
+               services: Mapping[str, ServiceSpec]) -> list[SandboxSpec]:
     result: list[SandboxSpec] = []
     by_name = {n.name: n for n in networks}
     taken: dict[tuple[str, str | None, str], Path] = {}  # (network, host or None, ip)
@@ -596,7 +652,7 @@ def _sandboxes(v: _Checker, top: Mapping[str, Any], hosts: Mapping[str, Node],
             v.add(path + ("networks",), "a sandbox joins at least one network")
         for j, raw in enumerate(raw_nets):
             where = path + ("networks", j)
-            att = _attachment(v, raw, where, by_name, host, attachments)
+            att = _attachment(v, raw, where, by_name, host, attachments, services)
             if att is None:
                 continue
             net = by_name[att.network]
@@ -682,16 +738,26 @@ def _check_sharing(v: _Checker, sandboxes: list[SandboxSpec], top: Mapping[str, 
 
 
 def _attachment(v: _Checker, raw: Any, where: Path, by_name: Mapping[str, NetworkSpec],
-                host: str | None, done: list[Attachment]) -> Attachment | None:
+                host: str | None, done: list[Attachment],
+                services: Mapping[str, ServiceSpec]) -> Attachment | None:
     aliases: tuple[str, ...] = ()
+    backs: list[str] = []
     if isinstance(raw, dict):
-        entry = v.mapping(raw, where, ("name", "ip", "aliases"), required=("name",))
+        entry = v.mapping(raw, where, ("name", "ip", "aliases", "services"),
+                          required=("name",))
         if entry is None:
             return None
         net_name = v.text(entry.get("name"), where + ("name",))
         ip = v.address(entry.get("ip"), where + ("ip",))
         name_path = where + ("name",)
         aliases = _aliases(v, entry.get("aliases"), where + ("aliases",))
+        for k, item in enumerate(v.sequence(entry.get("services"), where + ("services",))):
+            service = services.get(str(item)) if isinstance(item, str) else None
+            if service is None or service.network != net_name:
+                v.add(where + ("services", k), f"{item!r} is not a service of network "
+                      f"{net_name!r}")
+            elif item not in backs:
+                backs.append(item)
     else:
         net_name, ip, name_path = v.text(raw, where), None, where
     if net_name is None:
@@ -720,7 +786,7 @@ def _attachment(v: _Checker, raw: Any, where: Path, by_name: Mapping[str, Networ
         if net.gateway and ip == net.gateway:
             v.add(where + ("ip",), f"{ip} is the network's gateway")
             return None
-    return Attachment(net_name, ip, aliases)
+    return Attachment(net_name, ip, aliases, tuple(backs))
 
 
 def _aliases(v: _Checker, value: Any, path: Path) -> tuple[str, ...]:
@@ -787,10 +853,13 @@ def _check_routes(v: _Checker, routes: tuple[Route, ...], path: Path, node: str,
 
 
 def _target(v: _Checker, value: Any, path: Path, nodes: Mapping[str, str],
-            ifaces: Mapping[str, list[str]]) -> Target | None:
+            ifaces: Mapping[str, list[str]],
+            services: Mapping[str, ServiceSpec] | None = None) -> Target | None:
     text = v.text(value, path)
     if text is None:
         return None
+    if services and text in services:
+        return Target(None, service=text)
     try:
         return Target(None, None, str(ipaddress.ip_address(text)))
     except ValueError:
@@ -814,13 +883,15 @@ def _target(v: _Checker, value: Any, path: Path, nodes: Mapping[str, str],
 
 
 def _expectations(v: _Checker, top: Mapping[str, Any], nodes: Mapping[str, str],
-                  links: list[Link]) -> list[Expectation]:
+                  links: list[Link],
+                  services: Mapping[str, ServiceSpec]) -> list[Expectation]:
     addressed: dict[str, list[str]] = {}
     for link in links:
         for end in (link.a, link.b):
             if end.address:
                 addressed.setdefault(end.node, []).append(end.iface)
-    keys = ("from", "to", "proto", "port", "expect", "listen", "seen_as", "size")
+    keys = ("from", "to", "proto", "port", "expect", "listen", "seen_as", "size", "spread",
+            "count", "sticky")
     result = []
     for i, item in enumerate(v.sequence(top.get("expect"), ("expect",))):
         path: Path = ("expect", i)
@@ -836,8 +907,21 @@ def _expectations(v: _Checker, top: Mapping[str, Any], nodes: Mapping[str, str],
         if src is not None and src not in nodes:
             v.add(path + ("from",), f"unknown node {src!r}{_suggest(src, nodes)}")
             src = None
-        dst = _target(v, entry.get("to"), path + ("to",), nodes, addressed)
+        dst = _target(v, entry.get("to"), path + ("to",), nodes, addressed, services)
         proto = v.choice(entry.get("proto"), path + ("proto",), PROTOS, "icmp")
+        if dst is not None and dst.service is not None:
+            spread = _spread(v, entry, path, nodes, services[dst.service], proto)
+            if src and spread is not None:
+                result.append(Expectation(src, dst, proto, entry.get("port"),
+                                          v.choice(entry.get("expect"), path + ("expect",),
+                                                   OUTCOMES, "reach"),
+                                          spread=spread[0], count=spread[1],
+                                          sticky=v.boolean(entry.get("sticky"),
+                                                           path + ("sticky",))))
+            continue
+        for key in ("spread", "count", "sticky"):
+            if entry.get(key) is not None:
+                v.add(path + (key,), f"only a check whose 'to' is a service has {key!r}")
         outcome = v.choice(entry.get("expect"), path + ("expect",), OUTCOMES, "reach")
         port = entry.get("port")
         if proto == "tcp":
@@ -908,6 +992,42 @@ def _dns_expectation(v: _Checker, item: dict[str, Any], path: Path,
         return None
     return Expectation(src, Target(None, None, name), "dns", None, outcome,
                        answer=tuple(answer), rotates=rotates, rdtype=rdtype)
+def _spread(v: _Checker, entry: Mapping[str, Any], path: Path, nodes: Mapping[str, str],
+            service: ServiceSpec, proto: str) -> tuple[tuple[str, ...], int] | None:
+    """A service check: tcp to one of its tcp ports, the backends that must share the
+    connections, and how many to open."""
+    port = entry.get("port")
+    tcp_ports = [int(p.split("/")[0]) for p in service.ports if p.endswith("/tcp")]
+    bad = False
+    if proto != "tcp":
+        v.add(path + ("proto",), "a check of a service is tcp")
+        bad = True
+    if isinstance(port, bool) or not isinstance(port, int) or port not in tcp_ports:
+        v.add(path + ("port",), f"must be one of service {service.name!r}'s tcp ports "
+              f"({', '.join(map(str, tcp_ports)) or 'none'}), not {port!r}")
+        bad = True
+    for key in ("listen", "seen_as", "size"):
+        if entry.get(key) is not None:
+            v.add(path + (key,), f"a check of a service has no {key!r} (its backends serve)")
+            bad = True
+    backends = []
+    for k, item in enumerate(v.sequence(entry.get("spread"), path + ("spread",),
+                                        allow_missing=False)):
+        if not isinstance(item, str) or nodes.get(item) != "sandbox":
+            v.add(path + ("spread", k), f"{item!r} is not a sandbox of this lab")
+            bad = True
+        else:
+            backends.append(item)
+    count = entry.get("count", 30)
+    if isinstance(count, bool) or not isinstance(count, int) or \
+            not len(backends) <= count <= MAX_SPREAD_COUNT:
+        v.add(path + ("count",), f"must be a number of connections from the number of "
+              f"backends to {MAX_SPREAD_COUNT}, not {count!r}")
+        bad = True
+    if not backends and not bad:
+        v.add(path + ("spread",), "name the backends that must answer")
+        bad = True
+    return None if bad else (tuple(backends), count)
 
 
 def _listen(v: _Checker, value: Any, path: Path, nodes: Mapping[str, str], proto: str,

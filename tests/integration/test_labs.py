@@ -99,6 +99,8 @@ EXAMPLES = [
                                      "masquerade"], id="port-mapping"),
     pytest.param("05-service-discovery", ["10.0.0.4/24", "10.2.0.3/24", "VNI 4096"],
                  id="service-discovery", marks=pytest.mark.etcd),
+    pytest.param("06-load-balancing", ["10.6.0.11/24", "10.6.0.20/24", "pcig-"],
+                 id="load-balancing"),
 ]
 
 

@@ -189,13 +189,22 @@ def test_hairpin_a_backend_reaches_its_own_vip(lab, servers) -> None:
 
 def test_a_sandbox_on_another_network_cannot_reach_the_vip(lab, servers) -> None:
     setup = three_backends(lab, servers, "10.77.0.0/24")
+    lab.pycnm("service", "create", "pub", "--network", setup.network, "--port", "80/tcp",
+              "--publish", "8081:80/tcp")  # the host then routes to its VIP: not for all
+    for name in setup.backends:
+        lab.pycnm("detach", setup.network, name, "--drain", "0")
+        lab.pycnm("attach", setup.network, name, "--service", "web", "--service", "pub")
     other = unique("net")
     lab.pycnm("network", "create", other, "--subnet", "10.78.0.0/24")
     stranger = lab.sandbox(unique("far"), other)
     client = lab.sandbox(unique("cli"), setup.network)
-    assert sum(spread(client, vip_of(setup), 80, 3).values()) == 3
-    counts = spread(stranger, vip_of(setup), 80, 2)
-    assert not set(counts) & set(setup.backends), counts
+    for service in ("web", "pub"):
+        assert sum(spread(client, vip_of(setup, service), 80, 3).values()) == 3
+        counts = spread(stranger, vip_of(setup, service), 80, 2)
+        assert not set(counts) & set(setup.backends), (service, counts)
+    # The published port itself is for everyone, also through the stranger's gateway.
+    gateway = lab.json("network", "inspect", other)[0]["IPAM"]["Config"][0]["Gateway"]
+    assert set(spread(stranger, gateway, 8081, 3)) == set(setup.backends)
 
 
 def test_dnsrr_names_the_backends_shuffled_and_makes_no_balancer(lab, servers) -> None:
