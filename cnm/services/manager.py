@@ -35,6 +35,7 @@ from cnm import inputs, names
 from cnm.driverapi import OPT_JOIN_IFNAME
 from cnm.errors import CNMError, Conflict, InvalidOption, NotFound, StoreUnavailable
 from cnm.osl import lbns, nft, plumbing
+from cnm.osl.netns import netns_exists
 from cnm.records import EndpointRecord, NetworkRecord
 from cnm.services import model, rules
 from cnm.services.model import ServiceRecord
@@ -391,23 +392,31 @@ class Services:
                 for s in vip_services))
             fingerprint = _fingerprint(plan)
             path = new_state["netns_path"]
-            if force or fingerprint != state.get("rules") or new_state.get("made"):
+            # Kernel work only for what changed (a backend change is one nft transaction),
+            # everything when forced (a restart, a full resync).
+            made = force or bool(new_state.get("made"))
+            if made or fingerprint != state.get("rules"):
                 chains, sets = rules.lb_ruleset(plan)
                 nft.replace_table(path, rules.FAMILY, rules.LB_TABLE, chains, sets,
                                   what=f"load balancer of network {net.name}")
+            new_state["vips"] = [str(v) for v in plan.vips()]
+            if made or new_state["vips"] != state.get("vips"):
                 lbns.set_vips(path, plan.vips())
             new_state["rules"] = fingerprint
             new_state.pop("made", None)
             published = [(p, IPv4(s.vip or "")) for s in vip_services for p in s.published()]
             if published:
                 link = lbns.ingress_name(nid)
-                lbns.ensure_ingress(ctl.host_ns, path, link, {v for _, v in published})
-                lbns.enable_forwarding(ctl.host_ns)
                 new_state["ingress_link"] = link
                 new_state["ingress"] = [
                     {"proto": p.proto, "host_port": p.host_port, "vip": str(v), "port": p.port}
                     for p, v in published]
                 new_state["subnets"] = [pool.subnet for pool in net.pools(4)]
+                if made or state.get("ingress_link") != link or \
+                        {i["vip"] for i in state.get("ingress", ())} != \
+                        {i["vip"] for i in new_state["ingress"]}:
+                    lbns.ensure_ingress(ctl.host_ns, path, link, {v for _, v in published})
+                    lbns.enable_forwarding(ctl.host_ns)
             elif state.get("ingress_link"):
                 lbns.remove_ingress(ctl.host_ns, state["ingress_link"])
         else:
@@ -436,7 +445,10 @@ class Services:
         path = state.get("netns_path") or ""
         eid = state.get("endpoint")
         leg = ctl.local.get(f"endpoints/{net.id}/{eid}") if eid else None
-        if leg is not None and path and lbns.leg_present(path):
+        # Looking inside costs a netlink socket in the namespace: only when forced (a
+        # restart, a resync); otherwise the namespace's file is proof enough.
+        present = lbns.leg_present(path) if force else netns_exists(path) if path else False
+        if leg is not None and path and present:
             return {k: state[k] for k in ("netns", "netns_path", "endpoint", "address")}
         self._teardown(net.id, state)  # a half or lost one: start again
         with contextlib.ExitStack() as undo:
