@@ -214,6 +214,11 @@ class Driver(abc.ABC):
         namespace of this host holds it (a LAN's router, say)."""
         return None
 
+    def endpoints_isolated(self, nid: str) -> bool:
+        """Whether the endpoints of network ``nid`` cannot reach each other (a bridge with
+        ICC off): then no load balancer on it can be reached either. Default: False."""
+        return False
+
     def restore(self) -> list[str]:
         """Reconcile the kernel with the driver's stored state after a restart: recreate
         what is missing and return a sentence for each thing that could not be fixed."""

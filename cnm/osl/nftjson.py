@@ -445,6 +445,30 @@ def jhash_vmap(field_expr: Expr, targets: Sequence[str], seed: int = 0) -> Expr:
     }}
 
 
+def _address_map(key: Expr, addresses: Sequence[Address]) -> Expr:
+    if not addresses:
+        raise InvalidNftValue("an address map needs at least one address")
+    return {"map": {"key": key, "data": {"set": [[i, str(_addr(a))]
+                                                 for i, a in enumerate(addresses)]}}}
+
+
+def dnat_numgen(mode: Literal["inc", "random"], addresses: Sequence[Address]) -> Expr:
+    """``dnat to numgen inc|random mod N map { 0 : A, 1 : B, ... }``: one rule spreads
+    connections over N addresses (the port stays)."""
+    if mode not in ("inc", "random"):
+        raise InvalidNftValue(f"unknown numgen mode {mode!r}")
+    key = {"numgen": {"mode": mode, "mod": len(addresses), "offset": 0}}
+    return {"dnat": {"addr": _address_map(key, addresses)}}
+
+
+def dnat_jhash(field_expr: Expr, addresses: Sequence[Address], seed: int = 0) -> Expr:
+    """``dnat to jhash FIELD mod N seed S map { 0 : A, ... }``: the same field value, the
+    same address."""
+    key = {"jhash": {"expr": field_expr, "mod": len(addresses),
+                     "seed": _int(seed, "seed", 0, 2**32 - 1), "offset": 0}}
+    return {"dnat": {"addr": _address_map(key, addresses)}}
+
+
 def payload(protocol: Literal["ip", "ip6", "tcp", "udp", "sctp", "th"], field_name: str) -> Expr:
     if field_name not in ("saddr", "daddr", "sport", "dport"):
         raise InvalidNftValue(f"unknown payload field {field_name!r}")

@@ -208,6 +208,9 @@ class Services:
         if published and net.internal:
             raise InvalidOption(f"network {net.name} is internal: its services cannot publish "
                                 "ports on the host")
+        if self.ctl.driver(net.driver).endpoints_isolated(net.id):
+            raise InvalidOption(f"the sandboxes of network {net.name} cannot reach each other "
+                                "(icc=false), so they could not reach a service on it either")
         space = self.space(net.id, net)
         for other in self.all():
             if other.name == name:

@@ -5,10 +5,13 @@ design, in a namespace of its own):
 
     map service-ips  VIP . PROTO . PORT : goto svc-ID           (one element per port)
     chain prerouting (nat, dstnat):   ip daddr . meta l4proto . th dport vmap @service-ips
-    chain svc-ID:     numgen inc mod N vmap { 0 : goto ep-ID-0, ... }        (rr)
-                      numgen random mod N vmap { ... }                      (random)
-                      jhash ip saddr mod N seed S vmap { ... }              (source-hash)
-    chain ep-ID-I:    dnat to BACKEND          (the port stays: a backend serves the port)
+    chain svc-ID:     dnat to numgen inc mod N map { 0 : BACKEND0, ... }     (rr)
+                      dnat to numgen random mod N map { ... }               (random)
+                      dnat to jhash ip saddr mod N seed S map { ... }       (source-hash)
+                      (the port stays: a backend serves the service's port)
+
+One rule per service (kube-proxy jumps to a chain per endpoint; pycnm needs no per-endpoint
+rule, and fewer chains make the one transaction of a change cheaper).
     chain postrouting (nat, srcnat):  ct status dnat oifname eth0 snat to LEG-ADDRESS
     chain input (filter):    ip daddr { VIPs } meta l4proto tcp reject with tcp reset
                              ip daddr { VIPs } reject (icmp port unreachable)
@@ -89,10 +92,10 @@ class IngressPlan:
     links: tuple[tuple[str, tuple[ipaddress.IPv4Network, ...]], ...]
 
 
-def _balance(service: ServicePlan, targets: list[str]) -> j.Expr:
+def _balance(service: ServicePlan) -> j.Expr:
     if service.balance == "source-hash":
-        return j.jhash_vmap(j.payload("ip", "saddr"), targets, seed=service.seed)
-    return j.numgen_vmap("random" if service.balance == "random" else "inc", targets)
+        return j.dnat_jhash(j.payload("ip", "saddr"), service.backends, seed=service.seed)
+    return j.dnat_numgen("random" if service.balance == "random" else "inc", service.backends)
 
 
 def lb_ruleset(plan: LbPlan) -> tuple[list[j.Chain], list[j.NamedSet]]:
@@ -102,10 +105,7 @@ def lb_ruleset(plan: LbPlan) -> tuple[list[j.Chain], list[j.NamedSet]]:
         if not service.backends:
             continue
         svc = f"svc-{service.id}"
-        targets = [f"ep-{service.id}-{i}" for i in range(len(service.backends))]
-        chains.append(j.Chain(svc, None, [j.rule(_balance(service, targets))]))
-        chains += [j.Chain(t, None, [j.rule(j.dnat(address))])
-                   for t, address in zip(targets, service.backends, strict=True)]
+        chains.append(j.Chain(svc, None, [j.rule(_balance(service))]))
         elements += [j.goto_element(j.service_key(service.vip, p.proto, p.port), svc)
                      for p in service.ports]
     sets = [j.NamedSet(SERVICE_MAP, ("ipv4_addr", "inet_proto", "inet_service"),

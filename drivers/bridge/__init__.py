@@ -191,6 +191,9 @@ class BridgeDriver(Driver):
     def _exists(self, nid: str) -> bool:
         return self.ctx.store.get(f"networks/{nid}") is not None
 
+    def endpoints_isolated(self, nid: str) -> bool:
+        return not self._network(nid)["options"]["icc"]
+
     def network_info(self, nid: str) -> dict[str, str]:
         return {"com.docker.network.bridge.name": self._network(nid)["bridge"]}
 

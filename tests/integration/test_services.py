@@ -307,8 +307,11 @@ def test_every_bad_value_is_one_sentence_and_nothing_is_made(lab) -> None:
     info = json.loads(lab.pycnm("--json", "service", "create", "web", "--network", network,
                                 "--port", "80", "--vip", "10.82.0.9").stdout)
     assert info["VirtualIP"] == "10.82.0.9"
+    closed = unique("net")
+    lab.pycnm("network", "create", closed, "--subnet", "10.83.0.0/24", "-o", "icc=false")
     for args, words in [
         (["service", "create", "web", "--network", network, "--port", "81"], "already exists"),
+        (["service", "create", "w2", "--network", closed, "--port", "81"], "icc=false"),
         (["attach", network, "nosb"], "no sandbox"),
         (["network", "rm", network], "has services"),
         (["detach", network, "x", "--drain", "-1"], "--drain"),
