@@ -1,11 +1,12 @@
 """``pycnm agent``: the long-running process of one host.
 
 It opens the Controller (which reconciles the kernel with the store), starts the drivers'
-background work (the overlay's lease, watches and VTEP entries) and the embedded DNS
-resolver of every sandbox (``cnm.dns``), serves the CLI calls handed to it
-(``cnm.cli.daemon``), and runs until SIGTERM or SIGINT, then stops that work (sandboxes
-get their plain resolv.conf back) and exits 0. The plugin server does the same in its own
-process; run one or the other per host, not both.
+background work (the overlay's lease, watches and VTEP entries), the services' load
+balancers following the store (``cnm.services.agent``) and the embedded DNS resolver of
+every sandbox (``cnm.dns``), serves the CLI calls handed to it (``cnm.cli.daemon``), and
+runs until SIGTERM or SIGINT, then stops that work (sandboxes get their plain resolv.conf
+back) and exits 0. The plugin server does the same in its own process; run one or the
+other per host, not both.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ ENV_LEASE_TTL = "PYCNM_OVERLAY_LEASE_TTL"
 
 def register(sub: argparse._SubParsersAction) -> None:
     agent = sub.add_parser(
-        "agent", help="run this host's background work (overlay lease, watches, VTEP entries) "
-        "until SIGTERM",
+        "agent", help="run this host's background work (overlay lease, watches, VTEP entries, "
+        "load balancers, DNS) until SIGTERM",
     )
     agent.add_argument("--lease-ttl", type=float, default=os.environ.get(ENV_LEASE_TTL),
                        help="seconds a dead host's records outlive it (default 15; "
