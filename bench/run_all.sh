@@ -26,9 +26,12 @@ declare -A ARGS=(
     [veth_growth]="--count 1000 --runs 1"
     [docker]="--runs 30 --creates 15 --rounds 3"
     [overlay]="--hosts 3 --endpoints 100 --iperf-seconds 5 --iperf-runs 5"
-    [dns_design]=""
+    [multihost_docker]="--rounds 10 --iperf-runs 5"
+    [dns]="--seconds 10 --runs 3"
+    [dns_design]="--seconds 5 --sandboxes 200"
+    [lb]="--seconds 3 --rounds 5 --clients 50 --services 20 --changes 30"
 )
-ORDER=(cli lab attach veth_growth docker overlay dns_design)
+ORDER=(cli lab attach veth_growth docker overlay multihost_docker dns dns_design lb)
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "run_all.sh: run as root (sudo bash bench/run_all.sh)" >&2
@@ -68,7 +71,7 @@ for name in "${ORDER[@]}"; do
     fi
     read -r -a args <<<"${ARGS[$name]}"
     command=(python3 "$file" "${args[@]}")
-    if [ "$name" = docker ]; then
+    if [ "$name" = docker ] || [ "$name" = dns ] || [ "$name" = multihost_docker ]; then
         command=(flock /tmp/pycnm-locks/docker.lock "${command[@]}")
     fi
     echo "== $name: ${command[*]}" >&2
