@@ -189,10 +189,10 @@ def test_cleanup_kernel_only_says_what_it_swept_and_reconcile_rebuilds_it(pycnm:
     assert ping_eventually(f"pcsb-{a}", "10.92.0.1")
 
 
-NETWORK_KEYS = {"Name", "Id", "Created", "Scope", "Driver", "EnableIPv6", "Internal", "IPAM",
-                "Options", "Labels", "Endpoints"}
+NETWORK_KEYS = {"Name", "Id", "Created", "Scope", "Driver", "EnableIPv4", "EnableIPv6",
+                "Internal", "IPAM", "Options", "Labels", "Endpoints"}
 ENDPOINT_KEYS = {"Name", "EndpointID", "NetworkID", "MacAddress", "IPv4Address", "Aliases",
-                 "IPv6Address", "SandboxID", "Interface"}
+                 "Services", "IPv6Address", "SandboxID", "Interface"}
 SANDBOX_KEYS = {"Name", "Id", "Mode", "SandboxKey", "NetnsName", "Hostname", "Created",
                 "Gateway", "Interfaces", "SharedBy", "DNS"}
 
