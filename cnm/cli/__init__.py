@@ -51,8 +51,8 @@ COMMANDS: list[tuple[str, dict[str, str]]] = [
         "reconcile": "rebuild missing kernel state from the store",
     }),
     ("cnm.cli.agent", {
-        "agent": "run this host's background work (overlay lease, watches, VTEP entries) "
-                 "until SIGTERM",
+        "agent": "run this host's background work (overlay lease, watches, VTEP entries, "
+                 "load balancers, DNS) until SIGTERM",
     }),
     ("plugin_server.cli", {"plugin": "the Docker network plugin"}),
     ("netns_fixtures.lab.cli", {"lab": "lab exercises in network namespaces (topology files)"}),
