@@ -265,14 +265,15 @@ class _Builder:
                                     stderr=subprocess.STDOUT, start_new_session=self.detach,
                                     preexec_fn=None if self.detach else _die_with_parent)
         self.state.note_process(f"agent {host}", proc.pid, f"--host-ns {ns} ")
-        store = self.controller(host).store
+        ctl = self.controller(host)
         deadline = time.monotonic() + AGENT_TIMEOUT
-        # Registered for the overlay, and (when the lab uses names) serving DNS: sandboxes
-        # made next are then taken over as they are made.
-        wanted = [f"{OVERLAY_HOSTS_KEY}{ns}"]
+        # Registered for the overlay (in the cluster store), and (when the lab uses names)
+        # serving DNS (its claim is a record of the host's own, in the local store):
+        # sandboxes made next are then taken over as they are made.
+        wanted = [(ctl.store, f"{OVERLAY_HOSTS_KEY}{ns}")]
         if self.topo.uses_dns():
-            wanted.append(f"local/{ns}/dns/resolver")
-        while any(store.get(key) is None for key in wanted):
+            wanted.append((ctl.local_store, f"local/{ns}/dns/resolver"))
+        while any(store.get(key) is None for store, key in wanted):
             if proc.poll() is not None or time.monotonic() > deadline:
                 tail = log_path.read_text(errors="replace")[-1500:]
                 raise LabBuildError(f"the pycnm agent of {host} did not start (see "

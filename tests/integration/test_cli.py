@@ -136,12 +136,12 @@ def test_errors_are_one_line_with_their_exit_code(pycnm: Pycnm, args: tuple[str,
 
 def store_keys(pycnm: Pycnm) -> list[str]:
     """The store's keys but those a running agent keeps for itself (its host's lease, its
-    resolver's state), which come and go on their own."""
+    resolver's and its load balancers' state), which come and go on their own."""
     store = open_store(pycnm.store_url)  # type: ignore[attr-defined]
     try:
         return sorted(e.key for e in store.list("")
                       if not e.key.startswith("global/drivers/overlay/hosts/")
-                      and "/dns/" not in e.key)
+                      and "/dns/" not in e.key and not e.key.endswith("/lb/agent"))
     finally:
         store.close()
 
