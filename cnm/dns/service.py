@@ -53,6 +53,7 @@ from cnm.osl.netns import netns_exists
 from cnm.records import SandboxRecord
 from cnm.store.base import Store, WatchEvent
 from cnm.store.prefixed import PrefixedStore
+from cnm.store.reconnect import run_reconnecting
 
 if TYPE_CHECKING:
     from cnm.controller import Controller
@@ -62,7 +63,6 @@ log = logging.getLogger(__name__)
 DEFAULT_LEASE_TTL = 15.0
 DEFAULT_RESYNC_INTERVAL = 30.0
 UPSTREAM_CHECK = 2.0  # seconds between two looks at the host's resolv.conf
-BACKOFF_FIRST, BACKOFF_MAX = 0.2, 5.0
 ENV_LEASE_TTL = "PYCNM_OVERLAY_LEASE_TTL"
 
 _SCOPE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
@@ -174,24 +174,20 @@ class DnsService:
         self.server.stop()
 
     def _run(self) -> None:
-        backoff = BACKOFF_FIRST
-        while not self._stopping.is_set():
-            try:
-                self._connect()
-                backoff = BACKOFF_FIRST
-                self._serve()
-            except StoreUnavailable as exc:
-                log.warning("resolver %s: store unavailable (%s); answering from the names "
-                            "known, retrying in %.1f s", self.host_id, exc, backoff)
-            except Conflict as exc:
-                log.warning("resolver %s: %s", self.host_id, exc)
-            except Exception:  # noqa: BLE001 - a bug must not leave the host without names
-                log.exception("resolver %s: unexpected error; reconnecting", self.host_id)
-            self.connected.clear()
-            self._drop_watches()
-            if self._stopping.wait(backoff):
-                break
-            backoff = min(backoff * 2, BACKOFF_MAX)
+        run_reconnecting(f"resolver {self.host_id}", self._stopping, self._connect,
+                         self._serve, (StoreUnavailable, Conflict), self._store_failed,
+                         self._disconnected, log)
+
+    def _store_failed(self, exc: Exception, backoff: float) -> None:
+        if isinstance(exc, Conflict):
+            log.warning("resolver %s: %s", self.host_id, exc)
+        else:
+            log.warning("resolver %s: store unavailable (%s); answering from the names "
+                        "known, retrying in %.1f s", self.host_id, exc, backoff)
+
+    def _disconnected(self) -> None:
+        self.connected.clear()
+        self._drop_watches()
 
     # --- connecting -------------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ from cnm.errors import CNMError, StoreUnavailable
 from cnm.services.manager import AGENT_KEY, Services
 from cnm.store.base import WatchEvent
 from cnm.store.prefixed import PrefixedStore
+from cnm.store.reconnect import run_reconnecting
 
 if TYPE_CHECKING:
     from cnm.controller import Controller
@@ -41,7 +42,6 @@ log = logging.getLogger(__name__)
 DEFAULT_LEASE_TTL = 15.0
 DEFAULT_RESYNC_INTERVAL = 30.0
 ENV_LEASE_TTL = "PYCNM_OVERLAY_LEASE_TTL"
-BACKOFF_FIRST, BACKOFF_MAX = 0.2, 5.0
 
 
 class ServiceAgent:
@@ -75,22 +75,17 @@ class ServiceAgent:
                 self.ctl.local.delete(AGENT_KEY)
 
     def _run(self) -> None:
-        backoff = BACKOFF_FIRST
-        while not self._stopping.is_set():
-            try:
-                self._connect()
-                backoff = BACKOFF_FIRST
-                self._serve()
-            except StoreUnavailable as exc:
-                log.warning("services %s: store unavailable (%s); the rules stay, retrying "
-                            "in %.1f s", self.ctl.host_id, exc, backoff)
-            except Exception:  # noqa: BLE001 - a bug must not stop the host's services
-                log.exception("services %s: unexpected error; reconnecting", self.ctl.host_id)
-            self.connected.clear()
-            self._drop_watches()
-            if self._stopping.wait(backoff):
-                break
-            backoff = min(backoff * 2, BACKOFF_MAX)
+        run_reconnecting(f"services {self.ctl.host_id}", self._stopping, self._connect,
+                         self._serve, (StoreUnavailable,), self._store_failed,
+                         self._disconnected, log)
+
+    def _store_failed(self, exc: Exception, backoff: float) -> None:
+        log.warning("services %s: store unavailable (%s); the rules stay, retrying in %.1f s",
+                    self.ctl.host_id, exc, backoff)
+
+    def _disconnected(self) -> None:
+        self.connected.clear()
+        self._drop_watches()
 
     def _drop_watches(self) -> None:
         cancels, self._cancels = self._cancels, []

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from cnm.errors import CNMError, InvalidOption, StoreUnavailable
 from cnm.store.base import WatchEvent
+from cnm.store.reconnect import run_reconnecting
 from drivers.overlay import cluster, dataplane
 from drivers.overlay.cluster import Cluster, LeaseKeeper
 
@@ -45,8 +46,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _STOP = object()
-BACKOFF_FIRST = 0.2
-BACKOFF_MAX = 5.0
 
 
 class LeaseLost(StoreUnavailable):
@@ -112,27 +111,22 @@ class Agent:
         self._queue.put(("network", nid))
 
     def _run(self) -> None:
-        backoff = BACKOFF_FIRST
-        while not self._stopping.is_set():
-            try:
-                self._connect()
-                backoff = BACKOFF_FIRST
-                self._serve()
-            except StoreUnavailable as exc:
-                if self.connected.is_set():
-                    log.warning("overlay agent %s: lost the store (%s); forwarding continues "
-                                "with the entries in place", self.host_id, exc)
-                else:
-                    log.info("overlay agent %s: store unavailable (%s); retrying in %.1f s",
-                             self.host_id, exc, backoff)
-            except Exception:  # a bug must not leave the host unwatched for good
-                log.exception("overlay agent %s: unexpected error; reconnecting", self.host_id)
-            self.connected.clear()
-            self._drop_watches()
-            if self._stopping.wait(backoff):
-                break
-            backoff = min(backoff * 2, BACKOFF_MAX)
+        run_reconnecting(f"overlay agent {self.host_id}", self._stopping, self._connect,
+                         self._serve, (StoreUnavailable,), self._store_failed,
+                         self._disconnected, log)
         self.connected.clear()
+
+    def _store_failed(self, exc: Exception, backoff: float) -> None:
+        if self.connected.is_set():
+            log.warning("overlay agent %s: lost the store (%s); forwarding continues with "
+                        "the entries in place", self.host_id, exc)
+        else:
+            log.info("overlay agent %s: store unavailable (%s); retrying in %.1f s",
+                     self.host_id, exc, backoff)
+
+    def _disconnected(self) -> None:
+        self.connected.clear()
+        self._drop_watches()
 
     # --- connecting --------------------------------------------------------------------
 
