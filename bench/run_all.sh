@@ -26,13 +26,14 @@ declare -A ARGS=(
     [veth_growth]="--count 1000 --runs 1"
     [docker]="--runs 30 --creates 15 --rounds 3"
     [overlay]="--hosts 3 --endpoints 100 --iperf-seconds 5 --iperf-runs 5"
+    [overlay_scale]="--overlays 10 --endpoints 100 --rounds 10 --ignored 50 --idle 5"
     [multihost_docker]="--rounds 10 --iperf-runs 5"
     [dns]="--seconds 10 --runs 3"
     [dns_design]="--seconds 5 --sandboxes 200"
     [lb]="--seconds 3 --rounds 5 --clients 50 --services 20 --changes 30"
     [etcd_fanout]="--hosts 100,1000 --events 40 --burst 20 --workers 4 --idle 10 --lease-ttl 15"
 )
-ORDER=(cli lab attach veth_growth docker overlay multihost_docker etcd_fanout dns dns_design lb)
+ORDER=(cli lab attach veth_growth docker overlay overlay_scale multihost_docker etcd_fanout dns dns_design lb)
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "run_all.sh: run as root (sudo bash bench/run_all.sh)" >&2
