@@ -26,8 +26,8 @@ For each N (a fresh throwaway etcd on loopback each time):
 - etcd's resident memory with no host, with N hosts, after the events; the CPU the
   simulating processes spent per event (they share the 2 cores with etcd: the fan-out
   latency includes their share, so it is an upper bound of etcd's).
-- resync: the agent lists each of its overlays every 30 s: etcd's CPU for one listing of
-  an overlay holding 50 endpoint records.
+- resync: the agent lists each of its overlays twice every 30 s (resync and republish):
+  the time and etcd's CPU for one listing of an overlay holding 50 and 2,000 records.
 
 The model for larger clusters built from these figures is in docs/scale.md. Fails (exit
 1, FAILED) if an event reached no host or a phase measured nothing.
@@ -62,8 +62,7 @@ WATCHED = ("overlays/", "hosts/")  # what the agent watches in DRIVER_SPACE
 OVERLAY = "benchfan"
 CONNECT_CONCURRENCY = 50  # hosts connecting at once per worker
 EVENT_TIMEOUT = 30.0
-RESYNC_RECORDS = 50
-RESYNC_LISTS = 200
+RESYNC = {50: 200, 2000: 20}  # records in an overlay -> listings timed
 
 
 def mac(block: int, i: int) -> str:
@@ -281,6 +280,24 @@ class Fleet:
                 proc.join(timeout=5)
 
 
+def listing(cluster: Any, pid: int, alone: float, records: int, lists: int,
+            lease: Any) -> tuple[float, float]:
+    """(wall ms, etcd CPU ms) of one listing of an overlay holding ``records`` endpoint
+    records, as the agent's resync and republish do every 30 s for each overlay."""
+    overlay = f"benchresync{records}"
+    for i in range(records):
+        cluster.publish(overlay, f"e{i}", {
+            "id": f"e{i}", "network": "n" * 64, "vtep": "192.0.2.9", "mac": mac(0x81, i),
+            "ip": f"10.129.{i // 250}.{i % 250 + 2}", "ip6": None}, lease)
+    cpu0, t0 = cpu_seconds(pid), time.monotonic()
+    for _ in range(lists):
+        if len(cluster.endpoints(overlay)) != records:
+            raise SystemExit("FAILED: a resync listing missed records")
+    took = time.monotonic() - t0
+    cpu = max(0.0, cpu_seconds(pid) - cpu0 - alone * took)
+    return took * 1000 / lists, cpu * 1000 / lists
+
+
 def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
     from cnm.store.etcd import EtcdStore
     from cnm.store.prefixed import PrefixedStore
@@ -370,17 +387,8 @@ def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
             if fleet is not None:
                 fleet.close()
 
-        # resync: one listing of an overlay holding RESYNC_RECORDS records.
-        for i in range(RESYNC_RECORDS):
-            cluster.publish("benchresync", f"e{i}", {"id": f"e{i}", "vtep": "192.0.2.9",
-                                                     "mac": mac(0x81, i),
-                                                     "ip": f"10.129.0.{i + 2}"}, lease)
-        cpu_l0, t_l0 = cpu_seconds(pid), time.monotonic()
-        for _ in range(RESYNC_LISTS):
-            if len(cluster.endpoints("benchresync")) != RESYNC_RECORDS:
-                raise SystemExit("FAILED: a resync listing missed records")
-        resync_cpu = cpu_seconds(pid) - cpu_l0 - alone * (time.monotonic() - t_l0)
-        resync_ms = (time.monotonic() - t_l0) * 1000 / RESYNC_LISTS
+        resync = {size: listing(cluster, pid, alone, size, lists, lease)
+                  for size, lists in RESYNC.items()}
         store.close()
 
     events = len(starts)
@@ -404,7 +412,7 @@ def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
         "burst": len(burst), "burst_s": t1 - t0, "lost": lost,
         "workers_ms": workers_cpu * 1000 / len(burst), "events": events,
         "complete": len(last), "incomplete": incomplete, "last": last, "middle": middle,
-        "resync_cpu_ms": max(0.0, resync_cpu) * 1000 / RESYNC_LISTS, "resync_ms": resync_ms,
+        "resync": resync,
     }
 
 
@@ -426,8 +434,9 @@ def show(r: dict[str, Any], ttl: int) -> None:
           f"(TTL {ttl} s, every {ttl / 3:.0f} s), {per_ka:.3f} ms CPU each")
     print(f"etcd RSS: {empty:.0f} MiB alone, {hosts:.0f} MiB with {n} hosts "
           f"({(hosts - empty) * 1024 / n:.0f} KiB per host), {after:.0f} MiB after the events")
-    print(f"resync listing of one overlay with {RESYNC_RECORDS} endpoints: "
-          f"{r['resync_ms']:.2f} ms, etcd CPU {r['resync_cpu_ms']:.3f} ms")
+    for size, (wall, cpu) in r["resync"].items():
+        print(f"resync listing of one overlay with {size} endpoints: {wall:.2f} ms, "
+              f"etcd CPU {cpu:.3f} ms")
 
 
 def main() -> int:
