@@ -3,24 +3,29 @@
     sudo python3 bench/bench_etcd_fanout.py [--hosts 100,1000] [--events 40] [--burst 20]
                                             [--workers 4] [--idle 10] [--lease-ttl 15]
 
-Each simulated host does on the wire what a pycnm agent does (drivers/overlay/agent.py)
-and nothing in the kernel: its own gRPC connection to etcd, its own lease (granted, then
-kept alive every TTL/3 with a LeaseKeepAlive call, as ``refresh_lease`` does), its
-registration ``hosts/<name>`` under that lease, and its own two watch streams on the
-prefixes the agent watches (``global/drivers/overlay/overlays/`` and ``.../hosts/``, with
-progress notifications and ``hasleader``); every event is decoded as the agent decodes
-it. The hosts share ``--workers`` processes (asyncio, grpc.aio), one connection each.
+Each simulated host does on the wire what a ``pycnm agent`` does in etcd and nothing in
+the kernel: its own gRPC connection, its three leases (the overlay agent's, the DNS
+service's and the load-balancer agent's; each kept alive every TTL/3 with a
+LeaseKeepAlive call, as ``refresh_lease`` does), its registration ``hosts/<name>``, and
+its own five watch streams on the prefixes the agent watches (``global/drivers/overlay/
+overlays/`` and ``hosts/``, ``global/dns/scopes/``, ``global/services/``,
+``global/service-backends/``; progress notifications, ``hasleader``). It decodes every
+event, and after a change under ``dns/scopes/`` lists that whole prefix (coalesced), as
+the DNS service's sync does. The hosts share ``--workers`` processes (asyncio,
+grpc.aio), one connection each.
 
 For each N (a fresh throwaway etcd on loopback each time):
 
 - idle: ``--idle`` seconds with the N hosts connected and keeping their leases alive:
   etcd's CPU per keepalive and per second, beside etcd alone before any host connected.
 - events: ``--events`` endpoint events written the way an attach and a detach write them
-  (pycnm's own code: the cluster-wide IPAM's address compare-and-swap, then the endpoint
-  record under the writer's lease; a detach withdraws the record, then releases the
+  (pycnm's own code: the cluster-wide IPAM's address compare-and-swap, the endpoint
+  record under the writer's lease, then the endpoint's names under ``dns/scopes/`` as
+  the writer's DNS service publishes them; a detach withdraws both and releases the
   address), one at a time, each after every host saw the previous one. Per event: the
   time from the start of its write until the last host saw it and until half the hosts
-  had (p50 and p99 over the events). Then etcd's CPU per event: ``--burst`` events
+  had (p50 and p99 over the events), for the overlay record (a watch event) and for the
+  names (a listing of dns/scopes/ that holds them). Then etcd's CPU per event: ``--burst`` events
   written back to back with the keepalives paused (every lease outlives the burst; the
   run checks that none was lost), net of etcd's own background rate.
 - etcd's resident memory with no host, with N hosts, after the events; the CPU the
@@ -58,7 +63,13 @@ import benchlib  # noqa: E402
 
 ETCD_PREFIX = "/pycnm/"
 DRIVER_SPACE = "global/drivers/overlay/"
-WATCHED = ("overlays/", "hosts/")  # what the agent watches in DRIVER_SPACE
+DNS_SPACE = "global/dns/scopes/"
+# What a host's `pycnm agent` watches in etcd: the overlay agent, the DNS service and
+# the load-balancer agent (drivers/overlay/agent.py, cnm/dns/service.py,
+# cnm/services/agent.py); each of the three holds a lease of its own.
+WATCHED = (DRIVER_SPACE + "overlays/", DRIVER_SPACE + "hosts/", DNS_SPACE,
+           "global/services/", "global/service-backends/")
+LEASES = 3
 OVERLAY = "benchfan"
 CONNECT_CONCURRENCY = 50  # hosts connecting at once per worker
 EVENT_TIMEOUT = 30.0
@@ -112,20 +123,49 @@ async def _worker(target: str, names: list[str], ttl: int, conn: Any) -> None:
     # One connection per host, as every pycnm host has its own (no shared subchannel).
     options = [("grpc.use_local_subchannel_pool", 1), ("grpc.enable_http_proxy", 0)]
 
-    def on_event(kind: str, key: str, value: bytes, seen: float) -> None:
+    def arrived(event: str, seen: float) -> None:
+        times = arrivals[event]
+        times.append(seen)
+        if len(times) == len(names):
+            conn.send(("seen", event))
+
+    def on_event(kind: str, key: str, value: bytes, seen: float, dirty: asyncio.Event) -> None:
+        if kind == "put":
+            json.loads(value)  # every agent decodes what it is sent
+        if key.startswith(ETCD_PREFIX + DNS_SPACE):
+            dirty.set()  # the DNS service re-lists dns/scopes/ (coalesced)
+            return
         parts = key[len(ETCD_PREFIX) + len(DRIVER_SPACE):].split("/")
         if len(parts) == 4 and parts[2] == "endpoints":  # the agent's parse_endpoint_key
-            if kind == "put":
-                json.loads(value)
-            event = f"{parts[3]}:{kind}"
-            times = arrivals[event]
-            times.append(seen)
-            if len(times) == len(names):
-                conn.send(("seen", event))
+            arrived(f"{parts[3]}:{kind}", seen)
 
-    async def watch(channel: Any, prefix: str, created: asyncio.Event) -> None:
-        key = (ETCD_PREFIX + DRIVER_SPACE + prefix).encode()
-        end = key[:-1] + bytes([key[-1] + 1])
+    def span(prefix: str) -> tuple[bytes, bytes]:
+        key = (ETCD_PREFIX + prefix).encode()
+        return key, key[:-1] + bytes([key[-1] + 1])
+
+    async def relist(channel: Any, dirty: asyncio.Event) -> None:
+        """The DNS service's sync: after dns/scopes/ changed, list all of it; a name is
+        known to this host once a listing holds it (gone once one no longer does)."""
+        key, end = span(DNS_SPACE)
+        known: set[str] = set()
+        while not stop.is_set():
+            await dirty.wait()
+            dirty.clear()
+            response = await rpc.KVStub(channel).Range(rpc.RangeRequest(key=key, range_end=end))
+            seen = time.monotonic()
+            present = set()
+            for kv in response.kvs:
+                json.loads(kv.value)
+                present.add(kv.key.decode().rsplit("/", 1)[1])
+            for eid in present - known:
+                arrived(f"{eid}:dns-put", seen)
+            for eid in known - present:
+                arrived(f"{eid}:dns-delete", seen)
+            known = present
+
+    async def watch(channel: Any, prefix: str, created: asyncio.Event,
+                    dirty: asyncio.Event) -> None:
+        key, end = span(prefix)
 
         async def requests() -> Any:
             yield rpc.WatchRequest(create_request=rpc.WatchCreateRequest(
@@ -139,7 +179,7 @@ async def _worker(target: str, names: list[str], ttl: int, conn: Any) -> None:
             seen = time.monotonic()
             for ev in response.events:
                 on_event("delete" if ev.type == 1 else "put", ev.kv.key.decode(),
-                         ev.kv.value, seen)
+                         ev.kv.value, seen, dirty)
 
     async def keepalive(channel: Any, lease: int) -> None:
         await asyncio.sleep(random.uniform(0, ttl / 3))
@@ -162,16 +202,19 @@ async def _worker(target: str, names: list[str], ttl: int, conn: Any) -> None:
         tasks: list[asyncio.Task[None]] = []
         try:
             async with gate:
-                lease = await rpc.LeaseStub(channel).LeaseGrant(rpc.LeaseGrantRequest(TTL=ttl))
-                record = json.dumps({"name": name, "vtep": "192.0.2.1", "lease": lease.ID,
-                                     "since": time.time()}).encode()
+                leases = [await rpc.LeaseStub(channel).LeaseGrant(
+                    rpc.LeaseGrantRequest(TTL=ttl)) for _ in range(LEASES)]
+                record = json.dumps({"name": name, "vtep": "192.0.2.1",
+                                     "lease": leases[0].ID, "since": time.time()}).encode()
                 await rpc.KVStub(channel).Put(rpc.PutRequest(
                     key=f"{ETCD_PREFIX}{DRIVER_SPACE}hosts/{name}".encode(), value=record,
-                    lease=lease.ID))
+                    lease=leases[0].ID))
                 created = [asyncio.Event() for _ in WATCHED]
-                tasks = [asyncio.create_task(watch(channel, p, c))
+                dirty = asyncio.Event()
+                tasks = [asyncio.create_task(watch(channel, p, c, dirty))
                          for p, c in zip(WATCHED, created, strict=True)]
-                tasks.append(asyncio.create_task(keepalive(channel, lease.ID)))
+                tasks.append(asyncio.create_task(relist(channel, dirty)))
+                tasks += [asyncio.create_task(keepalive(channel, lease.ID)) for lease in leases]
                 for event in created:
                     await asyncio.wait_for(event.wait(), 60)
             stats["ready"] += 1
@@ -301,7 +344,7 @@ def listing(cluster: Any, pid: int, alone: float, records: int, lists: int,
 def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
     from cnm.store.etcd import EtcdStore
     from cnm.store.prefixed import PrefixedStore
-    from drivers.overlay.cluster import Cluster
+    from drivers.overlay.cluster import Cluster, put_leased
     from netns_fixtures.etcd import start_etcd
 
     with tempfile.TemporaryDirectory(prefix="pycnm-bench-fanout-") as data, \
@@ -339,17 +382,33 @@ def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
             cluster = Cluster(PrefixedStore(store, DRIVER_SPACE), "writer")
             # The writer's lease outlives the run (its keepalives are not what is measured).
             lease = store.grant_lease(3600.0)
+
+            def dns_key(eid: str) -> str:  # the DNS service's publish_records key
+                return f"dns/scopes/overlay:{OVERLAY}/writer/{eid}"
+
             def attach(i: int) -> tuple[str, Any]:
+                """What an attach on the writer host writes: the address, the endpoint
+                record, then (its DNS service) the endpoint's names."""
                 eid, address = uuid.uuid4().hex, ipam.request_address(pool.id)
                 cluster.publish(OVERLAY, eid, {
                     "id": eid, "network": "n" * 64, "vtep": "192.0.2.9",
                     "mac": mac(0x80, i),
                     "ip": str(address), "ip6": None}, lease)
+                put_leased(writer, dns_key(eid), {
+                    "names": [f"c{i}", eid[:12]], "ptr": f"c{i}", "host": "writer",
+                    "addresses": [str(address)]}, lease)
                 return eid, address
 
             def detach(eid: str, address: Any) -> None:
                 cluster.withdraw(OVERLAY, eid)
+                writer.delete(dns_key(eid))
                 ipam.release_address(pool.id, address)
+
+            def wait(eid: str, kind: str) -> int:
+                """How many of the endpoint's two events (overlay record, DNS names)
+                did not reach every host in time."""
+                return sum(not fleet.wait("seen", EVENT_TIMEOUT, f"{eid}:{k}")
+                           for k in (kind, f"dns-{kind}"))
 
             # Latency, one event at a time, with the leases kept alive as usual.
             starts: dict[str, float] = {}
@@ -357,22 +416,24 @@ def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
             for i in range(args.events // 2):
                 started = time.monotonic()
                 eid, address = attach(i)
-                starts[f"{eid}:put"] = started
-                incomplete += not fleet.wait("seen", EVENT_TIMEOUT, f"{eid}:put")
-                starts[f"{eid}:delete"] = time.monotonic()
+                starts[f"{eid}:put"] = starts[f"{eid}:dns-put"] = started
+                incomplete += wait(eid, "put")
+                starts[f"{eid}:delete"] = starts[f"{eid}:dns-delete"] = time.monotonic()
                 detach(eid, address)
-                incomplete += not fleet.wait("seen", EVENT_TIMEOUT, f"{eid}:delete")
+                incomplete += wait(eid, "delete")
             # CPU: a burst of events with the keepalives paused (each lease was refreshed
             # within TTL/3, so it outlives a burst shorter than 2/3 of the TTL).
             fleet.keepalives(False)
-            burst = []
             workers = [cpu_seconds(p.pid) for p in fleet.procs]
             cpu0, t0 = cpu_seconds(pid), time.monotonic()
-            for i in range(args.burst // 2):
-                eid, address = attach(i)
+            # (attaches first, then detaches: a host whose DNS listing came after both an
+            # attach and its detach would never see the name, rightly, and wait forever)
+            held = [attach(i) for i in range(args.burst // 2)]
+            burst = [eid for eid, _ in held]
+            incomplete += sum(wait(eid, "put") for eid in burst)
+            for eid, address in held:
                 detach(eid, address)
-                burst += [f"{eid}:put", f"{eid}:delete"]
-            incomplete += sum(not fleet.wait("seen", EVENT_TIMEOUT, e) for e in burst)
+            incomplete += sum(wait(eid, "delete") for eid in burst)
             cpu1, t1 = cpu_seconds(pid), time.monotonic()
             workers_cpu = sum(cpu_seconds(p.pid) for p in fleet.procs) - sum(workers)
             fleet.keepalives(True)
@@ -391,16 +452,17 @@ def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
                   for size, lists in RESYNC.items()}
         store.close()
 
-    events = len(starts)
-    last, middle = [], []
+    events = len(starts) // 2
+    last: dict[bool, list[float]] = {False: [], True: []}  # by "is a DNS event"
+    middle: dict[bool, list[float]] = {False: [], True: []}
     for event, started in starts.items():
         times = arrivals.get(event, [])
         if len(times) != n:
             continue
         offsets = sorted((t - started) * 1000 for t in times)
-        last.append(offsets[-1])
-        middle.append(statistics.median(offsets))
-    if not last:
+        last[":dns-" in event].append(offsets[-1])
+        middle[":dns-" in event].append(statistics.median(offsets))
+    if not last[False] or not last[True]:
         raise benchlib.MeasuredNothing(f"fan-out to {n} hosts")
     if not keepalives:
         raise benchlib.MeasuredNothing(f"lease keepalives of {n} hosts")
@@ -408,10 +470,11 @@ def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
         "n": n, "connect_s": connect_s, "rss": (rss_empty, rss_hosts, rss_events),
         "alone": alone, "idle_rate": idle_rate, "keepalives": keepalives,
         "idle_s": idle_s,
-        "event_cpu_ms": (cpu1 - cpu0 - alone * (t1 - t0)) * 1000 / len(burst),
-        "burst": len(burst), "burst_s": t1 - t0, "lost": lost,
-        "workers_ms": workers_cpu * 1000 / len(burst), "events": events,
-        "complete": len(last), "incomplete": incomplete, "last": last, "middle": middle,
+        "event_cpu_ms": (cpu1 - cpu0 - alone * (t1 - t0)) * 1000 / (2 * len(burst)),
+        "burst": 2 * len(burst), "burst_s": t1 - t0, "lost": lost,
+        "workers_ms": workers_cpu * 1000 / (2 * len(burst)), "events": events,
+        "complete": len(last[False]), "incomplete": incomplete, "last": last,
+        "middle": middle,
         "resync": resync,
     }
 
@@ -421,13 +484,17 @@ def show(r: dict[str, Any], ttl: int) -> None:
     print(f"\n== {n} simulated hosts (connected in {r['connect_s']:.1f} s)")
     print(f"fan-out of one endpoint event ({r['complete']} of {r['events']} events reached "
           f"all {n} hosts), from the start of its write:")
-    print(f"  last host   {benchlib.spread(r['last'], 'last arrival')}   "
-          f"p99 {benchlib.percentile(r['last'], 0.99):.1f} ms")
-    print(f"  half of them {benchlib.spread(r['middle'], 'median arrival')}   "
-          f"p99 {benchlib.percentile(r['middle'], 0.99):.1f} ms")
-    print(f"etcd CPU per endpoint event: {r['event_cpu_ms']:.2f} ms (writes and fan-out to "
-          f"{n} watchers; {r['burst']} events in {r['burst_s']:.1f} s, keepalives paused); "
-          f"the simulating processes: {r['workers_ms']:.2f} ms")
+    for dns, what in ((False, "overlay record (watch event)"),
+                      (True, "DNS names (watch event, then a listing of dns/scopes/)")):
+        print(f"  {what}:")
+        print(f"    last host    {benchlib.spread(r['last'][dns], 'last arrival')}   "
+              f"p99 {benchlib.percentile(r['last'][dns], 0.99):.1f} ms")
+        print(f"    half of them {benchlib.spread(r['middle'][dns], 'median arrival')}   "
+              f"p99 {benchlib.percentile(r['middle'][dns], 0.99):.1f} ms")
+    print(f"etcd CPU per endpoint event: {r['event_cpu_ms']:.2f} ms (the writes, {n} x 2 "
+          f"watch events and {n} listings of dns/scopes/; {r['burst']} events in "
+          f"{r['burst_s']:.1f} s, keepalives paused); the simulating processes: "
+          f"{r['workers_ms']:.2f} ms")
     per_ka = (r["idle_rate"] - r["alone"]) * r["idle_s"] * 1000 / r["keepalives"]
     print(f"etcd idle with {n} hosts: {100 * r['idle_rate']:.1f}% of a core "
           f"(alone {100 * r['alone']:.1f}%); {r['keepalives'] / r['idle_s']:.0f} keepalives/s "
