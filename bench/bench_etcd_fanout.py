@@ -25,9 +25,10 @@ For each N (a fresh throwaway etcd on loopback each time):
   address), one at a time, each after every host saw the previous one. Per event: the
   time from the start of its write until the last host saw it and until half the hosts
   had (p50 and p99 over the events), for the overlay record (a watch event) and for the
-  names (a listing of dns/scopes/ that holds them). Then etcd's CPU per event: ``--burst`` events
-  written back to back with the keepalives paused (every lease outlives the burst; the
-  run checks that none was lost), net of etcd's own background rate.
+  names (a listing of dns/scopes/ that holds them). Then etcd's CPU per event:
+  ``--burst`` events written back to back with the keepalives paused (every lease
+  outlives the burst; the run checks that none was lost), net of etcd's own background
+  rate.
 - etcd's resident memory with no host, with N hosts, after the events; the CPU the
   simulating processes spent per event (they share the 2 cores with etcd: the fan-out
   latency includes their share, so it is an upper bound of etcd's).
