@@ -118,11 +118,17 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="pycnm-bench-etcd-") as data, \
             start_etcd(data) as etcd:
-        lab = OverlayLab(etcd.url, lease_ttl=5.0)
+        # pycnm's default lease TTL: with the lab's 5 s, an agent that lost its lease had
+        # to republish ~800 endpoints under a new one within 5 s on this loaded machine,
+        # failed, and started over (docs/scale.md).
+        lab = OverlayLab(etcd.url, lease_ttl=15.0)
         scale: Scale | None = None
         try:
             scale = Scale(lab, args.overlays)
             return run(scale, args)
+        except AssertionError as exc:  # a VTEP never matched the model
+            print(f"FAILED: {exc}")
+            return 1
         finally:
             if scale is not None:
                 for ctl in scale.controllers.values():
