@@ -352,7 +352,10 @@ def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
             start_etcd(data) as etcd:
         assert etcd.proc is not None
         pid = etcd.proc.pid
-        store = EtcdStore(etcd.endpoint)
+        # A long deadline: how long the writes take under the fan-out is reported (pycnm's
+        # default of 2 s per call would turn the slow ones into errors).
+        store = EtcdStore(etcd.endpoint, timeout=60.0)
+        writes: list[float] = []
         fleet: Fleet | None = None
         try:
             # etcd alone, as a baseline for its own background work.
@@ -390,6 +393,7 @@ def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
             def attach(i: int) -> tuple[str, Any]:
                 """What an attach on the writer host writes: the address, the endpoint
                 record, then (its DNS service) the endpoint's names."""
+                started = time.monotonic()
                 eid, address = uuid.uuid4().hex, ipam.request_address(pool.id)
                 cluster.publish(OVERLAY, eid, {
                     "id": eid, "network": "n" * 64, "vtep": "192.0.2.9",
@@ -398,12 +402,15 @@ def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
                 put_leased(writer, dns_key(eid), {
                     "names": [f"c{i}", eid[:12]], "ptr": f"c{i}", "host": "writer",
                     "addresses": [str(address)]}, lease)
+                writes.append((time.monotonic() - started) * 1000)
                 return eid, address
 
             def detach(eid: str, address: Any) -> None:
+                started = time.monotonic()
                 cluster.withdraw(OVERLAY, eid)
                 writer.delete(dns_key(eid))
                 ipam.release_address(pool.id, address)
+                writes.append((time.monotonic() - started) * 1000)
 
             def wait(eid: str, kind: str) -> int:
                 """How many of the endpoint's two events (overlay record, DNS names)
@@ -476,7 +483,7 @@ def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
         "workers_ms": workers_cpu * 1000 / (2 * len(burst)), "events": events,
         "complete": len(last[False]), "incomplete": incomplete, "last": last,
         "middle": middle,
-        "resync": resync,
+        "resync": resync, "writes": writes,
     }
 
 
@@ -492,6 +499,10 @@ def show(r: dict[str, Any], ttl: int) -> None:
               f"p99 {benchlib.percentile(r['last'][dns], 0.99):.1f} ms")
         print(f"    half of them {benchlib.spread(r['middle'][dns], 'median arrival')}   "
               f"p99 {benchlib.percentile(r['middle'][dns], 0.99):.1f} ms")
+    slow = sum(w > 2000 for w in r["writes"])
+    print(f"the writer's attach or detach (4 etcd calls): "
+          f"{benchlib.spread(r['writes'], 'writes')}, max {max(r['writes']):.0f} ms; "
+          f"{slow} took over 2 s (pycnm's deadline per call)")
     print(f"etcd CPU per endpoint event: {r['event_cpu_ms']:.2f} ms (the writes, {n} x 2 "
           f"watch events and {n} listings of dns/scopes/; {r['burst']} events in "
           f"{r['burst_s']:.1f} s, keepalives paused); the simulating processes: "
@@ -524,9 +535,10 @@ def main() -> int:
         parser.error("each --hosts count must be >= --workers >= 1; --events and --burst "
                      ">= 2")
     benchlib.header(f"{args.workers} simulating processes")
-    results = [measure(n, args) for n in counts]
-    for r in results:
-        show(r, args.lease_ttl)
+    results = []
+    for n in counts:
+        results.append(measure(n, args))
+        show(results[-1], args.lease_ttl)
     failed = [r["n"] for r in results if r["incomplete"] or r["lost"]]
     benchlib.footer()
     if failed:
