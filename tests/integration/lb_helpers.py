@@ -31,6 +31,10 @@ import collections, json, socket, sys
 address, port, count, proto, path = sys.argv[1:6]
 port, count = int(port), int(count)
 seen = collections.Counter()
+# UDP sockets stay open to the end: a closed one's source port could come back for a
+# later request, which then matches the first one's conntrack entry (a flow, not a new
+# one to balance).
+kept = []
 for i in range(count):
     try:
         if proto == "udp":
@@ -38,7 +42,9 @@ for i in range(count):
             s.settimeout(2)
             s.connect((address, port))
             s.send(b"who %d" % i)
+            kept.append(s)
             seen[s.recv(512).decode().strip()] += 1
+            continue
         else:
             s = socket.create_connection((address, port), timeout=3)
             s.sendall(("GET %s HTTP/1.0\r\n\r\n" % path).encode())
@@ -52,6 +58,8 @@ for i in range(count):
         seen["<refused>"] += 1
     except OSError as exc:
         seen["<%s>" % type(exc).__name__] += 1
+for s in kept:
+    s.close()
 print(json.dumps(seen))
 """
 
