@@ -20,30 +20,17 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from netns_fixtures.netns import Host, Namespace, veth
+from tests.integration.agent_helpers import RunsAgent, wait_for
 
-T = TypeVar("T")
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HOST_ADDRESS = "198.18.53.1"
 UPSTREAM_ADDRESS = "198.18.53.2"
 FORWARDED_NAME = "www.example.test"
 FORWARDED_ADDRESS = "198.51.100.7"
-
-
-def wait_for(condition: Callable[[], T], timeout: float, what: str,
-             interval: float = 0.05) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.1f} s waiting for {what}")
-        time.sleep(interval)
 
 
 @dataclass
@@ -85,7 +72,7 @@ def nslookup(netns: str, name: str) -> list[str]:
 
 
 @dataclass
-class DnsHost:
+class DnsHost(RunsAgent):
     host: Host
     upstream: Namespace
     store_url: str
@@ -120,26 +107,9 @@ class DnsHost:
                                     stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
         self.agent = proc
         self.processes.append(proc)
-        wait_for(lambda: self._serving(proc), 30, "the agent's resolver")
+        wait_for(lambda: self.logged(proc, f"resolver {self.host.name}: serving"), 30,
+                 "the agent's resolver")
         return proc
-
-    def _serving(self, proc: subprocess.Popen) -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(f"the agent exited: {self.output()}")
-        return "resolver " + self.host.name + ": serving" in self.output()
-
-    def output(self) -> str:
-        with contextlib.suppress(OSError), open(self.agent_log) as handle:
-            return handle.read()[-6000:]
-        return ""
-
-    def stop_agent(self, sig: int = signal.SIGTERM) -> int:
-        proc = self.agent
-        assert proc is not None
-        proc.send_signal(sig)
-        code = proc.wait(timeout=30)
-        self.agent = None
-        return code
 
     def sandbox(self, name: str, *networks: str, **attach: Any) -> str:
         """Create sandbox ``name`` attached to ``networks`` (extra attach flags as

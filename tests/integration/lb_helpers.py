@@ -16,12 +16,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
 
-T = TypeVar("T")
+from tests.integration.agent_helpers import RunsAgent, wait_for
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 SLOW_SECONDS = 2
@@ -71,18 +69,6 @@ while True:
     data, peer = s.recvfrom(512)
     s.sendto(sys.argv[1].encode(), peer)
 """
-
-
-def wait_for(condition: Callable[[], T], timeout: float, what: str,
-             interval: float = 0.05) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.1f} s waiting for {what}")
-        time.sleep(interval)
 
 
 def in_ns(netns: str, *argv: str) -> list[str]:
@@ -153,7 +139,7 @@ def _listening(netns: str, port: int) -> bool:
 
 
 @dataclass
-class LbHost:
+class LbHost(RunsAgent):
     """One emulated host driven through the pycnm command line (each call a process)."""
 
     name: str  # the host namespace
@@ -197,26 +183,9 @@ class LbHost:
                                     stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
         self.agent = proc
         self.processes.append(proc)
-        wait_for(lambda: self._in_line(proc), 30, "the agent's load balancers")
+        wait_for(lambda: self.logged(proc, f"services {self.name}: load balancers in line"),
+                 30, "the agent's load balancers")
         return proc
-
-    def _in_line(self, proc: subprocess.Popen) -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(f"the agent exited: {self.output()}")
-        return f"services {self.name}: load balancers in line" in self.output()
-
-    def output(self) -> str:
-        with contextlib.suppress(OSError), open(self.agent_log) as handle:
-            return handle.read()[-6000:]
-        return ""
-
-    def stop_agent(self, sig: int = signal.SIGTERM) -> int:
-        proc = self.agent
-        assert proc is not None
-        proc.send_signal(sig)
-        code = proc.wait(timeout=30)
-        self.agent = None
-        return code
 
     def close(self) -> None:
         for proc in self.processes:
