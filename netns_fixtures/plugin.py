@@ -75,17 +75,17 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if os.geteuid() == 0:
-        return  # CI runs as root: nothing is skipped there
-    reasons = {
-        "root": "needs root (network namespaces, netlink, nftables): run as root",
-        "docker": "needs root to start its own dockerd: run as root",
-        "kernel": "needs root to probe kernel features (and to boot the VM): run as root",
-    }
-    for item in items:
-        for marker, reason in reasons.items():
-            if item.get_closest_marker(marker):
-                item.add_marker(pytest.mark.skip(reason=reason))
-                break
+        return
+    # Not root: tests that need the kernel cannot run, and a skipped test would pass for
+    # one that ran, so a selection holding any of them is refused before anything runs.
+    needs_root = [item.nodeid for item in items
+                  if any(item.get_closest_marker(mark) for mark in ("root", "docker", "kernel"))]
+    if needs_root:
+        raise pytest.UsageError(
+            f"{len(needs_root)} of the selected tests need root (network namespaces, "
+            f"netlink, nftables, dockerd, the VM), e.g. {needs_root[0]}: run them as root "
+            "(sudo bash scripts/test.sh), or select the rest with "
+            "-m 'not root and not docker and not kernel'")
 
 
 _KERNEL_FIXTURES = frozenset({"netns", "host", "outside", "docker_engine"})
