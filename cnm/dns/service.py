@@ -53,7 +53,7 @@ from cnm.osl.netns import netns_exists
 from cnm.records import SandboxRecord
 from cnm.store.base import Store, WatchEvent
 from cnm.store.prefixed import PrefixedStore
-from cnm.store.reconnect import run_reconnecting
+from cnm.store.reconnect import cancel_all, run_reconnecting
 
 if TYPE_CHECKING:
     from cnm.controller import Controller
@@ -192,10 +192,7 @@ class DnsService:
     # --- connecting -------------------------------------------------------------------------
 
     def _drop_watches(self) -> None:
-        cancels, self._cancels = self._cancels, []
-        for cancel in cancels:
-            with contextlib.suppress(Exception):
-                cancel()
+        cancel_all(self._cancels)
 
     def _note(self, event: WatchEvent) -> None:
         with self._revision_lock:

@@ -32,7 +32,7 @@ from cnm.errors import CNMError, StoreUnavailable
 from cnm.services.manager import AGENT_KEY, Services
 from cnm.store.base import WatchEvent
 from cnm.store.prefixed import PrefixedStore
-from cnm.store.reconnect import run_reconnecting
+from cnm.store.reconnect import cancel_all, run_reconnecting
 
 if TYPE_CHECKING:
     from cnm.controller import Controller
@@ -88,10 +88,7 @@ class ServiceAgent:
         self._drop_watches()
 
     def _drop_watches(self) -> None:
-        cancels, self._cancels = self._cancels, []
-        for cancel in cancels:
-            with contextlib.suppress(Exception):
-                cancel()
+        cancel_all(self._cancels)
 
     def _note(self, _event: WatchEvent) -> None:
         self._dirty.set()

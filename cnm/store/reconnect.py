@@ -8,6 +8,7 @@ leave the host unwatched for good, so the loop reconnects after it too.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -44,3 +45,13 @@ def run_reconnecting(
         if stopping.wait(backoff):
             break
         backoff = min(backoff * 2, BACKOFF_MAX)
+
+
+def cancel_all(cancels: list[Callable[[], None]]) -> None:
+    """Cancel the watches whose cancel functions ``cancels`` holds and empty it. A watch
+    whose cancel fails is gone already (its stream died with the store)."""
+    taken = cancels[:]
+    del cancels[:]
+    for cancel in taken:
+        with contextlib.suppress(Exception):
+            cancel()

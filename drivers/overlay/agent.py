@@ -26,7 +26,6 @@ an older put.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import threading
@@ -36,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from cnm.errors import CNMError, InvalidOption, StoreUnavailable
 from cnm.store.base import WatchEvent
-from cnm.store.reconnect import run_reconnecting
+from cnm.store.reconnect import cancel_all, run_reconnecting
 from drivers.overlay import cluster, dataplane
 from drivers.overlay.cluster import Cluster, LeaseKeeper
 
@@ -132,10 +131,7 @@ class Agent:
 
     def _drop_watches(self) -> None:
         self._generation += 1
-        cancels, self._cancels = self._cancels, []
-        for cancel in cancels:
-            with contextlib.suppress(Exception):
-                cancel()
+        cancel_all(self._cancels)
 
     def _enqueue(self, kind: str, generation: int) -> Any:
         def callback(event: WatchEvent) -> None:
