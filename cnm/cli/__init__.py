@@ -58,6 +58,8 @@ COMMANDS: list[tuple[str, dict[str, str]]] = [
     ("netns_fixtures.lab.cli", {"lab": "lab exercises in network namespaces (topology files)"}),
 ]
 COMMAND_MODULES = [module for module, _ in COMMANDS]
+# The top-level packages of the front ends besides cnm's own: a build may leave them out
+FRONT_ENDS = tuple(sorted({m.partition(".")[0] for m in COMMAND_MODULES} - {"cnm"}))
 
 DESCRIPTION = ("Container networking (Docker's CNM) in Python: networks, sandboxes, "
                "endpoints, a Docker network plugin and labs.")
@@ -197,6 +199,12 @@ def open_controller(args: argparse.Namespace, reconcile: bool = False) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
+    if words in (["--help"], ["-h"]):
+        from cnm.cli import help_text
+
+        if help_text.matches_argparse(FRONT_ENDS):
+            sys.stdout.write(help_text.TEXT)
+            return 0
     from cnm.cli import handoff
 
     answered = handoff.send(words)  # the host's daemon does it, if one serves us

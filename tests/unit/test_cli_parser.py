@@ -278,3 +278,37 @@ print("ok")
                             text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
                             timeout=120)
     assert result.stdout.strip() == "ok", result.stderr
+
+
+def test_the_rendered_help_is_argparse_s_for_this_python() -> None:
+    from cnm.cli import FRONT_ENDS, help_text
+
+    if sys.version_info[:2] == help_text.PYTHON:
+        assert help_text.render() == help_text.TEXT, (
+            "the parser changed: run `python3 -m cnm.cli.help_text` to render it again")
+    else:  # another Python words its help its own way: argparse renders it there
+        assert not help_text.matches_argparse(FRONT_ENDS)
+
+
+def argparse_help(columns: int) -> str:
+    script = "from cnm.cli import build_parser\nprint(build_parser().format_help(), end='')"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": str(columns)}
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=env, check=True, timeout=120).stdout
+
+
+@pytest.mark.parametrize("columns", [80, 60, 132])
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_reads_as_argparse_renders_it_at_every_width(flag: str, columns: int) -> None:
+    # what the launcher prints, with argparse left out when the rendered text fits
+    script = (f"import sys\nfrom cnm.cli import main\ntry:\n    code = main([{flag!r}])\n"
+              "except SystemExit as exit:\n    code = exit.code\n"
+              "sys.stderr.write(f'{code} {\"argparse\" in sys.modules}')")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": str(columns)}
+    shown = subprocess.run([sys.executable, "-S", "-c", script], capture_output=True,
+                           text=True, env=env, timeout=120)
+    assert shown.stdout == argparse_help(columns)
+    from cnm.cli import help_text
+
+    rendered = columns == help_text.WIDTH and sys.version_info[:2] == help_text.PYTHON
+    assert shown.stderr == f"0 {not rendered}"
