@@ -79,12 +79,19 @@ def ingress_name(network_id: str) -> str:
 
 
 def create(name: str, parent: str | None) -> str:
-    """Make the namespace (loopback up, forwarding on) unless it exists; its path."""
+    """Make the namespace (loopback up, forwarding on, no ICMP redirects) unless it
+    exists; its path."""
     path = named_netns_path(name)
     if netns_exists(path):
         write_sysctl(path, "net/ipv4/ip_forward", "1")
-        return path
-    return create_named_netns(name, parent, loopback_up=True, forwarding=True)
+    else:
+        create_named_netns(name, parent, loopback_up=True, forwarding=True)
+    # It forwards back out the leg a packet came in by (one-armed, as an LVS director in
+    # NAT mode): the kernel would tell each client, by ICMP redirect, to skip it. "all"
+    # and the leg's own setting are ORed; the leg takes "default" when it moves in.
+    for scope in ("all", "default", *([LEG] if leg_present(path) else [])):
+        write_sysctl(path, f"net/ipv4/conf/{scope}/send_redirects", "0")
+    return path
 
 
 def remove(name: str) -> None:

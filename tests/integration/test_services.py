@@ -77,6 +77,14 @@ def vip_of(setup: Setup, name: str = "web") -> str:
     return setup.inspect(name)["VirtualIP"]
 
 
+def icmp_redirects_sent(netns: str) -> int:
+    """The ICMP redirects the kernel in ``netns`` has sent (/proc/net/snmp)."""
+    snmp = subprocess.run(["ip", "netns", "exec", netns, "cat", "/proc/net/snmp"],
+                          capture_output=True, text=True, check=True).stdout
+    names, values = [line.split()[1:] for line in snmp.splitlines() if line.startswith("Icmp:")]
+    return int(values[names.index("OutRedirects")])
+
+
 # --- balancing -------------------------------------------------------------------------
 
 
@@ -89,6 +97,9 @@ def test_round_robin_spreads_300_connections_evenly_and_names_resolve(lab, serve
     print(f"round robin over 300 connections: {dict(counts)}")
     assert set(counts) == set(setup.backends)
     assert all(abs(n - 100) <= 2 for n in counts.values()), counts
+    # The balancer sends packets back out the leg they came in by: it tells no client or
+    # backend by ICMP redirect to go around it.
+    assert icmp_redirects_sent(setup.inspect("web")["LoadBalancer"]["Namespace"]) == 0
     # Names: the service's name is its VIP, tasks.NAME its backends (as in Docker).
     assert dig(client, "web").addresses == [vip]
     addresses = sorted(lab.address(b) for b in setup.backends)
