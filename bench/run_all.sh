@@ -30,7 +30,7 @@ declare -A ARGS=(
     [multihost_docker]="--rounds 10 --iperf-runs 5"
     [dns]="--seconds 10 --runs 3"
     [dns_design]="--seconds 5 --sandboxes 200"
-    [lb]="--seconds 3 --rounds 5 --clients 50 --services 20 --changes 30"
+    [lb]="--seconds 1.5 --rounds 12 --clients 50 --services 20 --changes 30"
     [etcd_fanout]="--hosts 100,1000 --events 40 --burst 20 --workers 4 --idle 10 --lease-ttl 15"
 )
 ORDER=(cli lab attach veth_growth docker overlay overlay_scale multihost_docker etcd_fanout dns dns_design lb)
