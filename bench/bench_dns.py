@@ -43,6 +43,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.benchlib import footer, header  # noqa: E402 - after the path
 from cnm.osl.netns import delete_named_netns  # noqa: E402 - after the path
 from netns_fixtures.docker import (  # noqa: E402
     DockerEngine,
@@ -209,6 +210,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--engine", default="20.10", choices=("20.10", "26.1"))
     args = parser.parse_args()
+    header(f"Docker {args.engine}")
     results: dict[tuple[str, str], list[Result]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-dns-") as workdir, docker_lock():
         bench = Bench(workdir, args.engine)
@@ -254,6 +256,7 @@ def main() -> int:
     print()
     for text, ok in verdicts:
         print(f"{'PASS' if ok else 'FAIL'}  {text}")
+    footer()
     return 0 if all(ok for _, ok in verdicts) else 2
 
 

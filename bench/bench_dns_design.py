@@ -38,6 +38,7 @@ import dns.rrset
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.benchlib import footer, header  # noqa: E402
 from cnm.osl.netns import create_named_netns, delete_named_netns, in_netns  # noqa: E402
 
 NAME = "bench.example."
@@ -146,6 +147,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--sandboxes", type=int, default=200)
     args = parser.parse_args()
+    header()
     tag = uuid.uuid4().hex[:4]
     namespaces = [f"pcsb-dnsd{tag}{i}" for i in range(args.sandboxes)]
     with tempfile.NamedTemporaryFile("w", suffix=".txt") as data:
@@ -169,6 +171,7 @@ def main() -> int:
     print(f"{'model':<14}{'served':>7}{'loaded':>7}{'qps':>10}{'lost':>7}{'rss KiB':>9}")
     for model_name, served, clients, qps, lost, rss in rows:
         print(f"{model_name:<14}{served:>7}{clients:>7}{qps:>10.0f}{lost:>7}{rss:>9}")
+    footer()
     return 0
 
 

@@ -58,6 +58,7 @@ from collections.abc import Iterator
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.benchlib import footer, header  # noqa: E402
 from cnm.controller import Controller  # noqa: E402
 from cnm.osl import nft  # noqa: E402
 from cnm.osl import nftjson as j  # noqa: E402
@@ -328,10 +329,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench_lb needs root (namespaces, nftables)", file=sys.stderr)
         return 1
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, cwd=os.path.dirname(os.path.abspath(__file__))).stdout
-    print(f"bench_lb at {commit.strip() or '?'}, {time.strftime('%Y-%m-%d %H:%M')}, "
-          f"{os.cpu_count()} cores")
+    header()
     servers: list[subprocess.Popen] = []
     before = set(list_named_netns())
     with tempfile.TemporaryDirectory() as tmp, host_namespace() as host:
@@ -361,6 +359,7 @@ def main() -> int:
     print(f"\ntargets: vip / direct >= 0.9: httpd {ratio['httpd vip']:.3f} "
           f"({verdict['httpd']}), null server {ratio['null vip']:.3f} ({verdict['null']}); "
           f"apply p50 {p50 * 1000:.1f} ms (< 50 ms: {'met' if p50 < 0.05 else 'NOT met'})")
+    footer()
     return 0
 
 

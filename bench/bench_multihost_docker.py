@@ -49,6 +49,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from probes import Prober, iperf, percentile  # noqa: E402
 
+from bench.benchlib import footer, header  # noqa: E402
 from cnm.osl.netns import write_sysctl  # noqa: E402
 from netns_fixtures.docker import stop_daemon  # noqa: E402
 from tests.e2e.multihost import DockerHost, MultiHostDocker, multihost_docker  # noqa: E402
@@ -144,7 +145,7 @@ def main() -> int:
     parser.add_argument("--engines", default="20.10,26.1", help="h1's and h2's Docker")
     args = parser.parse_args()
     versions = tuple(args.engines.split(","))
-    print("load average at the start: " + " ".join(f"{x:.1f}" for x in os.getloadavg()))
+    header(f"engines {args.engines}")
     with multihost_docker(versions=versions, lease_ttl=15.0) as mh:
         return run(mh, args)
 
@@ -262,7 +263,7 @@ def report(args: argparse.Namespace, overlays: tuple[Overlay, ...],
     for o in overlays:
         print(f"  {o.label:13s} " + (f"{o.dead_after:.1f} s" if o.dead_after is not None
                                      else f"still there after {DEAD_TIMEOUT:.0f} s"))
-    print("load average at the end: " + " ".join(f"{x:.1f}" for x in os.getloadavg()))
+    footer()
 
 
 if __name__ == "__main__":
