@@ -45,7 +45,9 @@ def _binding(item: Any, n: int) -> PortBinding:
     if host_ip and container_ip and host_ip.version != container_ip.version:
         raise InvalidOption(f"HostIP {host_ip} of port binding {n} must be an IPv"
                             f"{container_ip.version} address, as its IP {container_ip} is")
-    text = "" if host_ip is None or host_ip.is_unspecified else str(host_ip)
+    # "0.0.0.0" and "::" stay apart: every IPv4 or every IPv6 address of the host, as
+    # Docker reads them (`-p 0.0.0.0:80:80 -p [::]:80:80` is one port on both families).
+    text = "" if host_ip is None else str(host_ip)
     return PortBinding(proto, port, host_port, host_end, text)
 
 

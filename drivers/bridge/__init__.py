@@ -271,6 +271,7 @@ class BridgeDriver(Driver):
             if not ep["address"] and not ep.get("address_v6"):
                 raise InvalidOption("ports can only be published for an endpoint with an "
                                     "address")
+            wanted = [b for b in wanted if not _half_without_address(b, wanted, ep)]
             for b in wanted:
                 if ":" in b.host_ip and not ep.get("address_v6"):
                     raise InvalidOption(f"HostIP {b.host_ip} is IPv6 but endpoint {eid[:12]} "
@@ -280,7 +281,10 @@ class BridgeDriver(Driver):
                     raise InvalidOption(f"HostIP {b.host_ip} is IPv4 but endpoint {eid[:12]} "
                                         "has no IPv4 address to forward port "
                                         f"{b.port}/{b.proto} to")
-            host_ip_default = network["options"].get("host_ip") or ""
+            # No HostIP: the network's default, else every address of the endpoint's
+            # first family (its IPv4 one; IPv6 on an IPv6-only network), stored as such.
+            host_ip_default = (network["options"].get("host_ip")
+                               or (ports.ANY_V4 if ep["address"] else ports.ANY_V6))
             wanted = [
                 b if b.host_ip else ports.PortBinding(b.proto, b.port, b.host_port,
                                                        b.host_port_end, host_ip_default)
@@ -314,8 +318,7 @@ class BridgeDriver(Driver):
         for entry in self.ctx.store.list("endpoints/"):
             for b in entry.value["ports"]:
                 proto = ports.PROTO_NAMES[b["Proto"]]
-                host_ip = "" if b["HostIP"] in ("", "0.0.0.0") else b["HostIP"]
-                taken.add((proto, host_ip, b["HostPort"]))
+                taken.add((proto, b["HostIP"], b["HostPort"]))
         return taken
 
     # --- firewall and restart ------------------------------------------------------
@@ -338,9 +341,12 @@ class BridgeDriver(Driver):
             for b in ep["ports"]:
                 host_ip = (None if b["HostIP"] in ("", "0.0.0.0", "::")
                            else ipaddress.ip_address(b["HostIP"]))
-                # Every local address maps to the endpoint's IPv4 address, or to its IPv6
-                # one on an IPv6-only network.
-                if host_ip is None:
+                # Every local IPv6 address ("::") maps to the endpoint's IPv6 address; every
+                # local IPv4 one to its IPv4 address (older records: "" or "0.0.0.0" on an
+                # IPv6-only network, to its IPv6 one).
+                if host_ip is None and b["HostIP"] == ports.ANY_V6:
+                    target = ep.get("address_v6")
+                elif host_ip is None:
                     target = ep["address"] or ep.get("address_v6")
                 else:
                     target = ep["address"] if host_ip.version == 4 else ep.get("address_v6")
@@ -408,3 +414,20 @@ class BridgeDriver(Driver):
         """ICC off: an isolated bridge port reaches the bridge (the gateway) but no other
         isolated port, in the kernel's forwarding path itself."""
         ipr.brport("set", index=osl_links.require_index(ipr, port), isolated=1)
+
+
+def _half_without_address(binding: ports.PortBinding, wanted: list[ports.PortBinding],
+                          ep: dict) -> bool:
+    """Whether ``binding`` is the half of a dual-stack pair (`-p 0.0.0.0:80:80 -p
+    [::]:80:80`, as Docker writes "every address") for a family the endpoint has no address
+    of, while the other half serves the one it has: then it is left out, as a port on
+    "every address" of a single-stack endpoint only gets its own family."""
+    if binding.host_ip == ports.ANY_V6 and not ep.get("address_v6"):
+        others = ("", ports.ANY_V4)
+    elif binding.host_ip == ports.ANY_V4 and not ep["address"]:
+        others = ("", ports.ANY_V6)
+    else:
+        return False
+    return any(b.host_ip in others and (b.proto, b.port, b.host_port, b.host_port_end)
+               == (binding.proto, binding.port, binding.host_port, binding.host_port_end)
+               for b in wanted)

@@ -29,11 +29,8 @@ def choose_host_ports(
         else:
             candidates = EPHEMERAL
         for port in candidates:
-            clash: set[tuple[str, str, int]] = {(binding.proto, binding.host_ip, port),
-                                                (binding.proto, "", port)}
-            if binding.host_ip == "":
-                clash |= {key for key in used if key[0] == binding.proto and key[2] == port}
-            if not clash & used:
+            if not any(proto == binding.proto and other == port
+                       and overlaps(host_ip, binding.host_ip) for proto, host_ip, other in used):
                 break
         else:
             if binding.host_port and not binding.host_port_end:
@@ -44,6 +41,19 @@ def choose_host_ports(
         used.add((binding.proto, binding.host_ip, port))
         chosen.append(PortBinding(binding.proto, binding.port, port, 0, binding.host_ip))
     return chosen
+
+
+ANY_V4, ANY_V6 = "0.0.0.0", "::"
+
+
+def overlaps(one: str, other: str) -> bool:
+    """Whether two bindings' host addresses share an address: "" is every address of the
+    host, "0.0.0.0" every IPv4 one, "::" every IPv6 one, anything else itself."""
+    if one == other or "" in (one, other):
+        return True
+    if (":" in one) != (":" in other):
+        return False  # IPv4 and IPv6 never overlap
+    return bool({one, other} & {ANY_V4, ANY_V6})
 
 
 def to_docker(bindings: list[PortBinding]) -> list[dict[str, Any]]:

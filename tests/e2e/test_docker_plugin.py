@@ -119,14 +119,19 @@ def test_connect_and_disconnect_a_running_container(docker: Docker, names: Names
     assert docker.ping(app, "10.83.0.1")  # still on its first network
 
 
+# "-p PORT:80", and every IPv4 plus every IPv6 address written out as two bindings (one
+# port on both families; on this IPv4 network, the IPv4 one)
+@pytest.mark.parametrize("publish", [["{port}:80"], ["0.0.0.0:{port}:80", "[::]:{port}:80"]],
+                         ids=["any", "0.0.0.0+::"])
 def test_published_port_reached_from_an_outside_namespace(
-        docker: Docker, names: Names, outside: Callable[..., Any]) -> None:
+        docker: Docker, names: Names, outside: Callable[..., Any], publish: list[str]) -> None:
     net = names.network("web")
     docker.run("network", "create", "-d", "pycnm", "--subnet", "10.85.0.0/24", net)
     server = names.container("srv")
     port = 20000 + secrets.randbelow(9000)
+    flags = [flag for spec in publish for flag in ("-p", spec.format(port=port))]
     docker.run("run", "-d", "--name", server, "--network", net, *NO_DNS_OUT,
-               "-p", f"{port}:80", docker.image, "sh", "-c",
+               *flags, docker.image, "sh", "-c",
                "while true; do echo hello-from-pycnm | busybox nc -l -p 80; done")
     assert "docker_gwbridge" not in docker.run("network", "ls", "--format", "{{.Name}}")
     far, root_ip = wired_outside(outside)

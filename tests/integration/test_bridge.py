@@ -18,6 +18,7 @@ import pytest
 
 from cnm.controller import Controller
 from cnm.driverapi import OPT_PORTMAP
+from cnm.errors import InvalidOption
 from cnm.osl import reaper
 from tests.integration.bridge_helpers import TcpServer, ping, ping_eventually, tcp_hello, unique
 
@@ -130,6 +131,55 @@ def test_published_port_is_reachable_from_outside(lab: Lab) -> None:
     ep.leave()  # ports are withdrawn with the endpoint's way out: the rules themselves
     assert dnat_rules(lab.host) == []
     assert "table inet pycnm" in lab.host.run(["nft", "list", "tables"]).stdout  # net stays
+
+
+HOST_OUT_V6 = "fd00:7::1"
+OUTSIDE_V6 = "fd00:7::2"
+
+
+def published(ep) -> list[tuple[str, int]]:
+    return [(b["HostIP"], b["HostPort"]) for b in ep.operational_info()[OPT_PORTMAP]]
+
+
+def test_every_ipv4_and_every_ipv6_address_publish_one_port_on_both_families(lab: Lab) -> None:
+    """Docker writes "every address" of a dual-stack host as two bindings, 0.0.0.0 and ::
+    (`-p 0.0.0.0:18081:80 -p [::]:18081:80`): one port, reached over either family."""
+    net = lab.ctl.new_network(unique("n"), subnet=["10.79.0.0/24", "fd00:79::/64"], ipv6=True)
+    a = lab.sandbox()
+    pair = [{"Proto": 6, "Port": 80, "HostPort": 18081, "HostIP": "0.0.0.0"},
+            {"Proto": 6, "Port": 80, "HostPort": 18081, "HostIP": "::"}]
+    ep = lab.attach(net, a, options={OPT_PORTMAP: pair})
+    assert published(ep) == [("0.0.0.0", 18081), ("::", 18081)]
+    v6 = str(ipaddress.ip_interface(ep.record.address_v6).ip)
+    assert set(dnat_rules(lab.host)) == {("tcp", 18081, ip_of(ep), 80), ("tcp", 18081, v6, 80)}
+    route = lab.host.run(["ip", "-j", "route", "get", OUTSIDE], check=True).stdout
+    out_link = json.loads(route)[0]["dev"]
+    lab.host.run(["ip", "-6", "addr", "add", f"{HOST_OUT_V6}/64", "dev", out_link, "nodad"],
+                 check=True)
+    lab.outside.run(["ip", "-6", "addr", "add", f"{OUTSIDE_V6}/64", "dev", "eth0", "nodad"],
+                    check=True)
+    with TcpServer(a.netns_name, "::", 80, connections=2):  # answers both families
+        over_v4 = tcp_hello(lab.outside.name, HOST_OUT, 18081)
+        over_v6 = tcp_hello(lab.outside.name, HOST_OUT_V6, 18081)
+    assert over_v4 is not None and over_v4.endswith(OUTSIDE), over_v4
+    assert over_v6 == f"from {OUTSIDE_V6}"
+
+
+def test_on_an_ipv4_network_the_ipv6_half_of_every_address_is_left_out(lab: Lab) -> None:
+    net = lab.ctl.new_network(unique("n"), subnet="10.80.0.0/24")
+    a, b = lab.sandbox(), lab.sandbox()
+    pair = [{"Proto": 6, "Port": 80, "HostPort": 18082, "HostIP": "0.0.0.0"},
+            {"Proto": 6, "Port": 80, "HostPort": 18082, "HostIP": "::"}]
+    ep = lab.attach(net, a, options={OPT_PORTMAP: pair})
+    assert published(ep) == [("0.0.0.0", 18082)]
+    assert dnat_rules(lab.host) == [("tcp", 18082, ip_of(ep), 80)]
+    with TcpServer(a.netns_name, "0.0.0.0", 80):
+        assert tcp_hello(lab.outside.name, HOST_OUT, 18082) == f"from {OUTSIDE}"
+    # Every IPv6 address alone: there is nothing to forward it to; nothing is published.
+    lone = [{"Proto": 6, "Port": 80, "HostPort": 18083, "HostIP": "::"}]
+    with pytest.raises(InvalidOption, match="HostIP :: is IPv6 but endpoint .* has no IPv6"):
+        lab.attach(net, b, options={OPT_PORTMAP: lone})
+    assert dnat_rules(lab.host) == [("tcp", 18082, ip_of(ep), 80)]
 
 
 def dnat_rules(host) -> list[tuple[str, int, str, int]]:

@@ -100,7 +100,7 @@ def test_a_docker_portmap_is_parsed() -> None:
            {"Proto": "sctp", "Port": 9, "HostIP": "fd00::1", "HostPort": 10, "HostPortEnd": 20},
            PortBinding("tcp", 443, 8443, 0, "127.0.0.1")]
     assert parse_portmap(raw) == [
-        PortBinding("tcp", 80, 18080, 18080, ""), PortBinding("udp", 53, 0, 0, ""),
+        PortBinding("tcp", 80, 18080, 18080, ""), PortBinding("udp", 53, 0, 0, "0.0.0.0"),
         PortBinding("sctp", 9, 10, 20, "fd00::1"), PortBinding("tcp", 443, 8443, 0, "127.0.0.1"),
     ]
     assert parse_portmap(None) == []
