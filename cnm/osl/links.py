@@ -25,6 +25,7 @@ from cnm.osl.netns import NetlinkHandle
 from cnm.osl.rtnl import (
     CREATE,
     REPLACE,
+    RTM_DELLINK,
     RTM_NEWADDR,
     RTM_NEWLINK,
     RTM_NEWROUTE,
@@ -78,7 +79,11 @@ def require_index(ipr: NetlinkHandle, name: str) -> int:
 def link_info(ipr: NetlinkHandle, name: str) -> dict[str, Any] | None:
     """A few facts about a link (kind, master, mtu, mac, state), or None if absent."""
     try:
-        msg = ipr.link("get", ifname=name)[0]
+        if len(name.encode()) < 16:  # one lookup on the handle's own socket
+            msg = ifinfmsg(ipr.rtnl.get_link(name))
+            msg.decode()
+        else:  # an alternative name: pyroute2 knows how to ask for one
+            msg = ipr.link("get", ifname=name)[0]
     except NetlinkError as exc:
         if exc.code in (errno.ENODEV, errno.ENOENT):
             return None
@@ -159,16 +164,25 @@ def ensure_bridge(ipr: NetlinkHandle, name: str, mtu: int | None = None,
     if info is not None and info["kind"] != "bridge":
         raise Conflict(f"interface {name} exists and is not a bridge ({info['kind'] or 'device'})")
     if info is None:
-        spec: dict[str, Any] = {"ifname": name, "kind": "bridge", "address": random_mac()}
+        # One request on the handle's own socket, as create_veth's.
+        what = f"create bridge {name}"
+        attrs: list[tuple[str, Any]] = [("IFLA_IFNAME", name), ("IFLA_ADDRESS", random_mac())]
         if mtu:
-            spec["mtu"] = mtu
+            attrs.append(("IFLA_MTU", mtu))
+        kind: list[tuple[str, Any]] = [("IFLA_INFO_KIND", "bridge")]
         if not mcast_snooping:
-            spec["br_mcast_snooping"] = 0
-        _add_link(ipr, f"create bridge {name}", **spec)
+            kind.append(("IFLA_INFO_DATA", {"attrs": [("IFLA_BR_MCAST_SNOOPING", 0)]}))
+        attrs.append(("IFLA_LINKINFO", {"attrs": kind}))
+        create = _link_request(what, attrs=attrs)
+        create.flags = CREATE
+        try:
+            ipr.rtnl.run([create])
+        except NetlinkError as exc:
+            raise _link_error(exc, what, name, "bridge") from exc
     index = require_index(ipr, name)
     if info is None and not link_local:
         _run(ipr, [no_link_local_request(index)])
-    ipr.link("set", index=index, state="up")
+    _run(ipr, [_link_request(f"set {name} up", index, up=True)])
     return index
 
 
@@ -223,13 +237,18 @@ def create_veth(
 def delete_link(ipr: NetlinkHandle, name: str) -> None:
     """Delete ``name``; already gone is success (found out with one ioctl, so that a
     retry's "remove any leftover" costs next to nothing)."""
-    if link_index(ipr, name) is None:
+    index = link_index(ipr, name)
+    if index is None:
         return
-    try:
-        ipr.link("del", ifname=name)
-    except NetlinkError as exc:
-        if exc.code not in (errno.ENODEV, errno.ENOENT, errno.EINVAL):
-            raise kernel_error(exc, f"delete {name}") from exc
+    _run(ipr, [delete_request(index, name)])
+
+
+def delete_request(index: int, name: str) -> Request:
+    """A request deleting the link ``index`` (called ``name``); already gone is success."""
+    msg = ifinfmsg()
+    msg["index"], msg["attrs"] = index, []
+    return Request(msg, RTM_DELLINK, SET, f"delete {name}",
+                   frozenset({errno.ENODEV, errno.ENOENT, errno.EINVAL}))
 
 
 def move_link(ipr: NetlinkHandle, name: str, target_fd: int, new_name: str | None = None) -> None:

@@ -30,9 +30,9 @@ import threading
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
-from cnm.osl.links import link_index
+from cnm.osl.links import delete_request, link_index
 from cnm.osl.netns import NetlinkHandle, iproute
-from cnm.osl.rtnl import RTM_NEWLINK, SET, Request, RequestFailed
+from cnm.osl.rtnl import RTM_DELLINK, RTM_NEWLINK, SET, Request, RequestFailed
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +74,9 @@ def _delete(ns: str | None, links: list[tuple[int, str]]) -> None:
 
 def _delete_one(ipr: NetlinkHandle, index: int, name: str) -> None:
     try:
-        ipr.link("del", index=index)
+        ipr.rtnl.run([delete_request(index, name)])  # already gone is tolerated
     except NetlinkError as exc:
-        if exc.code not in _GONE:
-            log.warning("could not delete %s (index %d): %s", name, index, exc)
+        log.warning("could not delete %s (index %d): %s", name, index, exc)
 
 
 def _delete_as_group(ipr: NetlinkHandle, links: list[tuple[int, str]]) -> bool:
@@ -99,11 +98,14 @@ def _delete_as_group(ipr: NetlinkHandle, links: list[tuple[int, str]]) -> bool:
                                 frozenset(_GONE)))  # already gone: nothing to do
     try:
         ipr.rtnl.run(requests)
-        ipr.link("del", group=group)
     except RequestFailed as exc:
         log.debug("grouping links for deletion failed (%s): one by one", exc)
         return False
-    except NetlinkError as exc:
+    msg = ifinfmsg()  # index 0 and a group: every link of the group (ip link delete group)
+    msg["index"], msg["attrs"] = 0, [("IFLA_GROUP", group)]
+    try:
+        ipr.rtnl.run([Request(msg, RTM_DELLINK, SET, f"delete link group {group}")])
+    except RequestFailed as exc:
         if exc.code == errno.ENODEV:
             return True  # every one of them was gone already
         log.debug("deleting link group %d failed (%s): one by one", group, exc)
@@ -111,11 +113,16 @@ def _delete_as_group(ipr: NetlinkHandle, links: list[tuple[int, str]]) -> bool:
     return True
 
 
-def delete_later(ns: str | None, name: str) -> None:
-    """Queue ``name`` (in namespace ``ns``) for deletion; a link already gone is success."""
+def delete_later(ns: str | None, name: str, handle: NetlinkHandle | None = None) -> None:
+    """Queue ``name`` (in namespace ``ns``) for deletion; a link already gone is success.
+    ``handle``: an open handle of ``ns`` to look the link up with (a driver's pooled one),
+    which saves opening one (a thread's visit to ``ns``) per link."""
     global _worker
-    with iproute(ns) as ipr:
-        index = link_index(ipr, name)
+    if handle is not None:
+        index = link_index(handle, name)
+    else:
+        with iproute(ns) as ipr:
+            index = link_index(ipr, name)
     if index is None:
         return
     with _start_lock:

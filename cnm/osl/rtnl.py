@@ -22,7 +22,7 @@ from pyroute2.netlink import nlmsg as NetlinkMessage
 from pyroute2.netlink.exceptions import NetlinkError
 
 # Message types and flags as ``ip`` sends them.
-RTM_NEWLINK, RTM_NEWADDR, RTM_NEWROUTE = 16, 20, 24
+RTM_NEWLINK, RTM_DELLINK, RTM_NEWADDR, RTM_NEWROUTE = 16, 17, 20, 24
 SET = NLM_F_REQUEST | NLM_F_ACK
 CREATE = SET | NLM_F_CREATE | NLM_F_EXCL
 REPLACE = SET | NLM_F_CREATE | NLM_F_REPLACE
@@ -30,7 +30,7 @@ REPLACE = SET | NLM_F_CREATE | NLM_F_REPLACE
 _NLMSG_ERROR, _NLMSG_DONE = 2, 3
 _NLM_F_DUMP = 0x300
 _RTM_GETLINK = 18
-_IFLA_GROUP = 27
+_IFLA_IFNAME, _IFLA_GROUP = 3, 27
 _HEADER = struct.Struct("=IHHII")  # length, type, flags, sequence number, port id
 _ERROR_CODE = struct.Struct("=i")
 _ATTR = struct.Struct("=HH")  # an rtattr: length, type
@@ -96,6 +96,32 @@ class Rtnl:
                 offset += (length + 3) & ~3 if length else len(data)
         if failure is not None:
             raise failure
+
+    def get_link(self, name: str) -> bytes:
+        """The kernel's RTM_NEWLINK message about the link called ``name`` (one lookup by
+        name, no dump), undecoded; NetlinkError with the errno (ENODEV) if there is none.
+        Callers decode it with pyroute2's ``ifinfmsg``, as ``IPRoute`` would have, without
+        loading ``IPRoute`` itself (~40-80 ms of imports for a CLI call)."""
+        seq = next(self._sequence)
+        encoded = name.encode()
+        attr = _ATTR.pack(_ATTR.size + len(encoded) + 1, _IFLA_IFNAME) + encoded + b"\0"
+        attr += bytes(-len(attr) % 4)
+        self.sock.send(_HEADER.pack(_HEADER.size + 16 + len(attr), _RTM_GETLINK, NLM_F_REQUEST,
+                                    seq, 0) + bytes(16) + attr)
+        while True:
+            data = self.sock.recv(65536)
+            offset = 0
+            while offset + _HEADER.size <= len(data):
+                length, msg_type, _flags, msg_seq, _port = _HEADER.unpack_from(data, offset)
+                if length < _HEADER.size:
+                    raise NetlinkError(0, "a malformed netlink message")
+                if msg_seq == seq:
+                    if msg_type == _NLMSG_ERROR:
+                        code = -_ERROR_CODE.unpack_from(data, offset + _HEADER.size)[0]
+                        raise NetlinkError(code, os.strerror(code))
+                    if msg_type == RTM_NEWLINK:
+                        return data[offset:offset + length]
+                offset += (length + 3) & ~3
 
     def link_groups(self) -> set[int]:
         """The group of every link in the namespace (``ip link``'s "group"), from one dump

@@ -181,7 +181,8 @@ class BridgeDriver(Driver):
             return
         if entry.value["ports"]:
             self.revoke_external_connectivity(nid, eid)
-        reaper.delete_later(self.ctx.host_ns, entry.value["host_veth"])
+        with self._host.handle() as ipr:
+            reaper.delete_later(self.ctx.host_ns, entry.value["host_veth"], handle=ipr)
         self.ctx.store.delete(key)
 
     def gateway_place(self, nid: str) -> GatewayPlace | None:
@@ -251,7 +252,8 @@ class BridgeDriver(Driver):
             return
         # Deleting our end removes the peer too, wherever it is by now; in the background,
         # as it costs the kernel an RCU grace period (see cnm.osl.reaper).
-        reaper.delete_later(self.ctx.host_ns, entry.value["host_veth"])
+        with self._host.handle() as ipr:
+            reaper.delete_later(self.ctx.host_ns, entry.value["host_veth"], handle=ipr)
 
     # --- published ports -----------------------------------------------------------
 

@@ -21,8 +21,24 @@ Who does what (a topology is pure data; separate objects realise it, as in Minin
     lab.down()
 """
 
-from netns_fixtures.lab.handle import Lab, find, up
-from netns_fixtures.lab.loader import LabFileError, load, load_text
-from netns_fixtures.lab.realise import down
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from netns_fixtures.lab.handle import Lab, find, up
+    from netns_fixtures.lab.loader import LabFileError, load, load_text
+    from netns_fixtures.lab.realise import down
 
 __all__ = ["Lab", "LabFileError", "down", "find", "load", "load_text", "up"]
+_HOMES = {"Lab": "handle", "find": "handle", "up": "handle", "LabFileError": "loader",
+          "load": "loader", "load_text": "loader", "down": "realise"}
+
+
+def __getattr__(name: str) -> Any:
+    """The names above, imported on first use: ``pycnm lab down`` (and every other lab
+    command) imports only the modules it needs, not the YAML loader and the whole
+    package (a CLI call is short; see cnm/cli)."""
+    if name in _HOMES:
+        import importlib
+
+        return getattr(importlib.import_module(f"netns_fixtures.lab.{_HOMES[name]}"), name)
+    raise AttributeError(f"module 'netns_fixtures.lab' has no attribute {name!r}")
