@@ -45,7 +45,7 @@ from cnm.osl.netns import (
     list_named_netns,
     named_netns_path,
 )
-from netns_fixtures.lab import kernel, tc
+from netns_fixtures.lab import kernel, split, tc
 from netns_fixtures.lab.model import (
     SWITCH_BRIDGE,
     Topology,
@@ -72,6 +72,10 @@ AGENT_TIMEOUT = 20.0  # for an agent to register its host in etcd
 LAB_DOMAIN = "lab.example"  # the names a lab host's own DNS server knows
 LAB_DOMAIN_ADDRESS = "203.0.113.53"
 PEERS_TIMEOUT = 20.0  # for every VTEP to learn the other hosts' endpoints
+# From how many sandboxes in a row a lab builds them on two cores (netns_fixtures.lab.split):
+# below, the fork and the second process's own store and netlink handles cost more than
+# the second core saves.
+SPLIT_MIN = 16
 
 
 def _quiet(_line: str) -> None:
@@ -84,10 +88,13 @@ class LabBuildError(CNMError):
 
 @dataclass
 class Step:
-    """One named piece of work; ``action`` returns a detail for the progress line."""
+    """One named piece of work; ``action`` returns a detail for the progress line.
+    ``sandbox``: the spec of a sandbox that a run of its like may build on two cores
+    (``_Builder.splittable``)."""
 
     text: str
     action: Callable[[], str | None]
+    sandbox: Any = None
 
 
 def _die_with_parent() -> None:
@@ -157,7 +164,8 @@ class _Builder:
                   for n in topo.networks for h in n.hosts]
         steps += [Step(f"service {svc.name} on {h}", partial(self.make_service, svc, h))
                   for svc in topo.services for h in self.service_hosts(svc)]
-        steps += [Step(f"sandbox {s.name} on {s.host}", partial(self.make_sandbox, s))
+        steps += [Step(f"sandbox {s.name} on {s.host}", partial(self.make_sandbox, s),
+                       sandbox=s if self.splittable(s) else None)
                   for s in sorted(topo.sandboxes, key=self._sharing_depth)]
         # Every sandbox's namespace noted ahead, in one write of the state (write-ahead
         # holds for each; one write per sandbox made a large lab's up quadratic).
@@ -345,9 +353,46 @@ class _Builder:
             depth, spec = depth + 1, self.topo.sandbox(spec.shares)
         return depth
 
-    def make_sandbox(self, spec: Any) -> str:
+    def splittable(self, spec: Any) -> bool:
+        """Whether ``spec`` may be built beside others of its kind in a second process
+        (``make_sandboxes``): a namespace of its own, on bridge networks only, nothing
+        that involves the host's agents (names, services) or the host's ports."""
+        if spec.mode != "default" or spec.ports or self.topo.uses_dns() \
+                or self.topo.agent_hosts():
+            return False
+        for att in spec.networks:
+            net = self.topo.network(att.network)
+            if net is None or net.driver != "bridge" or att.aliases or att.services:
+                return False
+        return True
+
+    def make_sandboxes(self, specs: list[Any], report: Callable[[int, str | None], None]
+                       ) -> None:
+        """Build the sandboxes ``specs`` (all ``splittable``) on two cores: first their
+        endpoints here, one after the other as ``make_sandbox`` would (so each gets the
+        address it would get there), then the sandboxes and their joins split between
+        this process and a forked one (``split.run_split``); ``report(i, detail)`` in
+        order."""
+        endpoints = []
+        for position, spec in enumerate(specs):
+            try:
+                ctl = self.controller(spec.host)
+                endpoints.append([(ep.network_id, ep.id) for ep in (
+                    ctl.network(att.network).create_endpoint(spec.name, ip=att.ip)
+                    for att in spec.networks)])
+            except BaseException as exc:
+                raise split.SplitFailed(position, exc) from exc
+        jobs = [partial(self.make_sandbox, spec, ends) for spec, ends in zip(specs, endpoints,
+                                                                              strict=True)]
+        split.run_split(jobs, report, before_fork=self.close, child_done=self.close)
+
+    def make_sandbox(self, spec: Any, endpoints: list[tuple[str, str]] | None = None) -> str:
+        """Build sandbox ``spec``: its namespace, an endpoint on each of its networks
+        (``endpoints``: (network id, endpoint id) of ones made ahead by
+        ``make_sandboxes``) joined to it, its routes."""
         from cnm.cli.endpoint import parse_publish
         from cnm.driverapi import OPT_PORTMAP
+        from cnm.endpoint import Endpoint
 
         ctl = self.controller(spec.host)
         name = sandbox_name(self.topo.name, spec.name)
@@ -366,9 +411,9 @@ class _Builder:
             if i == 0 and spec.ports:
                 options[OPT_PORTMAP] = parse_publish(list(spec.ports))
             net = ctl.network(att.network)
-            endpoint = net.create_endpoint(spec.name, ip=att.ip, options=options,
-                                           aliases=list(att.aliases),
-                                           services=list(att.services))
+            endpoint = Endpoint(ctl, *endpoints[i]) if endpoints else net.create_endpoint(
+                spec.name, ip=att.ip, options=options, aliases=list(att.aliases),
+                services=list(att.services))
             ifname = endpoint.join(sandbox)
             address = endpoint.record.address or "no address"
             notes = ([f"also {', '.join(att.aliases)}"] if att.aliases else []) + (
@@ -451,11 +496,29 @@ def up(topo: Topology, *, source: str | None = None, progress: Progress = print,
              f"(state in {state.dir})")
     steps: list[Step] = []
     index = 0
+
+    def report(number: int, detail: str | None) -> None:
+        progress(f"[{number:>2}/{len(steps)}] {steps[number - 1].text}" + (
+            f": {detail}" if detail else ""))
+
+    def report_from(first: int, position: int, detail: str | None) -> None:
+        report(first + position, detail)
+
     try:
         steps = builder.steps()
-        for index, step in enumerate(steps, 1):
-            detail = step.action()
-            progress(f"[{index:>2}/{len(steps)}] {step.text}" + (f": {detail}" if detail else ""))
+        while index < len(steps):
+            run = _sandbox_run(steps, index)
+            if len(run) >= SPLIT_MIN:
+                first = index + 1
+                try:
+                    builder.make_sandboxes(run, partial(report_from, first))
+                except split.SplitFailed as failed:
+                    index = first + failed.position  # the progress says which one failed
+                    raise failed.error from None
+                index += len(run)
+                continue
+            index += 1
+            report(index, steps[index - 1].action())
         state.set_status(UP)
     except BaseException as exc:
         builder.close()
@@ -471,6 +534,16 @@ def up(topo: Topology, *, source: str | None = None, progress: Progress = print,
     progress(f"lab {topo.name} is up in {time.monotonic() - started:.1f} s: "
              f"{len(state.namespaces)} namespaces; try 'pycnm lab check {topo.name}'")
     return state
+
+
+def _sandbox_run(steps: list[Step], start: int) -> list[Any]:
+    """The specs of the run of splittable sandbox steps that starts at ``start``."""
+    run = []
+    for step in steps[start:]:
+        if step.sandbox is None:
+            break
+        run.append(step.sandbox)
+    return run
 
 
 def _one_line(exc: BaseException) -> str:

@@ -240,6 +240,69 @@ def test_lab_killed_half_way_is_removed_by_down(named: list[str], tmp_path: Path
     assert lab_objects(name) == [], out
 
 
+# --- many sandboxes: built on two cores -------------------------------------------------------
+
+
+def one_bridge(name: str, count: int) -> str:
+    """A lab of ``count`` sandboxes on one bridge network (as bench/bench_lab.py's)."""
+    lines = [f"name: {name}", "hosts:", "  - name: host1", "networks:",
+             "  - {name: sw, driver: bridge, host: host1, subnet: 10.30.0.0/16}",
+             "sandboxes:"]
+    lines += [f"  - {{name: s{i}, host: host1, networks: [sw]}}" for i in range(count)]
+    return "\n".join(lines) + "\n"
+
+
+def test_many_sandboxes_are_built_on_two_cores_as_one_after_the_other(
+        named: list[str], tmp_path: Path) -> None:
+    """From 16 sandboxes in a row, every other one is built by a forked process
+    (netns_fixtures.lab.split): the progress, the addresses and the DNS files are those of
+    a build one after the other, traffic crosses between sandboxes of both processes, and
+    down leaves nothing."""
+    name = unique_lab()
+    named.append(name)
+    topology = tmp_path / "many.yaml"
+    topology.write_text(one_bridge(name, 20))
+    out = pycnm("lab", "up", str(topology)).stdout
+    lines = re.findall(r"^\[\s*(\d+)/22\] sandbox s(\d+) on host1: .*eth0 ([\d.]+)/16 on sw$",
+                       out, re.M)
+    assert [(int(n), int(s), ip) for n, s, ip in lines] == [
+        (i + 3, i, f"10.30.0.{i + 2}") for i in range(20)], out
+    for i in (0, 1, 19):  # built here, in the fork, here
+        ns = f"pcsb-{name}-s{i}"
+        addresses = subprocess.run(["ip", "-n", ns, "-4", "-o", "addr", "show", "eth0"],
+                                   capture_output=True, text=True, check=True).stdout
+        assert f"10.30.0.{i + 2}/16" in addresses
+        hosts = Path(f"/etc/netns/{ns}/hosts").read_text()
+        assert f"10.30.0.{i + 2}\t{name}-s{i}" in hosts
+    for source, target in (("s0", "10.30.0.3"), ("s1", "10.30.0.21")):
+        ping = pycnm("lab", "exec", "--lab", name, source, "--", "ping", "-c", "1", "-W", "5",
+                     target, check=False)
+        assert ping.returncode == 0 and "1 received" in ping.stdout, ping.stdout
+    assert f"lab {name} removed" in pycnm("lab", "down", name).stdout
+    assert lab_objects(name) == []
+
+
+def test_a_sandbox_failing_in_the_second_builder_removes_the_lab(
+        named: list[str], tmp_path: Path) -> None:
+    """A sandbox the forked builder cannot make (its namespace name is taken) fails the
+    build, named in the error, and everything is removed again."""
+    name = unique_lab()
+    named.append(name)
+    topology = tmp_path / "many.yaml"
+    topology.write_text(one_bridge(name, 20))
+    taken = f"pcsb-{name}-s5"  # position 5: the forked builder's
+    subprocess.run(["ip", "netns", "add", taken], check=True)
+    try:
+        result = pycnm("lab", "up", str(topology), check=False)
+        assert result.returncode != 0
+        assert re.search(rf"sandbox s5 on host1 failed.*{taken}", result.stderr), \
+            result.stdout + result.stderr
+        assert "removing what was built" in result.stdout
+        assert lab_objects(name) == []
+    finally:
+        subprocess.run(["ip", "netns", "delete", taken], capture_output=True)
+
+
 # --- bad files --------------------------------------------------------------------------------
 
 GOOD = (LABS / "01-bridge" / "lab.yaml").read_text()
