@@ -293,12 +293,14 @@ class SQLiteStore(Store, LeaseStore):
         now = time.time()
         revision = conn.execute("UPDATE meta SET value = value + 1 WHERE name = 'revision' "
                                 "RETURNING value").fetchall()[0][0]
-        conn.executemany(
-            "INSERT INTO kv (key, value, revision, lease) VALUES (?, ?, ?, ?) ON CONFLICT (key) "
-            "DO UPDATE SET value = excluded.value, revision = excluded.revision, "
-            "lease = excluded.lease",
-            [(key, text, revision, lease) for key, text in puts.items()])
-        conn.executemany("DELETE FROM kv WHERE key = ?", [(key,) for key in deletes])
+        if puts:  # (a statement not run is one less for SQLite to look up and reset)
+            conn.executemany(
+                "INSERT INTO kv (key, value, revision, lease) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value, "
+                "revision = excluded.revision, lease = excluded.lease",
+                [(key, text, revision, lease) for key, text in puts.items()])
+        if deletes:
+            conn.executemany("DELETE FROM kv WHERE key = ?", [(key,) for key in deletes])
         changes = [*puts.items(), *((key, None) for key in deletes)]
         conn.executemany("INSERT INTO changes (revision, seq, key, value, at) "
                          "VALUES (?, ?, ?, ?, ?)",
