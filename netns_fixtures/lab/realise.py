@@ -538,12 +538,10 @@ def up(topo: Topology, *, source: str | None = None, progress: Progress = print,
 
 def _sandbox_run(steps: list[Step], start: int) -> list[Any]:
     """The specs of the run of splittable sandbox steps that starts at ``start``."""
-    run = []
-    for step in steps[start:]:
-        if step.sandbox is None:
-            break
-        run.append(step.sandbox)
-    return run
+    end = start
+    while end < len(steps) and steps[end].sandbox is not None:
+        end += 1
+    return [step.sandbox for step in steps[start:end]]
 
 
 def _one_line(exc: BaseException) -> str:
