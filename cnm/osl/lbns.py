@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import ipaddress
 import os
 from collections.abc import Iterable, Iterator
@@ -28,7 +27,7 @@ from contextlib import contextmanager
 from pyroute2.netlink.exceptions import NetlinkError
 
 from cnm import names
-from cnm.osl import links
+from cnm.osl import links, nft
 from cnm.osl.netns import (
     create_named_netns,
     delete_named_netns,
@@ -40,7 +39,6 @@ from cnm.osl.netns import (
     write_sysctl,
 )
 
-LOCK_DIR = "/run/pycnm"
 LB_NETNS_PREFIX = names.LB_NETNS_PREFIX
 INGRESS_PREFIX = names.INGRESS_PREFIX
 LEG = "eth0"
@@ -58,15 +56,10 @@ IPv4 = ipaddress.IPv4Address
 @contextmanager
 def lock(host_ns: str | None) -> Iterator[None]:
     """Serialise read-the-store-then-load for one host's load balancers across processes
-    and threads (a file of our own: the bridge firewall's lock may be taken inside)."""
-    key = "root" if host_ns is None else str(os.stat(host_ns).st_ino)
-    os.makedirs(LOCK_DIR, mode=0o700, exist_ok=True)
-    fd = os.open(os.path.join(LOCK_DIR, f"lb-{key}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    and threads: the host namespace's rules lock (``nft.ruleset_lock``, taken on the
+    namespace itself, so no lock file is left behind per emulated host ever used)."""
+    with nft.ruleset_lock(host_ns):
         yield
-    finally:
-        os.close(fd)
 
 
 def netns_name(network_id: str, host_id: str, emulated: bool) -> str:

@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -89,6 +90,9 @@ def _key(ns: str | None) -> str:
     return "root" if ns is None else str(os.stat(ns).st_ino)
 
 
+_held = threading.local()  # per thread: the namespaces (dev, inode) whose lock it holds
+
+
 @contextmanager
 def ruleset_lock(ns: str | None) -> Iterator[None]:
     """Serialise read-state-then-render across processes acting on one namespace.
@@ -96,14 +100,24 @@ def ruleset_lock(ns: str | None) -> Iterator[None]:
     Without it two pycnm processes could each render from a state that lacks the other's
     change and the later load would drop it. The lock is taken on the namespace's own
     file (nsfs supports flock): every path to one namespace is one inode, and no lock
-    file is left behind per namespace ever used.
+    file is left behind per namespace ever used. A thread that holds it may take it again
+    (the load balancers hold it while the bridge driver, which takes it too, makes their
+    leg); other threads and processes wait.
     """
     fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY) if ns is None else open_netns(ns)
     try:
+        st = os.fstat(fd)
+        key = (st.st_dev, st.st_ino)
+        held: set[tuple[int, int]] = _held.__dict__.setdefault("keys", set())
+        if key in held:
+            yield
+            return
         fcntl.flock(fd, fcntl.LOCK_EX)
+        held.add(key)
         try:
             yield
         finally:
+            held.discard(key)
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)

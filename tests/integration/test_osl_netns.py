@@ -72,3 +72,33 @@ def test_the_ruleset_lock_is_the_namespace_itself_across_processes(netns) -> Non
     assert (held, free) == ("held", "free")
     # Other runs may share LOCK_DIR: look for a file named after this namespace only.
     assert not [f for f in after - before if str(os.stat(ns.path).st_ino) in f]
+
+
+def test_the_load_balancers_lock_is_the_rules_lock_and_a_thread_may_take_it_again(
+        netns) -> None:
+    """The load balancers' lock of a host namespace is its rules lock: no file per
+    namespace; the thread holding it takes the rules lock again without waiting (the
+    bridge driver does, making a balancer's leg), another thread waits."""
+    import threading
+
+    from cnm.osl import lbns
+    from cnm.osl.nft import LOCK_DIR, ruleset_lock
+
+    ns = netns("lblock")
+    before = set(os.listdir(LOCK_DIR)) if os.path.isdir(LOCK_DIR) else set()
+    other_got_it = threading.Event()
+
+    def other() -> None:
+        with ruleset_lock(ns.path):
+            other_got_it.set()
+
+    with lbns.lock(ns.path):
+        with ruleset_lock(ns.path):  # the same thread again: no wait
+            pass
+        waiter = threading.Thread(target=other)
+        waiter.start()
+        assert not other_got_it.wait(0.5)  # another thread waits while it is held
+    waiter.join(timeout=10)
+    assert other_got_it.is_set()
+    after = set(os.listdir(LOCK_DIR)) if os.path.isdir(LOCK_DIR) else set()
+    assert not [f for f in after - before if str(os.stat(ns.path).st_ino) in f]
