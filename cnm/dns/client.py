@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 RESOLVER_KEY = "dns/resolver"
 APPLIED_KEY = "dns/applied"
 SETTLE_TIMEOUT = 3.0  # seconds a change waits for the resolver before going on
-POLL = 0.005
+POLL = 0.001  # a local read costs ~50 us; the wait is a few milliseconds
 
 
 def sandbox_key(sandbox_id: str) -> str:

@@ -22,6 +22,7 @@ not resolve. Case is ignored.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -131,7 +132,19 @@ class Records:
 
 
 def _addresses(*cidrs: str | None) -> tuple[IPAddress, ...]:
-    return tuple(ipaddress.ip_interface(c).ip for c in cidrs if c)
+    return tuple(_interface_ip(c) for c in cidrs if c)
+
+
+# Every snapshot is built from every record: parsing each address once, not on every
+# build, keeps a build cheap (ipaddress's parser was most of its cost).
+@functools.lru_cache(maxsize=1 << 16)
+def _interface_ip(cidr: str) -> IPAddress:
+    return ipaddress.ip_interface(cidr).ip
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _ip(text: str) -> IPAddress:
+    return ipaddress.ip_address(text)
 
 
 def served(sandbox: Mapping[str, Any]) -> bool:
@@ -189,7 +202,7 @@ def cluster_entries(records: Records, host_id: str) -> list[NameEntry]:
         if len(parts) != 5 or parts[3] == host_id:
             continue
         try:
-            addresses = tuple(ipaddress.ip_address(a) for a in value.get("addresses", ()))
+            addresses = tuple(_ip(a) for a in value.get("addresses", ()))
             names = tuple(str(n) for n in value.get("names", ()))
         except (TypeError, ValueError):
             continue  # a record pycnm did not write: ignore it

@@ -4,20 +4,23 @@ sandboxes over, publishes this host's names for the cluster, gives sandboxes bac
 It runs inside ``pycnm agent`` or ``pycnm plugin serve`` (``Controller.start_background``),
 one per host: it claims ``dns/resolver`` in the host's key space, under a lease, and a
 second process finds the claim alive and serves no DNS. One control thread does
-everything in order; the store's watch callbacks only note the revision and wake it:
+everything in order; the store's watch callbacks only queue the event and wake it:
 
-    connect:  grant a lease, claim dns/resolver, watch this host's sandboxes/, endpoints/
-              and networks/ and the cluster's dns/scopes/, then sync. Watching before
-              listing means no change falls between the two.
-    sync:     list the records, build the snapshot (``registry.build``), take over the
+    connect:  grant a lease, claim dns/resolver, watch this host's key space (one watch,
+              so its events come in revision order) and the cluster's dns/scopes/, list
+              the records into memory (``mirror``), then sync. Watching before listing
+              means no change falls between the two.
+    sync:     apply the queued events to the records in memory (no listing: an event
+              costs in proportion to itself, not to the cluster's size), build the
+              snapshot (``registry.build``), take over the
               sandboxes it now serves (sockets inside, NAT table, ``nameserver
               127.0.0.11``), drop those gone, hand the snapshot to the event loop, publish
               this host's names on cluster-wide networks under the lease (and withdraw the
               ones gone), then record at dns/applied the newest revision the listing
               covers, which is what a process that just changed names waits for.
     serve:    sync after watch events (coalesced), refresh the lease every ttl/3, re-read
-              the host's resolv.conf when it changes, sync everything every
-              ``resync_interval`` as a safety net.
+              the host's resolv.conf when it changes, list everything again and sync
+              every ``resync_interval`` as a safety net.
     failure:  a StoreUnavailable (etcd down, lease lost) drops the watches and connects
               again with back-off; the event loop keeps answering from the last snapshot.
     stop:     every sandbox gets its plain files back (the host's servers, no NAT table),
@@ -44,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 from cnm import etcfiles, names
 from cnm.dns import client, registry, upstreams
+from cnm.dns.mirror import Mirror
 from cnm.dns.names import FORWARD_TIMEOUT, RESOLVER_ADDRESS
 from cnm.dns.registry import NameEntry, Records, Source
 from cnm.dns.server import Server
@@ -66,6 +70,8 @@ UPSTREAM_CHECK = 2.0  # seconds between two looks at the host's resolv.conf
 ENV_LEASE_TTL = "PYCNM_OVERLAY_LEASE_TTL"
 
 _SCOPE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
+RECORDS = ("networks/", "endpoints/", "sandboxes/")  # this host's, that names come from
+SCOPES = "dns/scopes/"  # the cluster's published names
 
 
 class LeaseLost(StoreUnavailable):
@@ -132,8 +138,10 @@ class DnsService:
         self._cluster_lease: Any = None
         self._claim_revision = 0
         self._scopes: dict[str, str] = {}
-        self._revision = 0
-        self._revision_lock = threading.Lock()
+        self._local: Mirror | None = None  # made at connect: the sources are known then
+        self._cluster = Mirror((SCOPES,))
+        self._extra: dict[str, list[NameEntry]] = {}  # by source prefix, as last computed
+        self._applied = 0  # the revision last recorded at dns/applied
         self._dirty = threading.Event()
         self._stopping = threading.Event()
         self._cancels: list[Callable[[], None]] = []
@@ -194,13 +202,19 @@ class DnsService:
     def _drop_watches(self) -> None:
         cancel_all(self._cancels)
 
-    def _note(self, event: WatchEvent) -> None:
-        with self._revision_lock:
-            self._revision = max(self._revision, event.revision)
-        self._dirty.set()
+    def _note_local(self, event: WatchEvent) -> None:
+        if self._local is not None and self._local.note(event):
+            self._dirty.set()
+
+    def _note_cluster(self, event: WatchEvent) -> None:
+        if self._cluster.note(event):
+            self._dirty.set()
 
     def _connect(self) -> None:
         self._drop_watches()
+        self._local = Mirror((*RECORDS, *dict.fromkeys(p for p, _ in self.sources)))
+        self._cluster.forget_pending()
+        self._applied = 0
         if hasattr(self.local, "grant_lease"):
             self._lease = self.local.grant_lease(self.ttl)
         self._cluster_lease = self._lease
@@ -208,13 +222,14 @@ class DnsService:
             grant = getattr(self.ctl.store, "grant_lease", None)
             self._cluster_lease = grant(self.ttl) if grant is not None else None
         self._claim()
-        for prefix in ("sandboxes/", "endpoints/", "networks/",
-                       *(p for p, _ in self.sources)):
-            self._cancels.append(self.local.watch(prefix, self._note))
+        # The whole key space in one watch: its events come in revision order, so once
+        # an event of revision R is applied so is every change before it (what
+        # dns/applied promises). Keys outside the mirror's prefixes are ignored.
+        self._cancels.append(self.local.watch("", self._note_local))
         # Another host's names: a sync, but no revision (the local store's count, which
         # wait_applied compares, is not the cluster's).
-        self._cancels.append(self.cluster.watch("dns/scopes/", lambda _e: self._dirty.set()))
-        self._sync(self._claim_revision)
+        self._cancels.append(self.cluster.watch(SCOPES, self._note_cluster))
+        self._sync(self._claim_revision, full=True)
         self.connected.set()
         log.info("resolver %s: serving %d sandbox(es) at %s (upstreams %s from %s)",
                  self.host_id, len(self.adopted), RESOLVER_ADDRESS,
@@ -255,9 +270,7 @@ class DnsService:
             wait = max(0.0, min(next_refresh, next_resync, next_upstreams) - time.monotonic())
             if self._dirty.wait(wait) and not self._stopping.is_set():
                 self._dirty.clear()
-                with self._revision_lock:
-                    seen = self._revision
-                self._sync(seen)
+                self._sync()
             now = time.monotonic()
             if now >= next_refresh:
                 for lease in {id(x): x for x in (self._lease, self._cluster_lease)
@@ -267,10 +280,10 @@ class DnsService:
                 next_refresh = now + refresh_every
             if now >= next_upstreams:
                 if self._read_upstreams():
-                    self._sync(0)
+                    self._sync(changed=True)
                 next_upstreams = now + UPSTREAM_CHECK
             if now >= next_resync:
-                self._sync(0)
+                self._sync(full=True)
                 next_resync = now + self.resync_interval
 
     def _read_upstreams(self) -> bool:
@@ -285,12 +298,12 @@ class DnsService:
         self.upstreams = found
         return changed
 
-    def _records(self) -> Records:
+    def _records(self, local: Mirror) -> Records:
         records = Records(
-            networks=[e.value for e in self.local.list("networks/")],
-            endpoints=[e.value for e in self.local.list("endpoints/")],
-            sandboxes=[e.value for e in self.local.list("sandboxes/")],
-            published={e.key: e.value for e in self.cluster.list("dns/scopes/")},
+            networks=local.values("networks/"),
+            endpoints=local.values("endpoints/"),
+            sandboxes=local.values("sandboxes/"),
+            published=self._cluster.items(SCOPES),
         )
         for net in records.networks:
             scope = self._scope(net)
@@ -318,22 +331,47 @@ class DnsService:
             self._scopes[nid] = scope
         return scope
 
-    def _sync(self, revision: int) -> None:
-        """Bring everything in line with the store as of at least ``revision``."""
-        self._read_upstreams()
-        records = self._records()
+    def _sync(self, revision: int = 0, full: bool = False, changed: bool = False) -> None:
+        """Bring everything in line with the store as of at least ``revision`` and the
+        events queued so far; ``full``: list every record again first; ``changed``:
+        something outside the store changed (the upstream servers)."""
+        local = self._local
+        assert local is not None  # made by _connect, which calls this first
+        changed = self._read_upstreams() or changed
+        if full:
+            local.load(self.local)
+            self._cluster.load(self.cluster)
+        local_keys, newest = local.drain()
+        cluster_keys, _ = self._cluster.drain()
+        revision = max(revision, newest)
+        # This host's own published names come back through the cluster's watch: they
+        # change nothing here (a host answers its own names from its records).
+        others = any(_published_by(k) != self.host_id for k in cluster_keys)
+        if full or changed or local_keys or others:
+            self._rebuild(local, local_keys, full)
+        if revision > self._applied:
+            self.local.put(client.APPLIED_KEY, {"revision": revision, "pid": os.getpid()})
+            self._applied = revision
+
+    def _rebuild(self, local: Mirror, changed: set[str], full: bool) -> None:
+        records = self._records(local)
         extra: list[NameEntry] = []
-        for _, source in self.sources:
-            try:
-                extra += source(self.local, records)
-            except CNMError as exc:
-                log.warning("resolver: a name source failed: %s", exc)
+        for prefix, source in self.sources:
+            if full or prefix not in self._extra or any(k.startswith(prefix) for k in changed):
+                try:
+                    self._extra[prefix] = list(source(self.local, records))
+                except CNMError as exc:
+                    log.warning("resolver: a name source failed: %s", exc)
+            extra += self._extra.get(prefix, [])
         snapshot = registry.build(records, self.host_id, extra)
         sandboxes = {s["id"]: s for s in records.sandboxes}
         for sid, view in snapshot.sandboxes.items():
             have = self.adopted.get(sid)
+            # A namespace rebuilt at the same path is checked for on a full sync and when
+            # the sandbox's record changed, not every sandbox on every event.
+            recheck = full or f"sandboxes/{sid}" in changed
             if have is None or have.netns_path != view.netns_path or \
-                    have.inode != _inode(view.netns_path):
+                    (recheck and have.inode != _inode(view.netns_path)):
                 try:
                     self._take_over(SandboxRecord.from_dict(sandboxes[sid]), view)
                 except CNMError as exc:
@@ -345,9 +383,8 @@ class DnsService:
             snapshot = registry.Snapshot({**snapshot.sandboxes, **gateways}, snapshot.networks)
         self.server.update(snapshot, self.upstreams.servers)
         self.server.wait()  # the loop has the new names before anyone is told
-        self._publish(records)
-        if revision:
-            self.local.put(client.APPLIED_KEY, {"revision": revision, "pid": os.getpid()})
+        if full or any(k.startswith(RECORDS) for k in changed):
+            self._publish(records)
 
     # --- taking sandboxes over and giving them back -------------------------------------
 
@@ -456,8 +493,16 @@ class DnsService:
             value = {**value, "lease": lease}
             if mine.get(key) != value:
                 self._put(self.cluster, key, value, self._cluster_lease)
+                self._cluster.tables[SCOPES][key] = value  # its event may come later
         for key in mine.keys() - wanted.keys():
             self.cluster.delete(key)
+            self._cluster.tables[SCOPES].pop(key, None)
+
+
+def _published_by(key: str) -> str | None:
+    """The host of a published name's key ``dns/scopes/SCOPE/HOST/ENDPOINT``."""
+    parts = key.split("/")
+    return parts[3] if len(parts) == 5 else None
 
 
 def _files_name(sandbox: SandboxRecord) -> str | None:

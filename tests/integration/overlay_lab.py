@@ -146,11 +146,13 @@ class OverlayLab:
     def pycnm_json(self, host: Host, *args: str) -> Any:
         return json.loads(self.pycnm(host, "--json", *args).stdout)
 
-    def start_agent(self, host: Host, wait: bool = True) -> subprocess.Popen:
+    def start_agent(self, host: Host, wait: bool = True,
+                    extra: tuple[str, ...] = ()) -> subprocess.Popen:
+        """Start ``pycnm agent`` for ``host`` (``extra``: more of its flags)."""
         host.agent_log = os.path.join(self.logdir, f"{host.name}-agent.log")
         with open(host.agent_log, "ab") as log:
             proc = subprocess.Popen(
-                self.argv(host, "-v", "agent", "--lease-ttl", str(self.lease_ttl)),
+                self.argv(host, "-v", "agent", "--lease-ttl", str(self.lease_ttl), *extra),
                 stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
             )
         host.agent = proc
