@@ -11,7 +11,8 @@ How it keeps etcd's semantics on a single file:
 - A global revision counter (``meta.revision``, etcd's store revision): every committed
   change bumps it and each key records the revision of its last write.
 - Every change is appended to ``changes``. Watchers, in this process or any other, poll it
-  from one thread per store object (one indexed read every 25 ms when idle). Writers prune
+  from one thread per store object (one indexed read every 25 ms when idle, and at once
+  when a writer rings them: ``cnm.store.doorbell``). Writers prune
   rows older than a minute; a watcher that slept past that catches up from a listing
   (``WatchCursor.resync``) instead of missing changes.
 - Leases are rows with a wall-clock expiry; leased keys name their lease. Reads hide keys
@@ -33,6 +34,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 from cnm.errors import StoreUnavailable
+from cnm.store import doorbell
 from cnm.store.base import (
     Entry,
     Store,
@@ -97,6 +99,8 @@ class SQLiteStore(Store, LeaseStore):
         self._cursors: list[WatchCursor] = []
         self._poller: threading.Thread | None = None
         self._poll_stop = threading.Event()
+        self._bell: doorbell.Bell | None = None  # while a poller runs
+        self._bells = doorbell.folder_of(self.path)
         with self._lock:
             self._connection()  # fail at open, with the path, rather than on first use
 
@@ -149,6 +153,7 @@ class SQLiteStore(Store, LeaseStore):
             self._cursors.append(cursor)
             if self._poller is None:
                 self._poll_stop.clear()
+                self._bell = self._open_bell()
                 self._poller = threading.Thread(target=self._poll_loop, daemon=True,
                                                 name=f"pycnm-sqlite-watch:{self.path}")
                 self._poller.start()
@@ -169,6 +174,9 @@ class SQLiteStore(Store, LeaseStore):
             self._cursors.clear()
             poller, self._poller = self._poller, None
             self._poll_stop.set()
+            bell = self._bell
+        if bell is not None:
+            bell.wake()
         if poller is not None and poller is not threading.current_thread():
             poller.join(timeout=5.0)
         with self._lock:
@@ -284,7 +292,8 @@ class SQLiteStore(Store, LeaseStore):
                     conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
-            return result
+        doorbell.ring(self._bells)  # watchers in other processes look at once
+        return result
 
     def _apply(self, conn: sqlite3.Connection, puts: Mapping[str, str], deletes: builtins.list[str],
                lease: int | None = None) -> int:
@@ -361,20 +370,40 @@ class SQLiteStore(Store, LeaseStore):
 
     # --- watching --------------------------------------------------------------------------
 
+    def _open_bell(self) -> doorbell.Bell | None:
+        try:
+            return doorbell.Bell(self._bells)
+        except OSError as exc:  # a path too long for a socket, say: poll only
+            log.info("sqlite store %s: watchers poll every %g s only (%s)", self.path,
+                     self._poll_interval, exc)
+            return None
+
     def _poll_loop(self) -> None:
         failing = False
-        while not self._poll_stop.wait(self._poll_interval):
-            try:
-                if not self._poll_once():
+        bell = self._bell
+        try:
+            while True:
+                if bell is not None:
+                    bell.wait(self._poll_interval)
+                if self._poll_stop.wait(0 if bell is not None else self._poll_interval):
                     return
-                failing = False
-            except StoreUnavailable as exc:
-                if not failing:
-                    log.warning("sqlite store %s: watch poll failed, retrying: %s",
-                                self.path, exc)
-                failing = True
-            except Exception:  # noqa: BLE001 - the poller must survive to deliver the rest
-                log.exception("sqlite store %s: watch poll failed", self.path)
+                try:
+                    if not self._poll_once():
+                        return
+                    failing = False
+                except StoreUnavailable as exc:
+                    if not failing:
+                        log.warning("sqlite store %s: watch poll failed, retrying: %s",
+                                    self.path, exc)
+                    failing = True
+                except Exception:  # noqa: BLE001 - the poller must survive to deliver the rest
+                    log.exception("sqlite store %s: watch poll failed", self.path)
+        finally:
+            if bell is not None:
+                with self._lock:
+                    if self._bell is bell:
+                        self._bell = None
+                bell.close()
 
     def _poll_once(self) -> bool:
         """Deliver the changes logged since the slowest watcher; False once none is left."""
