@@ -7,10 +7,12 @@ One control thread does everything in order; watch callbacks only wake it:
               under it too; watches on this host's services/, endpoints/ and networks/ and
               the cluster's services/ and service-backends/, then a full sync (every
               network's rules loaded again: a restart repairs whatever changed meanwhile).
-    serve:    after watch events (coalesced): apply every network (``Services.apply``
-              loads a table only when its plan changed) and publish this host's backends
-              on cluster-wide networks under the lease; refresh the lease every ttl/3;
-              a full sync every ``resync_interval``.
+    serve:    after watch events (coalesced): apply the networks they touch
+              (``Services.apply`` loads a table only when its plan changed) and publish
+              this host's backends there on cluster-wide networks under the lease; an
+              endpoint that serves no service, before or after, touches nothing, so a
+              host full of plain containers does no work per container; refresh the
+              lease every ttl/3; a full sync every ``resync_interval``.
     failure:  StoreUnavailable: drop the watches, connect again with back-off. The rules
               in the kernel stay as they are meanwhile.
     stop:     nothing is torn down: the rules are the store's. The lease is not revoked,
@@ -56,6 +58,12 @@ class ServiceAgent:
         self.connected = threading.Event()
         self._lease: Any = None
         self._dirty = threading.Event()
+        # Networks the queued events touch (None: every network); endpoints that serve
+        # some service, as their last event said (an endpoint that stops serving touches
+        # its network once more).
+        self._touched: set[str] | None = set()
+        self._serving: set[str] = set()
+        self._touched_lock = threading.Lock()
         self._stopping = threading.Event()
         self._cancels: list[Callable[[], None]] = []
         self._thread = threading.Thread(target=self._run, name="pycnm-lb-control", daemon=True)
@@ -91,7 +99,32 @@ class ServiceAgent:
         cancel_all(self._cancels)
 
     def _note(self, _event: WatchEvent) -> None:
+        """A cluster-wide change (a service or another host's backend): every network."""
+        with self._touched_lock:
+            self._touched = None
         self._dirty.set()
+
+    def _note_local(self, event: WatchEvent) -> None:
+        kind, _, rest = event.key.partition("/")
+        nid = rest.split("/", 1)[0]
+        if kind == "endpoints":
+            serves = bool(event.value and event.value.get("services"))
+            with self._touched_lock:
+                if not serves and event.key not in self._serving:
+                    return  # a plain endpoint: no load balancer cares
+                if serves:
+                    self._serving.add(event.key)
+                else:
+                    self._serving.discard(event.key)
+        with self._touched_lock:
+            if self._touched is not None:
+                self._touched.add(nid)
+        self._dirty.set()
+
+    def _take_touched(self) -> set[str] | None:
+        with self._touched_lock:
+            touched, self._touched = self._touched, set()
+        return touched
 
     def _connect(self) -> None:
         self._drop_watches()
@@ -100,7 +133,7 @@ class ServiceAgent:
         self.ctl.local.put(AGENT_KEY, {"pid": os.getpid(), "since": time.time(),
                                        "lease": getattr(self._lease, "id", None)})
         for prefix in ("services/", "endpoints/", "networks/"):
-            self._cancels.append(self.ctl.local.watch(prefix, self._note))
+            self._cancels.append(self.ctl.local.watch(prefix, self._note_local))
         for prefix in ("services/", "service-backends/"):
             self._cancels.append(self.cluster.watch(prefix, self._note))
         self._sync(full=True)
@@ -127,16 +160,33 @@ class ServiceAgent:
                 next_resync = now + self.resync_interval
 
     def _sync(self, full: bool) -> None:
-        for problem in self.services.reconcile(force=full) if full else self._apply_all():
+        touched = None if full else self._take_touched()
+        if full:
+            # Added to, never replaced: an event that came while listing is kept (a key
+            # that stopped serving and stays costs one needless apply at most).
+            serving = {e.key for e in self.ctl.local.list("endpoints/")
+                       if e.value.get("services")}
+            with self._touched_lock:
+                self._serving |= serving
+        if touched is not None and not touched:
+            return
+        for problem in self.services.reconcile(force=full) if full else \
+                self._apply_all(touched):
             log.warning("services %s: %s", self.ctl.host_id, problem)
-        self.services.publish_all(self._lease)
+        if touched is None:
+            self.services.publish_all(self._lease)
+        else:
+            self.services.publish_some(touched, self._lease)
 
-    def _apply_all(self) -> list[str]:
+    def _apply_all(self, touched: set[str] | None) -> list[str]:
         problems = []
         from cnm.services.manager import LB_KEY
 
-        nids = {e.value["id"] for e in self.ctl.local.list("networks/")}
-        nids |= {e.key[len(LB_KEY):] for e in self.ctl.local.list(LB_KEY)}
+        if touched is None:
+            nids = {e.value["id"] for e in self.ctl.local.list("networks/")}
+            nids |= {e.key[len(LB_KEY):] for e in self.ctl.local.list(LB_KEY)}
+        else:
+            nids = touched
         for nid in sorted(nids):
             try:
                 self.services.apply(nid)

@@ -568,8 +568,14 @@ class Services:
             store.delete(key)
 
     def publish_all(self, lease: Any) -> None:
-        for entry in self.ctl.local.list("networks/"):
-            nid = entry.value["id"]
+        self.publish_some([e.value["id"] for e in self.ctl.local.list("networks/")], lease)
+
+    def publish_some(self, nids: Iterable[str], lease: Any) -> None:
+        """Publish this host's backends on those of ``nids`` that are this host's
+        cluster-wide networks."""
+        for nid in nids:
+            if self.ctl.local.get(f"networks/{nid}") is None:
+                continue  # gone: network_removed withdrew its backends
             space = self.space(nid)
             if space.scope is not None:
                 self._publish(space, nid, lease)
