@@ -11,6 +11,10 @@ from cnm.controller import Controller
 from cnm.errors import CNMError, Conflict, InvalidOption, NotFound
 from tests.integration.bridge_helpers import unique
 
+# Sandbox names this module makes start with OURS: its snapshots look at those namespaces
+# only (other runs on the machine make and remove sandboxes of their own meanwhile).
+OURS = unique("be")[:6]
+
 pytestmark = pytest.mark.root
 
 
@@ -34,7 +38,7 @@ def snapshot(ctl: Controller) -> tuple:
     rules = host.run(["nft", "list", "ruleset"]).stdout
     spaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     keys = sorted(e.key for e in ctl.store.list(""))
-    sandboxes = sorted(line for line in spaces.splitlines() if line.startswith("pcsb-"))
+    sandboxes = sorted(line for line in spaces.splitlines() if line.startswith("pcsb-" + OURS))
     # Allocations, not raw IPAM records: a failed attempt may move IPAM's cursor.
     held = sorted((p.id, sorted(map(str, ctl.ipam.allocated(p.id))))
                   for p in ctl.ipam.list_pools())
@@ -74,7 +78,7 @@ CASES: list[tuple[str, type[CNMError], Callable[[Controller], object], str]] = [
     ("bad network name", InvalidOption, lambda c: c.new_network("bad name"), "bad name"),
     ("bad sandbox name", InvalidOption, lambda c: c.new_sandbox("../etc"), "../etc"),
     ("adopt a non-namespace", NotFound,
-     lambda c: c.new_sandbox(unique("s"), netns_path="/etc/hostname"), "/etc/hostname"),
+     lambda c: c.new_sandbox(unique(OURS + "s"), netns_path="/etc/hostname"), "/etc/hostname"),
 ]
 
 
@@ -103,16 +107,16 @@ def test_overlapping_subnet_is_refused_and_changes_nothing(ctl: Controller) -> N
 
 def test_endpoint_errors_change_nothing(ctl: Controller) -> None:
     net = ctl.new_network(unique("n"), subnet="10.81.0.0/24")
-    sb = ctl.new_sandbox(unique("s"))
+    sb = ctl.new_sandbox(unique(OURS + "s"))
     ep = net.create_endpoint("first", ip="10.81.0.10")
     ep.join(sb)
     before = snapshot(ctl)
     bad = [
-        (InvalidOption, lambda: net.create_endpoint(unique("e"), ip="10.99.0.1")),
-        (Conflict, lambda: net.create_endpoint(unique("e"), ip="10.81.0.10")),
+        (InvalidOption, lambda: net.create_endpoint(unique(OURS + "e"), ip="10.99.0.1")),
+        (Conflict, lambda: net.create_endpoint(unique(OURS + "e"), ip="10.81.0.10")),
         (Conflict, lambda: net.create_endpoint("first")),
-        (InvalidOption, lambda: net.create_endpoint(unique("e"), mac="01:00:5e:00:00:01")),
-        (InvalidOption, lambda: net.create_endpoint(unique("e"), mac="zz:zz")),
+        (InvalidOption, lambda: net.create_endpoint(unique(OURS + "e"), mac="01:00:5e:00:00:01")),
+        (InvalidOption, lambda: net.create_endpoint(unique(OURS + "e"), mac="zz:zz")),
         (CNMError, lambda: net.delete()),
         (CNMError, lambda: ep.delete()),
     ]
