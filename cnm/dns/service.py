@@ -140,7 +140,6 @@ class DnsService:
         self._scopes: dict[str, str] = {}
         self._local: Mirror | None = None  # made at connect: the sources are known then
         self._cluster = Mirror((SCOPES,))
-        self._extra: dict[str, list[NameEntry]] = {}  # by source prefix, as last computed
         self._applied = 0  # the revision last recorded at dns/applied
         self._dirty = threading.Event()
         self._stopping = threading.Event()
@@ -152,7 +151,8 @@ class DnsService:
 
     def add_source(self, prefix: str, source: Source) -> None:
         """More names (a service's virtual IP, say): ``source(local_store, records)`` is
-        called on every sync; changes under ``prefix`` (this host's key space) trigger one.
+        called on every rebuild of the names (any change of this host's records or another
+        host's names); changes under ``prefix`` (this host's key space) trigger one.
         Call before ``start``."""
         self.sources.append((prefix, source))
 
@@ -347,22 +347,28 @@ class DnsService:
         # This host's own published names come back through the cluster's watch: they
         # change nothing here (a host answers its own names from its records).
         others = any(_published_by(k) != self.host_id for k in cluster_keys)
+        # One of this host's names gone from the cluster (deleted by someone else, say):
+        # published again now, not at the next resync.
+        lost = any(_published_by(k) == self.host_id and k not in self._cluster.tables[SCOPES]
+                   for k in cluster_keys)
         if full or changed or local_keys or others:
-            self._rebuild(local, local_keys, full)
+            self._rebuild(local, local_keys, full or lost)
+        elif lost:
+            self._publish(self._records(local))
         if revision > self._applied:
             self.local.put(client.APPLIED_KEY, {"revision": revision, "pid": os.getpid()})
             self._applied = revision
 
     def _rebuild(self, local: Mirror, changed: set[str], full: bool) -> None:
+        """The snapshot from the records in memory; ``full``: also look at every sandbox's
+        namespace and publish this host's names whatever changed."""
         records = self._records(local)
         extra: list[NameEntry] = []
-        for prefix, source in self.sources:
-            if full or prefix not in self._extra or any(k.startswith(prefix) for k in changed):
-                try:
-                    self._extra[prefix] = list(source(self.local, records))
-                except CNMError as exc:
-                    log.warning("resolver: a name source failed: %s", exc)
-            extra += self._extra.get(prefix, [])
+        for _, source in self.sources:  # they may read anything: called on every rebuild
+            try:
+                extra += source(self.local, records)
+            except CNMError as exc:
+                log.warning("resolver: a name source failed: %s", exc)
         snapshot = registry.build(records, self.host_id, extra)
         sandboxes = {s["id"]: s for s in records.sandboxes}
         for sid, view in snapshot.sandboxes.items():

@@ -102,3 +102,20 @@ def test_another_hosts_names_follow_put_update_delete_and_lease_expiry(
         wait_for(lambda: dig(near, ghost).status == "NXDOMAIN", CHANGE + LEASE_TTL,
                  "the name to go when its lease ran out")
         assert time.monotonic() - written >= LEASE_TTL * 0.5  # the lease removed it
+
+
+def test_a_published_name_deleted_by_someone_else_is_published_again(
+        one_host: OneHost) -> None:
+    web, _, web_ip = one_host.attach("web")
+    scope = f"dns/scopes/overlay:{one_host.overlay}/"
+
+    with open_store(one_host.lab.store_url) as raw:
+        cluster = PrefixedStore(raw, "global/")
+
+        def published() -> list[str]:
+            return [e.key for e in cluster.list(scope) if web in e.value.get("names", ())]
+
+        keys = wait_for(published, CHANGE, "the host to publish its name")
+        assert cluster.get(keys[0]).value["addresses"] == [web_ip]
+        cluster.delete(keys[0])
+        wait_for(lambda: published() == keys, CHANGE, "the name to be published again")
