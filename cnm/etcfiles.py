@@ -135,7 +135,7 @@ def write(
     In place, as Docker does, and never by renaming a new file over the old one: ``ip
     netns exec`` bind-mounts these files over /etc, and a bind mount holds on to the file
     it was given, so a process already running in the sandbox would never see a renamed
-    replacement. Each file is small and goes out in one write() after the truncation.
+    replacement. Each file is small and goes out in one write() (``_write_in_place``).
     """
     check_values(sandbox)
     folder = files_dir(sandbox, netns_name)
@@ -147,12 +147,31 @@ def write(
         if not hosts_only:
             os.makedirs(folder, mode=0o755, exist_ok=True)
         for name, text in files:
-            with open(os.path.join(folder, name), "w") as handle:
-                handle.write(text)
+            _write_in_place(os.path.join(folder, name), text)
     except OSError as exc:
         raise KernelError(f"cannot write the files of sandbox {sandbox.name} in {folder}: "
                           f"{exc.strerror or exc}") from exc
     return folder
+
+
+def _write_in_place(path: str, text: str) -> None:
+    """Make the file at ``path`` hold ``text``, in place. New content at least as long as
+    the old is written over it (a reader sees the old or the new) and then cut to its
+    length: truncating a file to zero first makes ext4 flush it to disk when it is closed
+    (its auto_da_alloc safeguard for files replaced by truncation), ~1 ms per file here,
+    paid by every join for its hosts file. Shorter content truncates first, as before,
+    so no reader ever sees a stale tail."""
+    data = text.encode()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    try:
+        if os.fstat(fd).st_size > len(data):
+            os.ftruncate(fd, 0)
+        written = os.write(fd, data)
+        while written < len(data):  # a regular file takes it all at once; just in case
+            written += os.write(fd, data[written:])
+        os.ftruncate(fd, len(data))
+    finally:
+        os.close(fd)
 
 
 def write_resolv_conf(sandbox: SandboxRecord, netns_name: str | None, served: bool,
@@ -163,8 +182,8 @@ def write_resolv_conf(sandbox: SandboxRecord, netns_name: str | None, served: bo
     folder = files_dir(sandbox, netns_name)
     try:
         os.makedirs(folder, mode=0o755, exist_ok=True)
-        with open(os.path.join(folder, "resolv.conf"), "w") as handle:
-            handle.write(render_resolv_conf(sandbox, served, host_conf))
+        _write_in_place(os.path.join(folder, "resolv.conf"),
+                        render_resolv_conf(sandbox, served, host_conf))
     except OSError as exc:
         raise KernelError(f"cannot write the resolv.conf of sandbox {sandbox.name} in "
                           f"{folder}: {exc.strerror or exc}") from exc
