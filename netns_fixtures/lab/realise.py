@@ -76,6 +76,10 @@ PEERS_TIMEOUT = 20.0  # for every VTEP to learn the other hosts' endpoints
 # below, the fork and the second process's own store and netlink handles cost more than
 # the second core saves.
 SPLIT_MIN = 16
+# The child's share: this process also makes every endpoint (~1.3 ms each, against ~8 ms
+# for a sandbox), so the child takes more than half and both end together.
+SPLIT_CHILD_SHARE = 0.58
+ENDPOINT_TIMEOUT = 60.0  # for the other builder to make an endpoint a sandbox joins
 
 
 def _quiet(_line: str) -> None:
@@ -368,28 +372,34 @@ class _Builder:
 
     def make_sandboxes(self, specs: list[Any], report: Callable[[int, str | None], None]
                        ) -> None:
-        """Build the sandboxes ``specs`` (all ``splittable``) on two cores: first their
-        endpoints here, one after the other as ``make_sandbox`` would (so each gets the
-        address it would get there), then the sandboxes and their joins split between
-        this process and a forked one (``split.run_split``); ``report(i, detail)`` in
-        order."""
-        endpoints = []
-        for position, spec in enumerate(specs):
-            try:
-                ctl = self.controller(spec.host)
-                endpoints.append([(ep.network_id, ep.id) for ep in (
-                    ctl.network(att.network).create_endpoint(spec.name, ip=att.ip)
-                    for att in spec.networks)])
-            except BaseException as exc:
-                raise split.SplitFailed(position, exc) from exc
-        jobs = [partial(self.make_sandbox, spec, ends) for spec, ends in zip(specs, endpoints,
-                                                                              strict=True)]
-        split.run_split(jobs, report, before_fork=self.close, child_done=self.close)
+        """Build the sandboxes ``specs`` (all ``splittable``) on two cores
+        (``split.run_split``): the endpoints are made here, one after the other as
+        ``make_sandbox`` would make them (so each gets the address it would get there),
+        under ids chosen before the fork, while the forked child starts on its share of
+        the sandboxes (each of its joins waits for its endpoint); then this process builds
+        the rest. The child takes the larger share, as this process makes the endpoints
+        too. ``report(i, detail)`` in order."""
+        ends = [[(att.network, names.new_id()) for att in spec.networks] for spec in specs]
+
+        def make_endpoints() -> None:
+            for position, spec in enumerate(specs):
+                try:
+                    ctl = self.controller(spec.host)
+                    for att, (_, eid) in zip(spec.networks, ends[position], strict=True):
+                        ctl.network(att.network).create_endpoint(spec.name, ip=att.ip,
+                                                                 endpoint_id=eid)
+                except BaseException as exc:
+                    raise split.SplitFailed(position, exc) from exc
+
+        jobs = [partial(self.make_sandbox, spec, made) for spec, made in zip(specs, ends,
+                                                                             strict=True)]
+        split.run_split(jobs, report, before_fork=self.close, child_done=self.close,
+                        parent_first=make_endpoints, child_share=SPLIT_CHILD_SHARE)
 
     def make_sandbox(self, spec: Any, endpoints: list[tuple[str, str]] | None = None) -> str:
         """Build sandbox ``spec``: its namespace, an endpoint on each of its networks
-        (``endpoints``: (network id, endpoint id) of ones made ahead by
-        ``make_sandboxes``) joined to it, its routes."""
+        (``endpoints``: (network name, endpoint id) of ones ``make_sandboxes`` makes in
+        the other process, waited for) joined to it, its routes."""
         from cnm.cli.endpoint import parse_publish
         from cnm.driverapi import OPT_PORTMAP
         from cnm.endpoint import Endpoint
@@ -411,9 +421,13 @@ class _Builder:
             if i == 0 and spec.ports:
                 options[OPT_PORTMAP] = parse_publish(list(spec.ports))
             net = ctl.network(att.network)
-            endpoint = Endpoint(ctl, *endpoints[i]) if endpoints else net.create_endpoint(
-                spec.name, ip=att.ip, options=options, aliases=list(att.aliases),
-                services=list(att.services))
+            if endpoints:
+                endpoint = Endpoint(ctl, net.id, endpoints[i][1])
+                _wait_for_endpoint(ctl, endpoint)
+            else:
+                endpoint = net.create_endpoint(spec.name, ip=att.ip, options=options,
+                                               aliases=list(att.aliases),
+                                               services=list(att.services))
             ifname = endpoint.join(sandbox)
             address = endpoint.record.address or "no address"
             notes = ([f"also {', '.join(att.aliases)}"] if att.aliases else []) + (
@@ -534,6 +548,19 @@ def up(topo: Topology, *, source: str | None = None, progress: Progress = print,
     progress(f"lab {topo.name} is up in {time.monotonic() - started:.1f} s: "
              f"{len(state.namespaces)} namespaces; try 'pycnm lab check {topo.name}'")
     return state
+
+
+def _wait_for_endpoint(ctl: Any, endpoint: Any) -> None:
+    """Until ``endpoint`` is in the store (made by the other builder process, in order:
+    its record is written last). It comes in about a millisecond a sandbox; the bound
+    only ends a wait on a process that died (whose failure stops this one anyway)."""
+    deadline = time.monotonic() + ENDPOINT_TIMEOUT
+    key = f"endpoints/{endpoint.network_id}/{endpoint.id}"
+    while ctl.local.get(key) is None:
+        if time.monotonic() > deadline:
+            raise LabBuildError(f"endpoint {endpoint.id[:12]} was not made in "
+                                f"{ENDPOINT_TIMEOUT:g} s")
+        time.sleep(0.001)
 
 
 def _sandbox_run(steps: list[Step], start: int) -> list[Any]:

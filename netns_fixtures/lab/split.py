@@ -7,11 +7,14 @@ jobs of one run of sandboxes touch nothing of each other's (each has its own nam
 endpoint records and veth; the store serialises the writes of every pycnm process with
 its own locks, as it does for a CLI call beside a running plugin), so they split.
 
-How: ``run_split`` forks once; the child takes the jobs at odd positions, this process the
-even ones, both in order. The child writes one JSON line per job into a pipe (its detail,
-or the error that stopped it) and leaves with ``os._exit``: nothing of the parent's
-(atexit hooks, buffers) runs twice. The parent reports every job in order as soon as it
-and all before it are done, so the progress lines read as a sequential build's.
+How: ``run_split`` forks once; the child takes a share of the jobs spread evenly over
+them (every other one at 0.5), this process the rest, both in order; work the child's
+jobs need first (a lab's endpoints, made in order for their addresses) is done here
+right after the fork, while the child starts. The child writes one JSON line per job
+into a pipe (its detail, or the error that stopped it) and leaves with ``os._exit``:
+nothing of the parent's (atexit hooks, buffers) runs twice. The parent reports every
+job in order as soon as it and all before it are done, so the progress lines read as a
+sequential build's.
 
 Fork safety: ``before_fork`` must leave nothing open that a fork would share (the parent
 closes its Controllers: their store connections and netlink sockets; each process opens
@@ -59,29 +62,45 @@ def can_split() -> bool:
         and hasattr(os, "fork")
 
 
+def child_positions(count: int, share: float) -> list[int]:
+    """The positions (of ``count``) the child takes: a fraction ``share`` of them, spread
+    evenly (0.5: every other one)."""
+    return [p for p in range(count) if int((p + 1) * share) > int(p * share)]
+
+
 def run_split(jobs: Sequence[Job], report: Callable[[int, str | None], None], *,
-              before_fork: Callable[[], None], child_done: Callable[[], None]) -> None:
-    """Run ``jobs`` (each returns a detail for the progress line), half in a forked child
-    (see the module's docstring); ``report(position, detail)`` is called here, in order.
-    ``child_done`` runs in the child after its last job (close what it opened)."""
+              before_fork: Callable[[], None], child_done: Callable[[], None],
+              parent_first: Callable[[], None] | None = None, child_share: float = 0.5
+              ) -> None:
+    """Run ``jobs`` (each returns a detail for the progress line), a share ``child_share``
+    of them in a forked child (see the module's docstring); ``report(position, detail)`` is
+    called here, in order. ``parent_first`` runs here right after the fork, before this
+    process's jobs (work the child's jobs wait for, as they see fit; it raises
+    ``SplitFailed`` to name a job). ``child_done`` runs in the child after its last job
+    (close what it opened)."""
     before_fork()
     if len(jobs) < 2 or not can_split():
+        if parent_first is not None:
+            parent_first()
         for position, job in enumerate(jobs):
             report(position, _run(position, job))
         return
     sys.stdout.flush()
     sys.stderr.flush()
+    theirs = child_positions(len(jobs), child_share)
     read_end, write_end = os.pipe()
     parent = os.getpid()
     pid = os.fork()
     if pid == 0:  # the child: odd positions
         os.close(read_end)
         _die_with(parent)
-        _child(jobs, write_end, child_done)
+        _child(jobs, theirs, write_end, child_done)
     os.close(write_end)
     finished = False
     try:
-        _parent(jobs, read_end, report)
+        if parent_first is not None:
+            parent_first()
+        _parent(jobs, theirs, read_end, report)
         finished = True
     finally:
         os.close(read_end)
@@ -94,6 +113,8 @@ def run_split(jobs: Sequence[Job], report: Callable[[int, str | None], None], *,
 def _run(position: int, job: Job) -> str | None:
     try:
         return job()
+    except SplitFailed:
+        raise
     except BaseException as exc:
         raise SplitFailed(position, exc) from exc
 
@@ -109,11 +130,12 @@ def _die_with(parent: int) -> None:
         os._exit(1)
 
 
-def _child(jobs: Sequence[Job], out: int, child_done: Callable[[], None]) -> None:
+def _child(jobs: Sequence[Job], theirs: list[int], out: int,
+           child_done: Callable[[], None]) -> None:
     status = 0
     try:
         with os.fdopen(out, "w", encoding="utf-8") as pipe:
-            for position in range(1, len(jobs), 2):
+            for position in theirs:
                 try:
                     detail = jobs[position]()
                     line = {"position": position, "detail": detail}
@@ -133,7 +155,8 @@ def _child(jobs: Sequence[Job], out: int, child_done: Callable[[], None]) -> Non
     os._exit(status)
 
 
-def _parent(jobs: Sequence[Job], pipe: int, report: Callable[[int, str | None], None]) -> None:
+def _parent(jobs: Sequence[Job], theirs: list[int], pipe: int,
+            report: Callable[[int, str | None], None]) -> None:
     done: dict[int, str | None] = {}
     buffer = b""
     closed = False
@@ -165,7 +188,8 @@ def _parent(jobs: Sequence[Job], pipe: int, report: Callable[[int, str | None], 
             if block:
                 return
 
-    for position in range(0, len(jobs), 2):
+    child = set(theirs)
+    for position in (p for p in range(len(jobs)) if p not in child):
         done[position] = _run(position, jobs[position])
         read(block=False)
         flush_in_order()
