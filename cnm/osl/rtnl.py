@@ -14,7 +14,7 @@ import itertools
 import os
 import socket
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST
@@ -108,20 +108,10 @@ class Rtnl:
         attr += bytes(-len(attr) % 4)
         self.sock.send(_HEADER.pack(_HEADER.size + 16 + len(attr), _RTM_GETLINK, NLM_F_REQUEST,
                                     seq, 0) + bytes(16) + attr)
-        while True:
-            data = self.sock.recv(65536)
-            offset = 0
-            while offset + _HEADER.size <= len(data):
-                length, msg_type, _flags, msg_seq, _port = _HEADER.unpack_from(data, offset)
-                if length < _HEADER.size:
-                    raise NetlinkError(0, "a malformed netlink message")
-                if msg_seq == seq:
-                    if msg_type == _NLMSG_ERROR:
-                        code = -_ERROR_CODE.unpack_from(data, offset + _HEADER.size)[0]
-                        raise NetlinkError(code, os.strerror(code))
-                    if msg_type == RTM_NEWLINK:
-                        return data[offset:offset + length]
-                offset += (length + 3) & ~3
+        for msg_type, data, offset, length in self._replies(seq, 65536):
+            if msg_type == RTM_NEWLINK:
+                return data[offset:offset + length]
+        raise NetlinkError(0, "no answer about the link")  # the kernel always answers
 
     def link_groups(self) -> set[int]:
         """The group of every link in the namespace (``ip link``'s "group"), from one dump
@@ -131,8 +121,17 @@ class Rtnl:
         self.sock.send(_HEADER.pack(_HEADER.size + 16, _RTM_GETLINK, NLM_F_REQUEST | _NLM_F_DUMP,
                                     seq, 0) + bytes(16))
         groups: set[int] = set()
+        for msg_type, data, offset, length in self._replies(seq, 1 << 20):
+            if msg_type == RTM_NEWLINK:
+                groups.update(_u32_attrs(data, offset + _HEADER.size + 16, offset + length,
+                                         _IFLA_GROUP))
+        return groups
+
+    def _replies(self, seq: int, size: int) -> Iterator[tuple[int, bytes, int, int]]:
+        """(type, datagram, offset, length) of each message answering request ``seq``,
+        until its NLMSG_DONE (a dump) or the caller stops; its NLMSG_ERROR raises."""
         while True:
-            data = self.sock.recv(1 << 20)
+            data = self.sock.recv(size)
             offset = 0
             while offset + _HEADER.size <= len(data):
                 length, msg_type, _flags, msg_seq, _port = _HEADER.unpack_from(data, offset)
@@ -140,13 +139,11 @@ class Rtnl:
                     raise NetlinkError(0, "a malformed netlink message")
                 if msg_seq == seq:
                     if msg_type == _NLMSG_DONE:
-                        return groups
+                        return
                     if msg_type == _NLMSG_ERROR:
                         code = -_ERROR_CODE.unpack_from(data, offset + _HEADER.size)[0]
                         raise NetlinkError(code, os.strerror(code))
-                    if msg_type == RTM_NEWLINK:
-                        groups.update(_u32_attrs(data, offset + _HEADER.size + 16,
-                                                 offset + length, _IFLA_GROUP))
+                    yield msg_type, data, offset, length
                 offset += (length + 3) & ~3
 
 
