@@ -132,6 +132,11 @@ def engine_and_plugin() -> Iterator[tuple[DockerEngine, Plugin]]:
                 engine.docker("network", "rm", net, check=False)
         plugin.stop()
         stop_engine(engine)
+        # Whatever dockerd did not remove (a network rm refused while a container was
+        # still going away) would stay in the kernel: the bridge and the host's table.
+        subprocess.run([sys.executable, "-m", "cnm.cli", "--store", plugin.store, "cleanup"],
+                       cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                       capture_output=True, timeout=120, check=False)
 
 
 def docker(engine: DockerEngine, *args: str) -> None:
