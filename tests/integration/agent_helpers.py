@@ -6,23 +6,18 @@ from __future__ import annotations
 import contextlib
 import signal
 import subprocess
-import time
 from collections.abc import Callable
 from typing import TypeVar
+
+from tests.integration.overlay_lab import wait_for as poll
 
 T = TypeVar("T")
 
 
 def wait_for(condition: Callable[[], T], timeout: float, what: str,
              interval: float = 0.05) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.1f} s waiting for {what}")
-        time.sleep(interval)
+    """overlay_lab's poll, with the description third (as the agents' tests call it)."""
+    return poll(condition, timeout, interval=interval, what=what)
 
 
 class RunsAgent:
