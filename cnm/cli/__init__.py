@@ -94,16 +94,15 @@ def chosen_command(argv: Sequence[str]) -> str | None:
 
     scout = argparse.ArgumentParser(add_help=False, exit_on_error=False)
     _global_options(scout)
-    scout.add_argument("-h", "--help", action="store_true")
     try:
-        known, rest = scout.parse_known_args(list(argv))
+        _, rest = scout.parse_known_args(list(argv))
     except (argparse.ArgumentError, SystemExit):
         return None  # the real parse says what is wrong
-    if known.help:
-        return None  # pycnm --help ...: the whole list
-    for word in rest:
+    for word in rest:  # in the order typed: a help flag before any command asks for the list
+        if word in ("-h", "--help"):
+            return None  # pycnm --help ...: the whole list
         if not word.startswith("-"):
-            return word
+            return word  # pycnm network create --help: that command's own help
     return None
 
 

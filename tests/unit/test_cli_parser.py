@@ -107,6 +107,9 @@ def test_the_chosen_command_is_the_first_word_after_the_global_options() -> None
     assert chosen_command(["--store", "network", "attach", "a", "b"]) == "attach"
     assert chosen_command(["--json", "-v", "network", "ls"]) == "network"
     assert chosen_command(["--help", "network"]) is None
+    assert chosen_command(["-v", "-h", "network"]) is None
+    assert chosen_command(["network", "create", "--help"]) == "network"
+    assert chosen_command(["--json", "lab", "-h"]) == "lab"
     assert chosen_command(["--store"]) is None
     assert chosen_command([]) is None
 
@@ -312,3 +315,27 @@ def test_help_reads_as_argparse_renders_it_at_every_width(flag: str, columns: in
 
     rendered = columns == help_text.WIDTH and sys.version_info[:2] == help_text.PYTHON
     assert shown.stderr == f"0 {not rendered}"
+
+
+def _help_of(*words: str) -> tuple[int, str]:
+    """What ``pycnm WORDS`` prints on stdout and its exit code (help exits through
+    SystemExit)."""
+    script = (f"import sys\nfrom cnm.cli import main\ntry:\n    code = main({list(words)!r})\n"
+              "except SystemExit as exit:\n    code = exit.code\nsys.exit(code)")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "80"}
+    shown = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                           env=env, timeout=120)
+    return shown.returncode, shown.stdout + shown.stderr
+
+
+@pytest.mark.parametrize("words", [
+    [name] for _, commands in COMMANDS for name in commands
+] + [["network", "create"], ["lab", "up"], ["service", "create"], ["sandbox", "rm"]])
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_every_command_prints_its_own_help(words: list[str], flag: str) -> None:
+    # `pycnm network create --help` is how people learn a command's options
+    code, shown = _help_of(*words, flag)
+    assert code == 0, shown
+    assert shown.startswith(f"usage: pycnm {' '.join(words)} "), shown
+    code, shown = _help_of("--json", *words, flag)  # after a global option too
+    assert code == 0 and shown.startswith(f"usage: pycnm {' '.join(words)} "), shown
