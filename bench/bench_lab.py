@@ -180,7 +180,8 @@ def main() -> int:
     sizes = [int(s) for s in args.sizes.split(",")]
     if not os.path.exists(MN):
         raise SystemExit("FAILED: Mininet's mn is not installed (apt-get install mininet)")
-    version = subprocess.run([MN, "--version"], capture_output=True, text=True).stdout.strip()
+    shown = subprocess.run([MN, "--version"], capture_output=True, text=True)
+    version = (shown.stdout or shown.stderr).strip()  # Mininet 2.3 prints it on stderr
     header(f"Mininet {version}; sizes {sizes}; {args.runs} runs per N "
            f"({args.large_runs} for N >= 1000)")
     compile_tree()  # bytecode caches, as an installed pycnm has them
