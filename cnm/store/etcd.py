@@ -5,7 +5,8 @@
   compares the key's version with 0, i.e. absent).
 - Every call has a deadline (``timeout``, per endpoint tried: a refused connection fails
   at once, a silent host takes the whole timeout). Endpoints are tried in order when one
-  cannot be reached and the first that answers is kept; when none answers the call raises
+  cannot be reached (starting at one picked at random per store, so that hosts spread
+  over the members) and the first that answers is kept; when none answers the call raises
   StoreUnavailable naming the URLs. A write is retried on the next endpoint only when the
   connection was refused, never after a deadline (it may have been applied).
 - Watches run one thread each on a raw gRPC watch stream (not the client's shared watcher
@@ -28,6 +29,7 @@ import contextlib
 import logging
 import math
 import os
+import random
 import ssl
 import threading
 import warnings
@@ -177,7 +179,9 @@ class EtcdStore(Store, LeaseStore):
             f"{name}={value}" for name, value in params.items() if value is not None)
         self._lock = threading.Lock()
         self._clients: dict[int, etcd3.Etcd3Client] = {}
-        self._current = 0
+        # Each process starts on a member picked at random, so that a thousand hosts do
+        # not all load the first one the URL names (etcd's own clients balance too).
+        self._current = random.randrange(len(self.endpoints))
         self._closed = False
         self._watches: set[_Watch] = set()
 

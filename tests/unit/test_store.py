@@ -543,6 +543,12 @@ def test_open_store_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert isinstance(tls, EtcdStore) and tls.client_urls == ["https://h:2379"]
 
 
+def test_stores_start_on_members_picked_at_random() -> None:
+    # A thousand hosts must not all load the first member their URL names; no call is made
+    starts = {EtcdStore("h1:2379,h2:2379,h3:2379")._current for _ in range(60)}
+    assert starts == {0, 1, 2}  # missing one by chance: 3 * (2/3)**60, about 1e-10
+
+
 def test_the_default_store_is_the_system_sqlite_file(monkeypatch: pytest.MonkeyPatch) -> None:
     import cnm.store.url as url_module
 
