@@ -1,0 +1,65 @@
+"""The SQLite store's wake-ups (cnm/store/doorbell.py): a ring wakes a waiting watcher; a
+watchers folder that is not this user's own private directory is never used."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from cnm.store import doorbell
+
+
+def test_a_ring_wakes_a_waiting_watcher(tmp_path: Path) -> None:
+    folder = doorbell.folder_of(str(tmp_path / "state.db"))
+    bell = doorbell.Bell(folder)
+    try:
+        assert oct(os.stat(folder).st_mode & 0o777) == "0o700"
+        doorbell.ring(folder)
+        started = time.monotonic()
+        bell.wait(30)
+        assert time.monotonic() - started < 10, "the ring did not wake the watcher"
+    finally:
+        bell.close()
+    assert os.listdir(folder) == []
+
+
+def test_a_dead_watchers_socket_is_removed_by_the_next_ring(tmp_path: Path) -> None:
+    folder = doorbell.folder_of(str(tmp_path / "state.db"))
+    bell = doorbell.Bell(folder)
+    bell._sock.close()  # its process died: the socket file stays, nobody reads it
+    doorbell.ring(folder)
+    assert os.listdir(folder) == []
+
+
+def _stale_socket(path: Path) -> None:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.close()  # a socket file that refuses datagrams, as a dead watcher's
+
+
+@pytest.mark.parametrize("made_by", ["link", "other user", "group-writable"])
+def test_a_folder_not_privately_ours_is_not_used(tmp_path: Path, made_by: str) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    _stale_socket(elsewhere / "keep.sock")
+    folder = Path(doorbell.folder_of(str(tmp_path / "state.db")))
+    if made_by == "link":
+        folder.symlink_to(elsewhere)
+    else:
+        folder.mkdir(mode=0o700)
+        _stale_socket(folder / "keep.sock")
+        if made_by == "other user":
+            os.chown(folder, 65534, 65534)
+        else:
+            folder.chmod(0o770)
+    with pytest.raises(OSError):
+        doorbell.Bell(str(folder))  # the store's watchers poll instead
+    doorbell.ring(str(folder))
+    # nothing unlinked there (a writer removes refusing sockets only in its own folder)
+    assert (elsewhere / "keep.sock").exists()
+    if made_by != "link":
+        assert (folder / "keep.sock").exists()
