@@ -73,6 +73,17 @@ def test_check_on_a_lab_missing_a_namespace_names_it(lab) -> None:
     assert broken.count(gone) == 1 and "is missing" not in broken, result.stdout
 
 
+def test_check_json_prints_only_json(lab) -> None:
+    name = unique_lab()
+    lab(BRIDGE_LAB, name=name)
+    for argv in (("--json", "lab", "check", name), ("lab", "check", name, "--json")):
+        result = pycnm(*argv)
+        rows = json.loads(result.stdout)  # the progress lines go to stderr
+        assert [r["index"] for r in rows] == [1, 2, 3, 4, 5, 6]
+        assert all(r["passed"] for r in rows), rows
+        assert "1. c1 -> c2: PASS" in result.stderr
+
+
 def test_link_refuses_bad_input_in_one_sentence(lab) -> None:
     name = unique_lab()
     lab(BRIDGE_LAB, name=name)
