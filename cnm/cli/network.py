@@ -30,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     create = cmds.add_parser("create", help="create a network")
     create.add_argument("name")
-    create.add_argument("-d", "--driver", default="bridge", help="bridge, macvlan or overlay")
+    create.add_argument("-d", "--driver", default="bridge",
+                        help="bridge, macvlan, ipvlan or overlay")
     create.add_argument("--subnet", action="append", default=[], help="CIDR (repeatable)")
     create.add_argument("--gateway", action="append", default=[])
     create.add_argument("--ip-range", action="append", default=[])
