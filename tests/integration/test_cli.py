@@ -109,7 +109,7 @@ ERRORS: list[tuple[tuple[str, ...], str, int]] = [
     (("sandbox", "inspect", "ghost"), "ghost", 1),
     (("sandbox", "exec", "ghost", "--", "true"), "ghost", 1),
     (("sandbox", "create", "x6", "--mode", "bogus"), "bogus", 2),
-    (("sandbox", "create", "x7", "--add-host", "novalue"), "KEY=VALUE", 2),
+    (("sandbox", "create", "x7", "--add-host", "novalue"), "NAME=IP", 2),
     (("sandbox", "create", "x8", "--dns", "dns.example"), "DNS server", 2),
     (("sandbox", "create", "x9", "--netns", "/nonexistent/ns"), "not a network namespace", 1),
     (("attach", "ghost", "ghost"), "ghost", 1),
