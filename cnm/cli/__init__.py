@@ -258,6 +258,24 @@ def dispatch(args: argparse.Namespace) -> int:
         return 1
 
 
+def remove_each(names: list[str], remove: Callable[[str], None],
+                args: argparse.Namespace) -> int:
+    """``rm NAME...`` as Docker's: each name on its own; one that cannot go is an error
+    line and the others still go. The exit code is the worst error's (0: all went)."""
+    from cnm.errors import CNMError
+
+    code = 0
+    for name in names:
+        try:
+            remove(name)
+        except CNMError as exc:
+            _error(str(exc), args)
+            code = max(code, exc.exit_code)
+            continue
+        print(name, flush=True)
+    return code
+
+
 def _first_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return lines[0][:200] if lines else "no message"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import re
 
-from cnm.cli import open_controller
+from cnm.cli import open_controller, remove_each
 from cnm.cli.output import emit
 
 
@@ -119,10 +119,8 @@ def _ls(args: argparse.Namespace) -> int:
 
 def _rm(args: argparse.Namespace) -> int:
     with open_controller(args) as ctl:
-        for name in args.names:
-            ctl.endpoint(name).delete(force=args.force)
-            print(name)
-    return 0
+        return remove_each(args.names, lambda name: ctl.endpoint(name).delete(force=args.force),
+                           args)
 
 
 def _attach(args: argparse.Namespace) -> int:

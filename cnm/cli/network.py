@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cnm.cli import open_controller
+from cnm.cli import open_controller, remove_each
 from cnm.cli.output import emit
 from cnm.errors import InvalidOption
 
@@ -90,7 +90,5 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def _rm(args: argparse.Namespace) -> int:
     with open_controller(args) as ctl:
-        for name in args.names:
-            ctl.network(name).delete(force=args.force)
-            print(name)
-    return 0
+        return remove_each(args.names, lambda name: ctl.network(name).delete(force=args.force),
+                           args)

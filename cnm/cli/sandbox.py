@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from cnm.cli import open_controller
+from cnm.cli import open_controller, remove_each
 from cnm.cli.network import key_values
 from cnm.cli.output import emit
 
@@ -78,10 +78,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def _rm(args: argparse.Namespace) -> int:
     with open_controller(args) as ctl:
-        for name in args.names:
-            ctl.sandbox(name).delete()
-            print(name)
-    return 0
+        return remove_each(args.names, lambda name: ctl.sandbox(name).delete(), args)
 
 
 def _exec(args: argparse.Namespace) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cnm.cli import open_controller
+from cnm.cli import open_controller, remove_each
 from cnm.cli.output import emit
 
 
@@ -68,7 +68,5 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def _rm(args: argparse.Namespace) -> int:
     with open_controller(args) as ctl:
-        for name in args.names:
-            ctl.service(name, args.network).delete()
-            print(name)
-    return 0
+        return remove_each(args.names, lambda name: ctl.service(name, args.network).delete(),
+                           args)

@@ -146,6 +146,28 @@ def store_keys(pycnm: Pycnm) -> list[str]:
         store.close()
 
 
+def test_rm_of_several_removes_each_it_can_and_names_each_it_cannot(pycnm: Pycnm) -> None:
+    """As ``docker network rm a b``: an error for one name does not keep the others."""
+    net, other, a, b = unique("n"), unique("n"), unique("s"), unique("s")
+    pycnm("network", "create", net, "--subnet", "10.93.0.0/24")
+    pycnm("network", "create", other, "--subnet", "10.94.0.0/24")
+    pycnm("service", "create", "sv1", "--network", net, "--port", "80/tcp")
+    pycnm("service", "create", "sv2", "--network", net, "--port", "81/tcp")
+    pycnm("endpoint", "create", net, "e1")
+    pycnm("endpoint", "create", net, "e2")
+    pycnm("sandbox", "create", a)
+    pycnm("sandbox", "create", b)
+    for kind, names in (("service", ["sv1", "sv2"]), ("endpoint", ["e1", f"{net}/e2"]),
+                        ("sandbox", [a, b]), ("network", [net, other])):
+        result = pycnm(kind, "rm", "nosuch1", names[0], "nosuch2", names[1], check=False)
+        assert result.returncode == 1, result.stderr
+        assert result.stdout.split() == names, result.stdout
+        errors = result.stderr.splitlines()
+        assert len(errors) == 2 and all(e.startswith("Error: ") for e in errors), errors
+        assert "'nosuch1'" in errors[0] and "'nosuch2'" in errors[1], errors
+        assert json.loads(pycnm("--json", kind, "ls").stdout) == [], kind
+
+
 @pytest.mark.parametrize("args", [(), ("network",), ("network", "frobnicate"),
                                   ("sandbox", "create"), ("--json",)])
 def test_usage_errors_exit_2_with_usage(pycnm: Pycnm, args: tuple[str, ...]) -> None:
