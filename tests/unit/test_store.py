@@ -464,6 +464,40 @@ def test_sqlite_watch_sees_another_process(tmp_path: Path) -> None:
             cancel()
 
 
+def test_sqlite_writer_waits_for_another_writer_then_gives_up_clearly(tmp_path: Path) -> None:
+    """A write queues behind another connection's write lock (its own naps, not SQLite's
+    busy handler): it goes through once the lock is released, and says what is wrong
+    after the busy timeout if it never is; the connection keeps its busy timeout."""
+    import sqlite3
+
+    path = tmp_path / "shared.db"
+    with SQLiteStore(path, busy_timeout=10.0) as store:
+        other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            release = threading.Timer(0.3, other.execute, ("COMMIT",))
+            release.start()
+            try:
+                store.put("a", {"n": 1})  # waits for the other writer's COMMIT
+            finally:
+                release.join()
+            assert store.get("a").value == {"n": 1}  # type: ignore[union-attr]
+            assert store._conn.execute("PRAGMA busy_timeout").fetchone()[0] == 10000  # type: ignore[union-attr]
+        finally:
+            other.close()
+    with SQLiteStore(path, busy_timeout=0.2) as store:
+        other = sqlite3.connect(path, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            with pytest.raises(StoreUnavailable, match="stayed locked by another process"):
+                store.put("b", {"n": 2})
+            other.execute("ROLLBACK")
+            store.put("b", {"n": 2})
+            assert store.get("b").value == {"n": 2}  # type: ignore[union-attr]
+        finally:
+            other.close()
+
+
 def test_sqlite_creates_private_parents_and_file(tmp_path: Path) -> None:
     path = tmp_path / "new" / "deeper" / "state.db"
     SQLiteStore(path).close()
