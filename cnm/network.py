@@ -21,7 +21,6 @@ from cnm.errors import Busy, Conflict, InvalidOption, NotFound, PoolExhausted
 from cnm.inputs import address_text, shown
 from cnm.portmap import parse_portmap
 from cnm.records import EndpointRecord, NetworkRecord, PoolRecord
-from cnm.services.manager import Services
 
 if TYPE_CHECKING:
     from cnm.controller import Controller
@@ -100,7 +99,11 @@ class Network:
         alias_list = check_aliases(list(aliases) if aliases is not None else None)
         if isinstance(services, str):
             services = [services]
-        service_list = Services(ctl).check_membership(self.id, services) if services else []
+        service_list = []
+        if services:
+            from cnm.services.manager import Services  # only networks with services pay for it
+
+            service_list = Services(ctl).check_membership(self.id, services)
         mac = inputs.mac(mac, "the MAC address") if mac else None
         opts = refuse_internal_options(options, f"endpoint {name}")
         parse_portmap(opts.get(OPT_PORTMAP))  # refused now rather than at join
@@ -189,6 +192,8 @@ class Network:
         """Delete the network; it must have no endpoints unless ``force``."""
         ctl = self.controller
         net = self.record
+        from cnm.services.manager import Services
+
         services = Services(ctl)
         balancer = services.lb_state(self.id).get("endpoint")  # the network's own, not a user's
         eps = [ep for ep in self.endpoints() if ep.id != balancer]
