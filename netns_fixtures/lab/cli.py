@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import os
 import signal
 import sys
+from collections.abc import Iterator
 
 from cnm.cli.output import emit
 
@@ -142,7 +144,28 @@ def _say(line: str) -> None:
     print(line, flush=True)
 
 
+@contextlib.contextmanager
+def _no_cyclic_gc() -> Iterator[None]:
+    """Python's cyclic garbage collector off for a lab's build or removal in this CLI
+    process: what a build allocates is freed by reference counting, yet every 700 new
+    objects started a collection; 50 sandboxes took 60-70 of them, 40-55 ms of the two
+    builders' CPU (gc.callbacks). A CLI process ends soon after; memory held by cycles
+    goes with it."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def _up(args: argparse.Namespace) -> int:
+    with _no_cyclic_gc():
+        return _up_now(args)
+
+
+def _up_now(args: argparse.Namespace) -> int:
     from netns_fixtures.lab.handle import up
     from netns_fixtures.lab.loader import LabFileError
     from netns_fixtures.lab.model import TopologyError
@@ -166,6 +189,11 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _down(args: argparse.Namespace) -> int:
+    with _no_cyclic_gc():
+        return _down_now(args)
+
+
+def _down_now(args: argparse.Namespace) -> int:
     from netns_fixtures.lab.loader import LabFileError, load
     from netns_fixtures.lab.realise import down
 
