@@ -347,7 +347,15 @@ class Controller:
                 return matches[0]
             if len(matches) > 1:
                 raise Conflict(f"{what} id prefix {name_or_id!r} is ambiguous")
-        raise NotFound(f"no {what} named or with id {name_or_id!r}")
+        raise self._not_found(what, name_or_id)
+
+    def _not_found(self, what: str, name_or_id: str) -> NotFound:
+        """With a cluster store, a host's own records are in its local store: say which
+        one was searched, for whom (a forgotten local store reads as "no such network")."""
+        url = getattr(self.local_store, "url", None)
+        where = f" among host {self.host_id}'s records in local store {url}" \
+            if self.store.cluster and url else ""
+        return NotFound(f"no {what} named or with id {name_or_id!r}{where}")
 
     # --- sandboxes ------------------------------------------------------------------
 
@@ -520,7 +528,7 @@ class Controller:
             return matches[0]
         if len(matches) > 1:
             raise Conflict(f"endpoint {name_or_id!r} is ambiguous: name it as NETWORK/NAME")
-        raise NotFound(f"no endpoint named or with id {name_or_id!r}")
+        raise self._not_found("endpoint", name_or_id)
 
     # --- load-balanced services -----------------------------------------------------
 

@@ -333,3 +333,31 @@ def test_reconcile_says_what_it_cannot_repair_and_exits_1(pycnm: Pycnm, netns) -
     assert pycnm("reconcile").returncode == 0  # b's lost namespace is made again
     assert f"pcsb-{b}" in subprocess.run(["ip", "netns", "list"], capture_output=True,
                                          text=True).stdout
+
+
+def test_not_found_with_a_cluster_store_names_the_local_store_it_looked_in(
+        etcd_server, netns, tmp_path) -> None:
+    """With etcd, a host's own records live in its local store: a lookup in the wrong one
+    (a forgotten --local-store) says which store and host it searched."""
+    host, hid, net = netns("host"), unique("h"), unique("n")
+    right, wrong = f"sqlite://{tmp_path}/local.db", f"sqlite://{tmp_path}/other.db"
+
+    def run(local: str, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [LAUNCHER, "--store", etcd_server.url, "--local-store", local, "--host-ns",
+             host.name, "--host-id", hid, *args], capture_output=True, text=True, timeout=60,
+            env={**os.environ, "PYCNM_PYTHON": sys.executable, "PYTHONPATH": str(REPO)})
+
+    assert run(right, "network", "create", net, "--subnet", "10.95.0.0/24").returncode == 0
+    try:
+        for args, what in ((("network", "inspect", net), "network"),
+                           (("sandbox", "rm", "ghost"), "sandbox"),
+                           (("endpoint", "rm", "ghost"), "endpoint")):
+            result = run(wrong, *args)
+            assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+            assert f"no {what} named or with id" in result.stderr
+            assert f"among host {hid}'s records in local store {wrong}" in result.stderr, \
+                result.stderr
+        assert run(right, "network", "inspect", net).returncode == 0
+    finally:
+        run(right, "network", "rm", net)
