@@ -7,6 +7,7 @@ gone" as success, as CNI's DEL does, so rollback and retries are safe.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import ipaddress
@@ -16,11 +17,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
-from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from cnm.errors import Conflict, KernelError, KernelFeatureMissing, NotFound
+from cnm.osl import nlpack
 from cnm.osl.netns import NetlinkHandle
 from cnm.osl.rtnl import (
     CREATE,
@@ -124,11 +124,15 @@ _ADDR_GEN_MODE_NONE = ("IFLA_AF_SPEC", {"attrs": [
 def _link_request(
     what: str, index: int = 0, attrs: Iterable[tuple[str, Any]] = (), up: bool | None = None
 ) -> Request:
+    attrs = list(attrs)
+    flags, change = ((_IFF_UP if up else 0), _IFF_UP) if up is not None else (0, 0)
+    with contextlib.suppress(nlpack.NotPacked):  # packed by hand: ~20x cheaper
+        return Request(nlpack.link(index, flags, change, attrs), RTM_NEWLINK, SET, what)
     msg = ifinfmsg()
     msg["index"] = index
     if up is not None:
-        msg["flags"], msg["change"] = (_IFF_UP if up else 0), _IFF_UP
-    msg["attrs"] = list(attrs)
+        msg["flags"], msg["change"] = flags, change
+    msg["attrs"] = attrs
     return Request(msg, RTM_NEWLINK, SET, what)
 
 
@@ -298,15 +302,13 @@ def configure(
 
 def address_request(index: int, iface: IPInterface, *, nodad: bool = True) -> Request:
     """A request adding ``iface`` to a link; the same address already there is success."""
-    msg = ifaddrmsg()
-    msg["family"], msg["prefixlen"], msg["index"] = (
-        _FAMILY[iface.version], iface.network.prefixlen, index)
-    msg["attrs"] = [("IFA_ADDRESS", str(iface.ip))]
+    attrs: list[tuple[str, Any]] = [("IFA_ADDRESS", str(iface.ip))]
     if iface.version == 4:
-        msg["attrs"].append(("IFA_LOCAL", str(iface.ip)))
+        attrs.append(("IFA_LOCAL", str(iface.ip)))
     elif nodad:
-        msg["attrs"].append(("IFA_FLAGS", 0x02))  # IFA_F_NODAD: usable now, not in 1-2 s
-    return Request(msg, RTM_NEWADDR, CREATE, f"add address {iface}",
+        attrs.append(("IFA_FLAGS", 0x02))  # IFA_F_NODAD: usable now, not in 1-2 s
+    body = nlpack.addr(_FAMILY[iface.version], iface.network.prefixlen, index, attrs)
+    return Request(body, RTM_NEWADDR, CREATE, f"add address {iface}",
                    frozenset({errno.EEXIST}))
 
 
@@ -336,9 +338,6 @@ def route_request(
 ) -> Request:
     """Add a route (an identical one already present is success), or with ``replace``
     add it or replace the one to the same destination."""
-    msg = rtmsg()
-    msg["family"], msg["dst_len"] = _FAMILY[destination.version], destination.prefixlen
-    msg["table"], msg["proto"], msg["type"] = _RT_TABLE_MAIN, _RTPROT_STATIC, _RTN_UNICAST
     attrs: list[tuple[str, Any]] = []
     if destination.prefixlen:
         attrs.append(("RTA_DST", str(destination.network_address)))
@@ -346,11 +345,12 @@ def route_request(
         attrs.append(("RTA_GATEWAY", str(gateway)))
     if oif is not None:
         attrs.append(("RTA_OIF", oif))
-    msg["attrs"] = attrs
+    body = nlpack.route(_FAMILY[destination.version], destination.prefixlen, _RT_TABLE_MAIN,
+                        _RTPROT_STATIC, _RTN_UNICAST, attrs)
     via = f" via {gateway}" if gateway else ""
     if replace:
-        return Request(msg, RTM_NEWROUTE, REPLACE, f"set route {destination}{via}")
-    return Request(msg, RTM_NEWROUTE, CREATE, f"add route {destination}{via}",
+        return Request(body, RTM_NEWROUTE, REPLACE, f"set route {destination}{via}")
+    return Request(body, RTM_NEWROUTE, CREATE, f"add route {destination}{via}",
                    frozenset({errno.EEXIST}))
 
 

@@ -39,9 +39,10 @@ _U32 = struct.Struct("=I")
 
 @dataclass
 class Request:
-    """One request: a pyroute2 message with its fields and attributes set."""
+    """One request: a pyroute2 message with its fields and attributes set, or its body
+    packed already (``cnm.osl.nlpack``: what follows the netlink header)."""
 
-    msg: NetlinkMessage
+    msg: NetlinkMessage | bytes
     msg_type: int
     flags: int
     what: str  # for the error message: "add address 10.0.0.2/24"
@@ -75,11 +76,16 @@ class Rtnl:
         chunks = []
         for request in requests:
             seq = next(self._sequence)
-            header = request.msg["header"]
-            header["type"], header["flags"] = request.msg_type, request.flags
-            header["sequence_number"], header["pid"] = seq, 0
-            request.msg.encode()
-            chunks.append(request.msg.data)
+            msg = request.msg
+            if isinstance(msg, bytes):
+                chunks.append(_HEADER.pack(_HEADER.size + len(msg), request.msg_type,
+                                           request.flags, seq, 0) + msg)
+            else:
+                header = msg["header"]
+                header["type"], header["flags"] = request.msg_type, request.flags
+                header["sequence_number"], header["pid"] = seq, 0
+                msg.encode()
+                chunks.append(msg.data)
             pending[seq] = request
         self.sock.send(b"".join(chunks))
         failure: RequestFailed | None = None
