@@ -106,10 +106,10 @@ def iperf(lab: Lab, src: str, dst: str, seconds: int = 3,
                             f"{IPERF_MAX_SECONDS}, not {seconds!r}")
     if not 1 <= port <= 65535:
         raise InvalidOption(f"iperf port must be between 1 and 65535, not {port}")
+    lab.netns(src), lab.netns(dst)  # an unknown node is named as one, before anything starts
     address = lab.address(dst)
     if address is None:
         raise CNMError(f"{dst} has no IPv4 address to send to")
-    lab.namespace(src)  # an unknown node fails here, before anything starts
     server = lab.namespace(dst).popen(["iperf3", "--server", "--one-off", "--port",
                                        str(port), "--bind", address],
                                       stdout=subprocess.DEVNULL)

@@ -159,6 +159,10 @@ def test_iperf_measures_throughput_in_bounded_time(lab) -> None:
     assert re.search(r"c2 -> c1 \(10\.1\.0\.2\): sent [\d.]+ [GMk]bit/s", out), out
     bad = pycnm("lab", "iperf", "--lab", name, "c1", "c2", "-t", "600", check=False)
     assert bad.returncode == 2 and "seconds between 1 and 60, not 600" in bad.stderr
+    for src, dst in (("c1", "nosuch"), ("nosuch", "c2")):  # a typo is named as one
+        bad = pycnm("lab", "iperf", "--lab", name, src, dst, check=False)
+        assert bad.returncode == 1 and f"lab {name} has no node 'nosuch'" in bad.stderr, \
+            bad.stderr
 
 
 # --- apply: a running lab changed in place ---------------------------------------------------
