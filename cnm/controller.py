@@ -436,7 +436,8 @@ class Controller:
                 create_named_netns(names.sandbox_netns(name), loopback_up=True,
                                    forwarding=ip_forward,
                                    meanwhile=lambda: etcfiles.write(
-                                       record, [], netns_name, host_conf=host_conf))
+                                       record, [], netns_name, host_conf=host_conf),
+                                   keep_sockets=True)  # for the join that follows
                 undo.callback(delete_named_netns, names.sandbox_netns(name))
             else:
                 plumbing.set_forwarding(record.netns_path, ip_forward)

@@ -241,8 +241,75 @@ class NetlinkHandle:
 
 
 def _open_handle(ns: str | None) -> NetlinkHandle:
+    born = _take_born(ns) if ns is not None else None
+    if born is not None:
+        return NetlinkHandle(ns, *born)
     netlink, ioctl = _sockets() if ns is None else in_netns(ns, _sockets)
     return NetlinkHandle(ns, netlink, ioctl)
+
+
+# Sockets opened inside a namespace by the thread that made it (``create_named_netns``'s
+# ``keep_sockets``), for the first handle opened to it afterwards: a sandbox's join then
+# needs no thread's visit to open one (~0.2-0.4 ms). An open socket keeps its namespace
+# alive, so only a few are kept (the oldest is closed) and deleting the namespace closes
+# its own; a forked child closes its copies (they are its parent's sockets).
+_BORN_KEPT = 4
+_born: dict[str, tuple[int, tuple[socket.socket, socket.socket]]] = {}  # path: (inode, ...)
+_born_lock = threading.Lock()
+
+
+def _keep_born(path: str, sockets: tuple[socket.socket, socket.socket]) -> None:
+    try:
+        inode = os.stat(path).st_ino
+    except OSError:
+        _close_all(sockets)
+        return
+    with _born_lock:
+        stale = [_born.pop(path, (0, ()))[1]]
+        if len(_born) >= _BORN_KEPT:
+            stale.append(_born.pop(next(iter(_born)))[1])
+        _born[path] = (inode, sockets)
+    for old in stale:
+        _close_all(old)
+
+
+def _take_born(path: str) -> tuple[socket.socket, socket.socket] | None:
+    """The sockets kept for ``path``, if the namespace there is still the one they were
+    opened in (not one made again under its name since)."""
+    with _born_lock:
+        inode, sockets = _born.pop(path, (0, None))
+    if sockets is None:
+        return None
+    try:
+        same = os.stat(path).st_ino == inode
+    except OSError:
+        same = False
+    if not same:
+        _close_all(sockets)
+        return None
+    return sockets
+
+
+def _drop_born(path: str) -> None:
+    with _born_lock:
+        _, sockets = _born.pop(path, (0, ()))
+    _close_all(sockets)
+
+
+def _forget_born_in_child() -> None:
+    global _born_lock
+    _born_lock = threading.Lock()  # a thread of the parent may have held it
+    for _, sockets in _born.values():
+        _close_all(sockets)
+    _born.clear()
+
+
+def _close_all(sockets: tuple[socket.socket, ...]) -> None:
+    for sock in sockets:
+        sock.close()
+
+
+os.register_at_fork(after_in_child=_forget_born_in_child)
 
 
 @contextlib.contextmanager
@@ -302,6 +369,7 @@ def create_named_netns(
     loopback_up: bool = False,
     forwarding: bool | None = None,
     meanwhile: Callable[[], object] | None = None,
+    keep_sockets: bool = False,
 ) -> str:
     """Create the named namespace ``name`` (as ``ip netns add`` does) and return its path.
 
@@ -311,7 +379,9 @@ def create_named_netns(
     by the same thread while it is inside, which saves a netlink socket and two thread
     round trips per sandbox. ``meanwhile`` runs in the calling thread at the same time
     (file work that does not need the namespace); if it fails, the namespace is removed
-    and its error raised. Raises Conflict if the name is taken.
+    and its error raised. ``keep_sockets``: the thread also opens the sockets of a netlink
+    handle there, for the next ``iproute`` of this namespace in this process (a join
+    soon after). Raises Conflict if the name is taken.
     """
     _ensure_run_dir()
     path = named_netns_path(name)
@@ -334,6 +404,10 @@ def create_named_netns(
             for key in ("net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding"):
                 with open(os.path.join("/proc/sys", key), "w") as handle:
                     handle.write(value)
+        if keep_sockets:
+            born.append(_sockets())
+
+    born: list[tuple[socket.socket, socket.socket]] = []
 
     try:
         if parent is None:
@@ -341,16 +415,25 @@ def create_named_netns(
         else:
             in_netns(parent, make, meanwhile)
     except MeanwhileFailed as failed:
-        _unmake(path)
+        _unmake(path, born)
         raise failed.__cause__ from None  # type: ignore[misc]
     except OSError as exc:
-        _unmake(path)
+        _unmake(path, born)
         raise KernelError(str(exc)) from exc
+    except BaseException:
+        for sockets in born:
+            _close_all(sockets)
+        raise
+    if born:
+        _keep_born(path, born[0])
     return path
 
 
-def _unmake(path: str) -> None:
-    """Undo a namespace half made or made in vain: its bind mount (if any), its file."""
+def _unmake(path: str, born: list[tuple[socket.socket, socket.socket]]) -> None:
+    """Undo a namespace half made or made in vain: sockets opened in it, its bind mount
+    (if any), its file."""
+    for sockets in born:
+        _close_all(sockets)
     _libc.umount2(path.encode(), _MNT_DETACH)
     with contextlib.suppress(OSError):
         os.unlink(path)
@@ -368,6 +451,7 @@ def _set_up_here(ifname: str) -> None:
 def delete_named_netns(name: str) -> None:
     """Remove the named namespace; a namespace already gone is success (as CNI's DEL)."""
     path = named_netns_path(name)
+    _drop_born(path)
     result = _libc.umount2(path.encode(), _MNT_DETACH)
     if result != 0 and ctypes.get_errno() not in (errno.EINVAL, errno.ENOENT):
         err = ctypes.get_errno()

@@ -102,3 +102,84 @@ def test_the_load_balancers_lock_is_the_rules_lock_and_a_thread_may_take_it_agai
     assert other_got_it.is_set()
     after = set(os.listdir(LOCK_DIR)) if os.path.isdir(LOCK_DIR) else set()
     assert not [f for f in after - before if str(os.stat(ns.path).st_ino) in f]
+
+
+def _link_via_handle(path: str, name: str) -> None:
+    """Make a veth pair (``name``, ``name``p) through the first handle opened to ``path``
+    in this process."""
+    from cnm.osl import iproute
+    from cnm.osl.links import create_veth
+
+    with iproute(path) as handle:
+        create_veth(handle, name, f"{name}p")
+
+
+def _links_in(name: str) -> str:
+    import subprocess
+
+    return subprocess.run(["ip", "-n", name, "-o", "link", "show"], capture_output=True,
+                          text=True, check=True, timeout=30).stdout
+
+
+def test_sockets_kept_at_creation_serve_the_first_handle_and_act_inside() -> None:
+    """The handle opened right after ``keep_sockets`` uses the sockets made inside by the
+    creating thread (no visit): what it makes is in that namespace, not in this one."""
+    from cnm.osl import netns as osl_netns
+
+    name = unique_name()
+    try:
+        path = create_named_netns(name, loopback_up=True, keep_sockets=True)
+        kept = osl_netns._born[path][1]
+        _link_via_handle(path, "kept0")
+        assert path not in osl_netns._born and all(s.fileno() == -1 for s in kept)
+        assert "kept0" in _links_in(name)
+        assert not os.path.exists("/sys/class/net/kept0")
+    finally:
+        delete_named_netns(name)
+
+
+def test_deleting_a_namespace_closes_the_sockets_kept_for_it() -> None:
+    from cnm.osl import netns as osl_netns
+
+    name = unique_name()
+    try:
+        path = create_named_netns(name, keep_sockets=True)
+        kept = osl_netns._born[path][1]
+    finally:
+        delete_named_netns(name)
+    assert path not in osl_netns._born and all(s.fileno() == -1 for s in kept)
+
+
+def test_sockets_kept_for_a_namespace_made_again_under_its_name_are_not_used() -> None:
+    """Removed behind pycnm's back and made again by someone else: the first handle is
+    opened in the new namespace, the old sockets are closed."""
+    import subprocess
+
+    from cnm.osl import netns as osl_netns
+
+    name = unique_name()
+    try:
+        path = create_named_netns(name, keep_sockets=True)
+        kept = osl_netns._born[path][1]
+        subprocess.run(["ip", "netns", "delete", name], check=True, timeout=30)
+        subprocess.run(["ip", "netns", "add", name], check=True, timeout=30)
+        _link_via_handle(path, "again0")
+        assert all(s.fileno() == -1 for s in kept)
+        assert "again0" in _links_in(name)
+    finally:
+        delete_named_netns(name)
+
+
+def test_a_forked_child_does_not_use_its_parents_kept_sockets() -> None:
+    from cnm.osl import netns as osl_netns
+
+    name = unique_name()
+    try:
+        path = create_named_netns(name, keep_sockets=True)
+        pid = os.fork()
+        if pid == 0:  # the child: nothing kept; the parent's copies closed
+            os._exit(0 if not osl_netns._born else 1)
+        assert os.waitpid(pid, 0)[1] == 0
+        assert path in osl_netns._born  # the parent's are still its own
+    finally:
+        delete_named_netns(name)
