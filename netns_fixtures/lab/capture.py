@@ -24,9 +24,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cnm.errors import CNMError
+from cnm.errors import CNMError, InvalidOption
 
 READY_TIMEOUT = 10.0  # for tcpdump to say it is listening
+MAX_SECONDS = 86400.0  # a capture's time limit (a day): its timer must be a real number
 _MAGIC = {0xA1B2C3D4: 1e-6, 0xA1B23C4D: 1e-9}  # pcap magic -> timestamp unit
 
 
@@ -126,7 +127,14 @@ class Capture:
                  on_line: Callable[[str], None] | None = None) -> None:
         self.netns = netns
         self.iface = iface
-        self.count = max(1, int(count))
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise InvalidOption(f"a capture's count must be a whole number of packets, 1 or "
+                                f"more, not {count!r}")
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) \
+                or not 0 < seconds <= MAX_SECONDS:  # NaN fails this too
+            raise InvalidOption(f"a capture's time must be a number of seconds above 0 and at "
+                                f"most {MAX_SECONDS:g}, not {seconds!r}")
+        self.count = count
         self.seconds = max(0.1, float(seconds))
         self.pcap = Path(pcap) if pcap else Path(f"{netns}-{iface}.pcap")
         self.bpf = bpf

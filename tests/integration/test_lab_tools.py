@@ -100,6 +100,20 @@ def test_link_refuses_bad_input_in_one_sentence(lab) -> None:
     assert not (REPO / f"{name}-c1-../../tmp/x.pcap").exists()
 
 
+@pytest.mark.parametrize("flags", [["-c", "0"], ["-c", "-3"], ["-t", "0"], ["-t", "-1"],
+                                   ["-t", "inf"], ["-t", "nan"]])
+def test_capture_refuses_a_count_or_time_it_cannot_keep(lab, tmp_path: Path,
+                                                        flags: list[str]) -> None:
+    name = unique_lab()
+    lab(BRIDGE_LAB, name=name)
+    pcap = tmp_path / "x.pcap"
+    result = pycnm("lab", "capture", "--lab", name, "c1", "eth0", "-w", str(pcap), *flags,
+                   check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert len(result.stderr.splitlines()) == 1 and "capture" in result.stderr, result.stderr
+    assert not pcap.exists()
+
+
 # --- inspect, pingall, iperf --------------------------------------------------------------
 
 
