@@ -422,7 +422,8 @@ def test_troubleshooting_lab_fails_until_its_three_faults_are_fixed(lab,
     for change in ("- sandbox a1 on h1", "- network apps on h1", "+ network apps on h1",
                    "+ link h2:eth0-r1:eth2", "+ route on db: default via 10.9.9.1"):
         assert change in plan, plan
-    assert "c1" not in plan and "c2" not in plan and "ov" not in plan
+    # As words: the random lab name in the plan's first line may hold "c1" (t0b5c51c1).
+    assert not re.search(r"\b(c1|c2|ov)\b", plan), plan
     pycnm("lab", "apply", str(fixed), "--lab", name)
     handle = find_lab(name)
     outcomes = handle.check()
