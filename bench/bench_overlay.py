@@ -16,8 +16,9 @@ measures, in one run:
   hosts x endpoints.
 - attach: create+join of each of those endpoints, beside the reference, an attach to a
   bridge network on host 1 of the same run (same stores, alternating with the overlay's),
-  and how much of the overlay's attach is spent in etcd round trips (counted in this
-  process).
+  how much of the overlay's attach is spent in etcd round trips (counted in this
+  process), and where each attach's time went: perf_counter timers around its steps
+  (``AttachSplit``), the median of each step for the overlay and the bridge.
 - floods: VXLAN frames on the underlay during the convergence phase, and how many of
   them carried a broadcast or multicast frame (head-end replication), per endpoint event.
 - throughput: iperf3 (TCP, one stream) between sandboxes on two hosts across the overlay,
@@ -66,7 +67,8 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="pycnm-bench-etcd-") as data, \
             start_etcd(data) as etcd:
-        lab = OverlayLab(etcd.url, lease_ttl=5.0)
+        # Each host keeps its own records in a file of its own, as on real machines.
+        lab = OverlayLab(etcd.url, lease_ttl=5.0, local_per_host=True)
         controllers: list[Controller] = []
         probers: list[Prober] = []
         try:
@@ -77,6 +79,82 @@ def main() -> int:
             for ctl in controllers:
                 ctl.close()
             lab.close()
+
+
+class AttachSplit:
+    """Times the steps of each attach in this process (timers wrapped around the methods
+    that do them), per attach, so the benchmark shows where an attach's time goes."""
+
+    def __init__(self) -> None:
+        import cnm.controller
+        import cnm.endpoint
+        import cnm.network
+        import cnm.sandbox
+        import drivers.bridge
+        import drivers.overlay
+        from cnm.osl import plumbing
+        from cnm.store.sqlite import SQLiteStore
+        from drivers.overlay import dataplane
+
+        # (owner, method, label): the labels' indentation shows what is part of what
+        self.steps = [
+            (cnm.network.Network, "create_endpoint", "create_endpoint"),
+            (cnm.network.Network, "_address", "  address (IPAM)"),
+            (drivers.overlay.OverlayDriver, "create_endpoint", "  the driver's create_endpoint"),
+            (drivers.bridge.BridgeDriver, "create_endpoint", "  the driver's create_endpoint"),
+            (cnm.endpoint.Endpoint, "join", "join"),
+            (drivers.overlay.OverlayDriver, "join", "  the driver's join"),
+            (drivers.bridge.BridgeDriver, "join", "  the driver's join"),
+            (dataplane, "plug_veth", "    veth into br0 (kernel)"),
+            (drivers.overlay.OverlayDriver, "_publish", "    publish the endpoint (etcd)"),
+            (plumbing, "configure_inside", "  address, up, routes (kernel)"),
+            (cnm.sandbox.Sandbox, "_write_files", "  the sandbox's files"),
+            (cnm.controller.Controller, "settle_dns", "  wait for the resolver"),
+            (SQLiteStore, "get", "local store reads"),
+            (SQLiteStore, "put", "local store writes"),
+            (SQLiteStore, "commit", "local store writes"),
+        ]
+        self.kind = ""
+        self._current: dict[str, float] = {}
+        self.samples: dict[tuple[str, str], list[float]] = {}
+        self._restore = []
+        for owner, name, label in self.steps:
+            original = owner.__dict__[name]
+            self._restore.append((owner, name, original))
+            setattr(owner, name, self._timed(original, label))
+
+    def _timed(self, original, label):  # noqa: ANN001, ANN202 - a measuring wrapper
+        def timed(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                if self.kind:
+                    self._current[label] = (self._current.get(label, 0.0)
+                                            + time.perf_counter() - start)
+        return timed
+
+    def begin(self, kind: str) -> None:
+        self.kind, self._current = kind, {}
+
+    def end(self) -> None:
+        for label, seconds in self._current.items():
+            self.samples.setdefault((self.kind, label), []).append(seconds * 1000)
+        self.kind = ""
+
+    def lines(self, kinds: tuple[str, ...]) -> list[str]:
+        out = []
+        for label in dict.fromkeys(label for _, _, label in self.steps):
+            cells = []
+            for kind in kinds:
+                values = self.samples.get((kind, label))
+                cells.append(f"{statistics.median(values):6.2f}" if values else "     -")
+            out.append(f"    {label:34s} {' / '.join(cells)}")
+        return out
+
+    def close(self) -> None:
+        for owner, name, original in self._restore:
+            setattr(owner, name, original)
 
 
 class EtcdCalls:
@@ -150,29 +228,35 @@ def run(lab: OverlayLab, args: argparse.Namespace, controllers: list[Controller]
     attach_times: list[float] = []
     bridge_times: list[float] = []
     etcd = EtcdCalls()
+    split = AttachSplit()
     floods = UnderlayCounter(lab, hosts)
     try:
         for n in range(args.endpoints):
             for i, (ctl, net) in enumerate(zip(controllers, nets, strict=True)):
                 sb = ctl.new_sandbox(f"b{n}h{i}{lab.tag}")
+                split.begin("overlay")
                 start = time.perf_counter()
                 ep = net.create_endpoint(sb.name)
                 ep.join(sb)
                 attached = time.perf_counter()
+                split.end()
                 address = ep.record.address.split("/")[0]
                 reply = probers[(i + 1) % args.hosts].first_reply(address)
                 samples.append(reply - start)
                 attach_times.append(attached - start)
             sb = controllers[0].new_sandbox(f"r{n}{lab.tag}")  # the reference
+            split.begin("bridge")
             start = time.perf_counter()
             bridge.create_endpoint(sb.name).join(sb)
             bridge_times.append(time.perf_counter() - start)
+            split.end()
         # Floods of the last joins (IPv6 DAD and MLD would come within a second or two).
         time.sleep(2.0)
     finally:
         counted = floods.snapshot()
         floods.close()
         etcd.close()
+        split.close()
     events = len(samples)
     if not events or not bridge_times or not counted["vxlan"]:
         print("FAILED: the run measured nothing (no attach, or no VXLAN frame seen)")
@@ -191,6 +275,8 @@ def run(lab: OverlayLab, args: argparse.Namespace, controllers: list[Controller]
           f"{median_p90([t * 1000 for t in bridge_times])}")
     print(f"  of the overlay's: {etcd.calls / events:.1f} etcd round trips, "
           f"{etcd.seconds * 1000 / events:.2f} ms in them, per attach (mean)")
+    print("  where it went, median per attach of each step, ms, overlay / bridge:")
+    print("\n".join(split.lines(("overlay", "bridge"))))
     print(f"floods on the underlay while {events} endpoints joined: {counted['vxlan']} VXLAN "
           f"frames, of which broadcast/multicast {counted['bum']} "
           f"({counted['bum'] / events:.2f} per endpoint event), IPv6 {counted['ipv6']}, "

@@ -9,7 +9,8 @@ route through it. Each host's pycnm runs as its own process (``pycnm --host-ns H
 whose sockets stay in the root namespace, where etcd listens on loopback; it acts on its
 host's namespace through netlink. CLI calls run as separate processes too. The hosts' own
 records live in one SQLite file of the lab's (``local_url``; each host under its own
-prefix), etcd holds what they share.
+prefix), or with ``local_per_host`` in a file per host as on real machines (the benchmark:
+a write on one host then wakes no other host's watchers); etcd holds what they share.
 
 ``OverlayLab.close`` kills every process it started, removes what pycnm made on each host
 (orderly first, then by name) and deletes the namespaces, whatever state a test left.
@@ -84,6 +85,7 @@ class OverlayLab:
     hosts: dict[str, Host] = field(default_factory=dict)
     processes: list[subprocess.Popen] = field(default_factory=list)
     logdir: str = "/tmp"
+    local_per_host: bool = False
 
     def __post_init__(self) -> None:
         self.workdir = tempfile.mkdtemp(prefix=f"pycnm-overlay-lab-{self.tag}-")
@@ -123,15 +125,21 @@ class OverlayLab:
 
     # --- pycnm processes ----------------------------------------------------------------
 
+    def local_url_of(self, host: Host) -> str:
+        """The local store of ``host``: the lab's shared file, or its own."""
+        if not self.local_per_host:
+            return self.local_url
+        return f"sqlite:///{self.workdir}/{host.name}.db"
+
     def argv(self, host: Host, *args: str) -> list[str]:
         return [sys.executable, "-m", "cnm.cli", "--store", self.store_url, "--local-store",
-                self.local_url, "--host-ns", host.name, *args]
+                self.local_url_of(host), "--host-ns", host.name, *args]
 
     def controller(self, host: Host, **kwargs: Any) -> Any:
         """An in-process Controller of ``host`` (the caller closes it)."""
         from cnm.controller import Controller
 
-        return Controller(self.store_url, local_store=self.local_url, host_ns=host.path,
+        return Controller(self.store_url, local_store=self.local_url_of(host), host_ns=host.path,
                           **kwargs)
 
     def pycnm(self, host: Host, *args: str, check: bool = True,
