@@ -87,6 +87,15 @@ class Endpoint:
         with contextlib.ExitStack() as undo:
             ifname = sandbox._reserve_ifname("eth", slot)
             undo.callback(sandbox._release_ifname, ifname, slot)
+            names_at = 0
+            if not ep.services:
+                # What the names depend on first (the sandbox it joins): the host's
+                # resolver builds them while the driver and the kernel work, so the wait
+                # for it below is short. A backend of services is recorded only once
+                # plugged: the load balancer sends it connections as soon as it is.
+                ep.sandbox_id, ep.sandbox_key, ep.ifname = sb.id, sb.netns_path, ifname
+                names_at = self._save(ep)
+                undo.callback(self._clear_join)
             info = drv.join(self.network_id, self.id, sb.netns_path,
                             {**opts, OPT_JOIN_IFNAME: ifname})
             undo.callback(drv.leave, self.network_id, self.id)
@@ -110,7 +119,8 @@ class Endpoint:
                 for r in info.static_routes
             ]
             revision = self._save(ep)
-            undo.callback(self._clear_join)
+            if not names_at:
+                undo.callback(self._clear_join)
             if gateway:
                 drv.program_external_connectivity(self.network_id, self.id, opts)
                 undo.callback(drv.revoke_external_connectivity, self.network_id, self.id)
@@ -121,7 +131,9 @@ class Endpoint:
                 revision = max(revision, Services(ctl).apply(self.network_id))
             undo.pop_all()
         log.info("endpoint %s: joined sandbox %s as %s", self.id[:12], sb.name, ifname)
-        ctl.settle_dns(revision)  # its names answer once join returns
+        # Its names answer once join returns: they were complete at the first write (the
+        # later one changes no name), unless the load balancer's came after.
+        ctl.settle_dns(names_at or revision)
         return ifname
 
     def _plug(

@@ -20,7 +20,6 @@ log = logging.getLogger(__name__)
 RESOLVER_KEY = "dns/resolver"
 APPLIED_KEY = "dns/applied"
 SETTLE_TIMEOUT = 3.0  # seconds a change waits for the resolver before going on
-POLL = 0.001  # a local read costs ~50 us; the wait is a few milliseconds
 
 
 def sandbox_key(sandbox_id: str) -> str:
@@ -43,12 +42,16 @@ def wait_applied(local: Store, revision: int, timeout: float = SETTLE_TIMEOUT) -
     if revision <= 0 or not resolver_running(local):
         return True
     deadline = time.monotonic() + timeout
-    while True:
-        entry = local.get(APPLIED_KEY)
-        if entry is not None and int(entry.value.get("revision", 0)) >= revision:
-            return True
-        if time.monotonic() > deadline:
-            log.warning("the resolver has not applied revision %d after %.1f s; names may "
-                        "take a moment", revision, timeout)
-            return False
-        time.sleep(POLL)
+    # Woken by the resolver's write of dns/applied where the store can tell (SQLite's
+    # doorbell), else polling.
+    with local.write_waiter() as wait:
+        while True:
+            entry = local.get(APPLIED_KEY)
+            if entry is not None and int(entry.value.get("revision", 0)) >= revision:
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                log.warning("the resolver has not applied revision %d after %.1f s; names "
+                            "may take a moment", revision, timeout)
+                return False
+            wait(left)

@@ -15,9 +15,13 @@ the listing. So the queue is never dropped, only at reconnect (new watches, new 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from cnm.store.base import Store, WatchEvent
+
+# (prefix, old value, new value; None: absent) -> whether the change is immaterial
+Same = Callable[[str, "dict[str, Any] | None", "dict[str, Any] | None"], bool]
 
 
 class Mirror:
@@ -50,9 +54,11 @@ class Mirror:
         for prefix in self.prefixes:
             self.tables[prefix] = {e.key: e.value for e in store.list(prefix)}
 
-    def drain(self) -> tuple[set[str], int]:
+    def drain(self, same: Same | None = None) -> tuple[set[str], int]:
         """Apply the queued events in order; the keys they changed and the newest
-        revision among them (0 if none)."""
+        revision among them (0 if none). ``same(prefix, old, new)``: whether a change
+        is immaterial to the caller (its key is then applied but not reported); by
+        default only a value written again unchanged is."""
         with self._lock:
             events, self._pending = self._pending, []
         changed: set[str] = set()
@@ -61,11 +67,15 @@ class Mirror:
             prefix = self.prefix_of(event.key)
             if prefix is None:
                 continue
-            if event.kind == "put" and event.value is not None:
-                self.tables[prefix][event.key] = event.value
+            table = self.tables[prefix]
+            old = table.get(event.key)
+            new = event.value if event.kind == "put" else None
+            if new is not None:
+                table[event.key] = new
             else:
-                self.tables[prefix].pop(event.key, None)
-            changed.add(event.key)
+                table.pop(event.key, None)
+            if not (old == new or (same is not None and same(prefix, old, new))):
+                changed.add(event.key)
             newest = max(newest, event.revision)
         return changed, newest
 

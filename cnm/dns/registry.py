@@ -160,20 +160,33 @@ def local_entries(records: Records) -> list[NameEntry]:
 def _local(records: Records) -> list[tuple[str, NameEntry]]:
     """(endpoint id, its entry) for every joined endpoint with an address."""
     sandboxes = {s["id"]: s for s in records.sandboxes}
+    sharers = sharers_of(records)
+    entries = []
+    for ep in records.endpoints:
+        sb = sandboxes.get(ep.get("sandbox_id") or "")
+        entry = local_entry(ep, sb, sharers.get(sb["id"], ()) if sb is not None else ())
+        if entry is not None:
+            entries.append((ep["id"], entry))
+    return entries
+
+
+def sharers_of(records: Records) -> dict[str, tuple[str, ...]]:
+    """Sandbox id -> the names of the container-mode sandboxes sharing it, sorted."""
     sharers: dict[str, list[str]] = {}
     for sharer in records.sandboxes:
         if sharer.get("mode") == "container" and sharer.get("container"):
             sharers.setdefault(sharer["container"], []).append(sharer["name"])
-    entries = []
-    for ep in records.endpoints:
-        sb = sandboxes.get(ep.get("sandbox_id") or "")
-        addresses = _addresses(ep.get("address"), ep.get("address_v6"))
-        if sb is None or not addresses:
-            continue
-        names = (sb["name"], ep["name"], *ep.get("aliases", ()),
-                 *sorted(sharers.get(sb["id"], ())))
-        entries.append((ep["id"], NameEntry(ep["network_id"], names, addresses, sb["name"])))
-    return entries
+    return {sid: tuple(sorted(names)) for sid, names in sharers.items()}
+
+
+def local_entry(ep: Mapping[str, Any], sb: Mapping[str, Any] | None,
+                sharers: tuple[str, ...]) -> NameEntry | None:
+    """The names of a joined endpoint with an address (else None)."""
+    addresses = _addresses(ep.get("address"), ep.get("address_v6"))
+    if sb is None or not addresses:
+        return None
+    names = (sb["name"], ep["name"], *ep.get("aliases", ()), *sharers)
+    return NameEntry(ep["network_id"], names, addresses, sb["name"])
 
 
 def publish_records(records: Records, host_id: str) -> dict[str, dict[str, Any]]:
@@ -193,24 +206,36 @@ def publish_records(records: Records, host_id: str) -> dict[str, dict[str, Any]]
 
 def cluster_entries(records: Records, host_id: str) -> list[NameEntry]:
     """Other hosts' names, on each local network of the scope they were published in."""
+    by_scope = scopes_networks(records)
+    entries = []
+    for key, value in records.published.items():
+        entries += [e for _, e in published_entries(key, value, by_scope, host_id)]
+    return entries
+
+
+def scopes_networks(records: Records) -> dict[str, list[str]]:
+    """Cluster scope -> this host's networks in it."""
     by_scope: dict[str, list[str]] = {}
     for nid, scope in records.scopes.items():
         by_scope.setdefault(scope, []).append(nid)
-    entries = []
-    for key, value in records.published.items():
-        parts = key.split("/")
-        if len(parts) != 5 or parts[3] == host_id:
-            continue
-        try:
-            addresses = tuple(_ip(a) for a in value.get("addresses", ()))
-            names = tuple(str(n) for n in value.get("names", ()))
-        except (TypeError, ValueError):
-            continue  # a record pycnm did not write: ignore it
-        ptr = value.get("ptr")
-        for nid in by_scope.get(parts[2], ()):
-            entries.append(NameEntry(nid, names, addresses, ptr if isinstance(ptr, str)
-                                     else None))
-    return entries
+    return by_scope
+
+
+def published_entries(key: str, value: Mapping[str, Any], by_scope: Mapping[str, list[str]],
+                      host_id: str) -> list[tuple[str, NameEntry]]:
+    """(network id, entry) for another host's published record ``key``, on each local
+    network of its scope (none for this host's own records)."""
+    parts = key.split("/")
+    if len(parts) != 5 or parts[3] == host_id:
+        return []
+    try:
+        addresses = tuple(_ip(a) for a in value.get("addresses", ()))
+        names = tuple(str(n) for n in value.get("names", ()))
+    except (TypeError, ValueError):
+        return []  # a record pycnm did not write: ignore it
+    ptr = value.get("ptr")
+    return [(nid, NameEntry(nid, names, addresses, ptr if isinstance(ptr, str) else None))
+            for nid in by_scope.get(parts[2], ())]
 
 
 def build(records: Records, host_id: str, extra: Iterable[NameEntry] = ()) -> Snapshot:
@@ -234,26 +259,35 @@ def build(records: Records, host_id: str, extra: Iterable[NameEntry] = ()) -> Sn
                           {k: tuple(v) for k, v in tables[nid].items()}, reverse[nid])
         for nid, net in nets.items()
     }
-    views = {}
-    for sb in records.sandboxes:
-        if not served(sb):
+    return Snapshot(views(records, networks), networks)
+
+
+def views(records: Records, networks: Mapping[str, NetworkNames]) -> dict[str, SandboxView]:
+    """What each served sandbox sees, given every network's names."""
+    return {sb["id"]: view_of(sb, networks, *view_inputs(sb))
+            for sb in records.sandboxes if served(sb)}
+
+
+def view_inputs(sb: Mapping[str, Any]) -> tuple[tuple[str, ...], tuple[IPAddress, ...]]:
+    """A served sandbox's networks in interface order, and its own upstream servers."""
+    order = sorted(sb.get("interfaces", {}).items(), key=lambda item: _ifname_order(item[0]))
+    nids = tuple(key.partition("/")[0] for _, key in order)
+    servers = []
+    for text in sb.get("dns_servers", ()):
+        try:
+            address = ipaddress.ip_address(text)
+        except ValueError:
             continue
-        order = sorted(sb.get("interfaces", {}).items(), key=lambda item: _ifname_order(item[0]))
-        attached = tuple(networks[key.partition("/")[0]] for _, key in order
-                         if key.partition("/")[0] in networks)
-        servers = []
-        for text in sb.get("dns_servers", ()):
-            try:
-                address = ipaddress.ip_address(text)
-            except ValueError:
-                continue
-            if address != ipaddress.IPv4Address("127.0.0.11"):
-                servers.append(address)
-        views[sb["id"]] = SandboxView(
-            sb["id"], sb["name"], sb["netns_path"], attached,
-            forward=any(not net.internal for net in attached), dns_servers=tuple(servers),
-        )
-    return Snapshot(views, networks)
+        if address != ipaddress.IPv4Address("127.0.0.11"):
+            servers.append(address)
+    return nids, tuple(servers)
+
+
+def view_of(sb: Mapping[str, Any], networks: Mapping[str, NetworkNames],
+            nids: tuple[str, ...], servers: tuple[IPAddress, ...]) -> SandboxView:
+    attached = tuple(networks[nid] for nid in nids if nid in networks)
+    return SandboxView(sb["id"], sb["name"], sb["netns_path"], attached,
+                       forward=any(not net.internal for net in attached), dns_servers=servers)
 
 
 def _ifname_order(ifname: str) -> tuple[str, int]:

@@ -11,13 +11,13 @@ everything in order; the store's watch callbacks only queue the event and wake i
               the records into memory (``mirror``), then sync. Watching before listing
               means no change falls between the two.
     sync:     apply the queued events to the records in memory (no listing: an event
-              costs in proportion to itself, not to the cluster's size), build the
-              snapshot (``registry.build``), take over the
+              costs in proportion to itself, not to the cluster's size), update the
+              snapshot (``index``: only the names the events changed), take over the
               sandboxes it now serves (sockets inside, NAT table, ``nameserver
-              127.0.0.11``), drop those gone, hand the snapshot to the event loop, publish
-              this host's names on cluster-wide networks under the lease (and withdraw the
-              ones gone), then record at dns/applied the newest revision the listing
-              covers, which is what a process that just changed names waits for.
+              127.0.0.11``), drop those gone, hand the snapshot to the event loop, record
+              at dns/applied the newest revision the listing covers (what a process that
+              just changed names waits for), then publish this host's names on
+              cluster-wide networks under the lease (and withdraw the ones gone).
     serve:    sync after watch events (coalesced), refresh the lease every ttl/3, re-read
               the host's resolv.conf when it changes, list everything again and sync
               every ``resync_interval`` as a safety net.
@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 from cnm import etcfiles, names
 from cnm.dns import client, registry, upstreams
+from cnm.dns.index import Index
 from cnm.dns.mirror import Mirror
 from cnm.dns.names import FORWARD_TIMEOUT, RESOLVER_ADDRESS
 from cnm.dns.registry import NameEntry, Records, Source
@@ -140,6 +141,7 @@ class DnsService:
         self._scopes: dict[str, str] = {}
         self._local: Mirror | None = None  # made at connect: the sources are known then
         self._cluster = Mirror((SCOPES,))
+        self._index = Index(self.host_id)  # the names, kept up to date change by change
         self._applied = 0  # the revision last recorded at dns/applied
         self._dirty = threading.Event()
         self._stopping = threading.Event()
@@ -151,9 +153,9 @@ class DnsService:
 
     def add_source(self, prefix: str, source: Source) -> None:
         """More names (a service's virtual IP, say): ``source(local_store, records)`` is
-        called on every rebuild of the names (any change of this host's records or another
-        host's names); changes under ``prefix`` (this host's key space) trigger one.
-        Call before ``start``."""
+        called on every rebuild of the names (a change of this host's records that names
+        depend on, or of another host's names); changes under ``prefix`` (this host's key
+        space) trigger one. Call before ``start``."""
         self.sources.append((prefix, source))
 
     def start(self) -> bool:
@@ -341,7 +343,7 @@ class DnsService:
         if full:
             local.load(self.local)
             self._cluster.load(self.cluster)
-        local_keys, newest = local.drain()
+        local_keys, newest = local.drain(_same_names)
         cluster_keys, _ = self._cluster.drain()
         revision = max(revision, newest)
         # This host's own published names come back through the cluster's watch: they
@@ -351,17 +353,24 @@ class DnsService:
         # published again now, not at the next resync.
         lost = any(_published_by(k) == self.host_id and k not in self._cluster.tables[SCOPES]
                    for k in cluster_keys)
+        publish: Records | None = None
         if full or changed or local_keys or others:
-            self._rebuild(local, local_keys, full or lost)
+            publish = self._rebuild(local, local_keys, full or lost)
         elif lost:
-            self._publish(self._records(local))
+            publish = self._records(local)
+        # This host's sandboxes answer the new names now: the process waiting for them
+        # (wait_applied) goes on before the cluster hears of them (an etcd round trip
+        # it need not wait for: other hosts learn a name from their watch anyway).
         if revision > self._applied:
             self.local.put(client.APPLIED_KEY, {"revision": revision, "pid": os.getpid()})
             self._applied = revision
+        if publish is not None:
+            self._publish(publish)
 
-    def _rebuild(self, local: Mirror, changed: set[str], full: bool) -> None:
+    def _rebuild(self, local: Mirror, changed: set[str], full: bool) -> Records | None:
         """The snapshot from the records in memory; ``full``: also look at every sandbox's
-        namespace and publish this host's names whatever changed."""
+        namespace. Returns the records whose names to publish for the cluster (on a full
+        rebuild, or when this host's records changed), else None."""
         records = self._records(local)
         extra: list[NameEntry] = []
         for _, source in self.sources:  # they may read anything: called on every rebuild
@@ -369,7 +378,9 @@ class DnsService:
                 extra += source(self.local, records)
             except CNMError as exc:
                 log.warning("resolver: a name source failed: %s", exc)
-        snapshot = registry.build(records, self.host_id, extra)
+        if full:
+            self._index.reset()  # built from scratch now and then, as a safety net
+        snapshot = self._index.update(records, extra)
         sandboxes = {s["id"]: s for s in records.sandboxes}
         for sid, view in snapshot.sandboxes.items():
             have = self.adopted.get(sid)
@@ -390,7 +401,8 @@ class DnsService:
         self.server.update(snapshot, self.upstreams.servers)
         self.server.wait()  # the loop has the new names before anyone is told
         if full or any(k.startswith(RECORDS) for k in changed):
-            self._publish(records)
+            return records
+        return None
 
     # --- taking sandboxes over and giving them back -------------------------------------
 
@@ -503,6 +515,22 @@ class DnsService:
         for key in mine.keys() - wanted.keys():
             self.cluster.delete(key)
             self._cluster.tables[SCOPES].pop(key, None)
+
+
+def _names_of(endpoint: Mapping[str, Any] | None) -> tuple[Any, ...] | None:
+    """What an endpoint record gives the names (``registry``): nothing unless joined."""
+    if endpoint is None or not endpoint.get("sandbox_id"):
+        return None
+    return (endpoint.get("sandbox_id"), endpoint.get("name"), endpoint.get("network_id"),
+            endpoint.get("address"), endpoint.get("address_v6"),
+            tuple(endpoint.get("aliases") or ()))
+
+
+def _same_names(prefix: str, old: Mapping[str, Any] | None,
+                new: Mapping[str, Any] | None) -> bool:
+    """An endpoint's change that no name depends on (made but not joined yet; its
+    interface's details written after the join's first record) costs no rebuild."""
+    return prefix == "endpoints/" and _names_of(old) == _names_of(new)
 
 
 def _published_by(key: str) -> str | None:

@@ -15,14 +15,18 @@ backends so that they agree on encoding, ordering and how a watch catches up.
 from __future__ import annotations
 
 import abc
+import contextlib
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 log = logging.getLogger(__name__)
+
+WRITE_POLL = 0.001  # seconds between two looks of a write_waiter that is not told of writes
 
 
 @dataclass(frozen=True)
@@ -134,11 +138,24 @@ class Store(abc.ABC):
                 return new
         raise StoreUnavailable(f"the store kept changing under {key!r}; try again")
 
+    def write_waiter(self) -> contextlib.AbstractContextManager[Callable[[float], None]]:
+        """For a loop that waits until some process has written something: ``wait(limit)``
+        returns once the store may have been written since the with-statement began, or
+        after at most ``limit`` seconds. This default cannot tell and returns after a short
+        poll (``WRITE_POLL``); a backend told of writes (SQLite's doorbell) returns at the
+        write."""
+        return _polling_waiter()
+
     def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def _polling_waiter() -> Iterator[Callable[[float], None]]:
+    yield lambda limit: time.sleep(max(0.0, min(limit, WRITE_POLL)))
 
 
 # --- helpers shared by the backends ----------------------------------------------------------

@@ -7,6 +7,7 @@ one etcd without seeing each other's bridges, while the SQLite default looks the
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -51,6 +52,9 @@ class PrefixedStore(Store):
             callback(WatchEvent(event.kind, event.key[cut:], event.value, event.revision))
 
         return self.inner.watch(self.prefix + prefix, relay)
+
+    def write_waiter(self) -> contextlib.AbstractContextManager[Callable[[float], None]]:
+        return self.inner.write_waiter()
 
     def __getattr__(self, name: str) -> Any:
         # Backend extras (leases) pass through with the prefix applied where it matters.

@@ -397,6 +397,22 @@ class SQLiteStore(Store, LeaseStore):
             self._write(lambda conn: None)  # a write deletes what ended leases left
         return entries
 
+    @contextlib.contextmanager
+    def write_waiter(self) -> Iterator[Callable[[float], None]]:
+        # A socket of its own in the doorbell's folder, bound before the caller's first
+        # look, so that a write after that look rings it; the poll interval bounds a wait
+        # whose ring was lost.
+        try:
+            bell = doorbell.Bell(self._bells)
+        except OSError:
+            with super().write_waiter() as wait:
+                yield wait
+            return
+        try:
+            yield lambda limit: bell.wait(max(0.0, min(limit, self._poll_interval)))
+        finally:
+            bell.close()
+
     # --- watching --------------------------------------------------------------------------
 
     def _open_bell(self) -> doorbell.Bell | None:

@@ -63,3 +63,27 @@ def test_a_folder_not_privately_ours_is_not_used(tmp_path: Path, made_by: str) -
     assert (elsewhere / "keep.sock").exists()
     if made_by != "link":
         assert (folder / "keep.sock").exists()
+
+
+def test_a_write_waiter_wakes_at_another_stores_write_and_leaves_no_socket(
+        tmp_path: Path) -> None:
+    from cnm.store.sqlite import SQLiteStore
+
+    path = tmp_path / "state.db"
+    # A poll interval far longer than the test: only the ring can end the wait early.
+    waiting, writing = SQLiteStore(path, poll_interval=60), SQLiteStore(path)
+    folder = doorbell.folder_of(str(path))
+    try:
+        with waiting.write_waiter() as wait:
+            assert len(os.listdir(folder)) == 1  # bound before the caller's first look
+            started = time.monotonic()
+            wait(0.2)  # nothing written: it waits out its limit (a poller would not)
+            assert time.monotonic() - started >= 0.19
+            writing.put("dns/applied", {"revision": 1})  # after the look: it must ring
+            started = time.monotonic()
+            wait(30)
+            assert time.monotonic() - started < 10, "the write did not wake the waiter"
+        assert os.listdir(folder) == []
+    finally:
+        waiting.close()
+        writing.close()
