@@ -87,7 +87,7 @@ class Endpoint:
         with contextlib.ExitStack() as undo:
             ifname = sandbox._reserve_ifname("eth", slot)
             undo.callback(sandbox._release_ifname, ifname, slot)
-            names_at = 0
+            names_at, first = 0, None
             if not ep.services:
                 # What the names depend on first (the sandbox it joins): the host's
                 # resolver builds them while the driver and the kernel work, so the wait
@@ -95,6 +95,7 @@ class Endpoint:
                 # plugged: the load balancer sends it connections as soon as it is.
                 ep.sandbox_id, ep.sandbox_key, ep.ifname = sb.id, sb.netns_path, ifname
                 names_at = self._save(ep)
+                first = ep.to_dict()
                 undo.callback(self._clear_join)
             info = drv.join(self.network_id, self.id, sb.netns_path,
                             {**opts, OPT_JOIN_IFNAME: ifname})
@@ -118,7 +119,10 @@ class Endpoint:
                  "next_hop": str(r.next_hop) if r.next_hop else None}
                 for r in info.static_routes
             ]
-            revision = self._save(ep)
+            # Saved again only if the driver's answer added something (a gateway, routes,
+            # an interface to move): an overlay's usually adds nothing.
+            unchanged = first is not None and ep.to_dict() == first
+            revision = names_at if unchanged else self._save(ep)
             if not names_at:
                 undo.callback(self._clear_join)
             if gateway:
