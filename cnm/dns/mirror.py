@@ -20,7 +20,7 @@ from typing import Any
 
 from cnm.store.base import Store, WatchEvent
 
-# (prefix, old value, new value; None: absent) -> whether the change is immaterial
+# (key, old value, new value; None: absent) -> whether the change is immaterial
 Same = Callable[[str, "dict[str, Any] | None", "dict[str, Any] | None"], bool]
 
 
@@ -56,7 +56,7 @@ class Mirror:
 
     def drain(self, same: Same | None = None) -> tuple[set[str], int]:
         """Apply the queued events in order; the keys they changed and the newest
-        revision among them (0 if none). ``same(prefix, old, new)``: whether a change
+        revision among them (0 if none). ``same(key, old, new)``: whether a change
         is immaterial to the caller (its key is then applied but not reported); by
         default only a value written again unchanged is."""
         with self._lock:
@@ -74,7 +74,7 @@ class Mirror:
                 table[event.key] = new
             else:
                 table.pop(event.key, None)
-            if not (old == new or (same is not None and same(prefix, old, new))):
+            if not (old == new or (same is not None and same(event.key, old, new))):
                 changed.add(event.key)
             newest = max(newest, event.revision)
         return changed, newest

@@ -72,6 +72,7 @@ ENV_LEASE_TTL = "PYCNM_OVERLAY_LEASE_TTL"
 
 _SCOPE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
 RECORDS = ("networks/", "endpoints/", "sandboxes/")  # this host's, that names come from
+DRIVERS = "drivers/"  # drivers' own records: a network's cluster scope and gateway place
 SCOPES = "dns/scopes/"  # the cluster's published names
 
 
@@ -214,7 +215,7 @@ class DnsService:
 
     def _connect(self) -> None:
         self._drop_watches()
-        self._local = Mirror((*RECORDS, *dict.fromkeys(p for p, _ in self.sources)))
+        self._local = Mirror((*RECORDS, DRIVERS, *dict.fromkeys(p for p, _ in self.sources)))
         self._cluster.forget_pending()
         self._applied = 0
         if hasattr(self.local, "grant_lease"):
@@ -526,11 +527,15 @@ def _names_of(endpoint: Mapping[str, Any] | None) -> tuple[Any, ...] | None:
             tuple(endpoint.get("aliases") or ()))
 
 
-def _same_names(prefix: str, old: Mapping[str, Any] | None,
+def _same_names(key: str, old: Mapping[str, Any] | None,
                 new: Mapping[str, Any] | None) -> bool:
-    """An endpoint's change that no name depends on (made but not joined yet; its
-    interface's details written after the join's first record) costs no rebuild."""
-    return prefix == "endpoints/" and _names_of(old) == _names_of(new)
+    """A change no name depends on costs no rebuild: an endpoint's when it is made (not
+    joined yet) or when its interface's details follow the join's first record; a
+    driver's record other than a network's (a driver's network record comes after the
+    core's, and the network's cluster scope and gateway are read from it)."""
+    if key.startswith("endpoints/"):
+        return _names_of(old) == _names_of(new)
+    return key.startswith(DRIVERS) and key.split("/")[2:3] != ["networks"]
 
 
 def _published_by(key: str) -> str | None:

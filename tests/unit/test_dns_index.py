@@ -117,7 +117,7 @@ def test_the_mirror_reports_only_changes_that_matter() -> None:
     from cnm.dns.service import _same_names
     from cnm.store.base import WatchEvent
 
-    mirror = Mirror(("endpoints/", "sandboxes/"))
+    mirror = Mirror(("endpoints/", "sandboxes/", "drivers/"))
     made = {"id": "e1", "name": "web", "network_id": "n1", "address": "10.0.0.2/24"}
     joined = {**made, "sandbox_id": "s1", "ifname": "eth0"}
     plugged = {**joined, "src_name": "pcv-x", "gateway": "10.0.0.1"}
@@ -127,11 +127,13 @@ def test_the_mirror_reports_only_changes_that_matter() -> None:
             ("sandboxes/s1", sandbox),      # a sandbox: always a change
             ("sandboxes/s1", dict(sandbox)),  # written again unchanged: none
             ("endpoints/n1/e1", joined),    # joined: its names
-            ("endpoints/n1/e1", plugged)], start=1):  # details no name depends on
+            ("endpoints/n1/e1", plugged),   # details no name depends on
+            ("drivers/overlay/endpoints/n1/e1", {"id": "e1"}),  # a driver's own: none
+            ("drivers/overlay/networks/n1", {"id": "n1"})], start=1):  # scope, gateway
         mirror.note(WatchEvent("put", key, value, revision))
         changed, newest = mirror.drain(_same_names)
         assert newest == revision  # the revision counts, whether or not it matters
-        assert changed == ({key} if revision in (2, 4) else set()), revision
+        assert changed == ({key} if revision in (2, 4, 7) else set()), revision
     assert mirror.tables["endpoints/"]["endpoints/n1/e1"] == plugged  # every event applied
-    mirror.note(WatchEvent("delete", "endpoints/n1/e1", None, 6))
-    assert mirror.drain(_same_names) == ({"endpoints/n1/e1"}, 6)  # its names go
+    mirror.note(WatchEvent("delete", "endpoints/n1/e1", None, 8))
+    assert mirror.drain(_same_names) == ({"endpoints/n1/e1"}, 8)  # its names go
