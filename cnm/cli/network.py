@@ -8,13 +8,17 @@ from cnm.cli import open_controller, remove_each
 from cnm.cli.output import emit
 from cnm.errors import InvalidOption
 
+# The form a pair flag's error names: the metavar its --help shows.
+PAIR_FORMS = {"--add-host": "NAME=IP", "--aux-address": "NAME=IP"}
+
 
 def key_values(pairs: list[str], flag: str) -> dict[str, str]:
     result: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise InvalidOption(f"{flag} needs KEY=VALUE, got {pair!r}")
+            raise InvalidOption(f"{flag} needs {PAIR_FORMS.get(flag, 'KEY=VALUE')}, "
+                                f"got {pair!r}")
         result[key] = value
     return result
 
@@ -26,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     create = cmds.add_parser("create", help="create a network")
     create.add_argument("name")
-    create.add_argument("-d", "--driver", default="bridge", help="bridge, macvlan or overlay")
+    create.add_argument("-d", "--driver", default="bridge",
+                        help="bridge, macvlan, ipvlan or overlay")
     create.add_argument("--subnet", action="append", default=[], help="CIDR (repeatable)")
     create.add_argument("--gateway", action="append", default=[])
     create.add_argument("--ip-range", action="append", default=[])

@@ -15,7 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from netns_fixtures.lab.model import Expectation
+from netns_fixtures.lab.linkstate import missing_namespace
+from netns_fixtures.lab.model import Expectation, Topology
 
 if TYPE_CHECKING:
     from netns_fixtures.lab.handle import Lab
@@ -46,6 +47,13 @@ def run_checks(lab: Lab, progress: Callable[[Outcome], None] | None = None) -> l
     outcomes = []
     for index, exp in enumerate(lab.topology.expect, 1):
         started = time.monotonic()
+        gone = _gone(lab.topology, exp)
+        if gone:
+            outcome = Outcome(index, exp, "?", "error", gone, 0.0)
+            outcomes.append(outcome)
+            if progress is not None:
+                progress(outcome)
+            continue
         if exp.proto == "dns":
             from netns_fixtures.lab import dnscheck
 
@@ -72,6 +80,20 @@ def run_checks(lab: Lab, progress: Callable[[Outcome], None] | None = None) -> l
         if progress is not None:
             progress(outcome)
     return outcomes
+
+
+def _gone(topo: Topology, exp: Expectation) -> str | None:
+    """Why ``exp`` cannot be probed at all: a namespace of a node it names is gone."""
+    nodes = [exp.src, *(t.node for t in (exp.dst, exp.seen_as, *exp.answer)
+                        if t is not None and t.node is not None),
+             *([exp.listen[0]] if exp.listen else []), *exp.spread]
+    for node in dict.fromkeys(nodes):
+        if topo.sandbox(node) is None and topo.host(node) is None:
+            continue  # a bare name a DNS check asks for, not a node
+        why = missing_namespace(topo, node)
+        if why:
+            return why
+    return None
 
 
 def _icmp(lab: Lab, exp: Expectation, address: str) -> tuple[str, str]:

@@ -250,14 +250,21 @@ def _check(args: argparse.Namespace) -> int:
     from netns_fixtures.lab.handle import find
 
     lab = find(args.lab)
+
+    def say(line: str) -> None:  # with --json, stdout holds the JSON alone
+        print(line, file=sys.stderr if args.json else sys.stdout, flush=True)
+
     if args.lab and os.path.isfile(args.lab) and _changed(args.lab, lab.state.data):
-        _say(f"note: {args.lab} changed since lab {lab.name} was built; checking the lab as "
-             f"built ('pycnm lab apply {args.lab}' changes the lab to match the file)")
+        say(f"note: {args.lab} changed since lab {lab.name} was built; checking the lab as "
+            f"built ('pycnm lab apply {args.lab}' changes the lab to match the file)")
     if not lab.topology.expect:
-        print(f"lab {lab.name} has no 'expect' matrix to check")
+        if args.json:
+            emit(True, [])
+        else:
+            print(f"lab {lab.name} has no 'expect' matrix to check")
         return 0
-    _say(f"lab {lab.name}: checking {len(lab.topology.expect)} expectations")
-    outcomes = lab.check(progress=lambda o: _say(
+    say(f"lab {lab.name}: checking {len(lab.topology.expect)} expectations")
+    outcomes = lab.check(progress=lambda o: say(
         f"  {o.index}. {o.expectation.src} -> {o.expectation.dst}: "
         f"{'PASS' if o.passed else 'FAIL'}"))
     if args.json:

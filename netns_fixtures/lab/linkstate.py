@@ -4,16 +4,18 @@ interfaces are broken right now: down, missing, or without carrier.
 Who does what: ``set_state`` flips one interface's administrative state through pyroute2
 in the node's namespace; ``problems`` reads every interface the lab file names (link
 ends, and each sandbox's ``eth*``) from the live kernel and says, one sentence each,
-what is wrong with them, so ``pycnm lab check`` can report what broke next to the
-matrix that shows the effect. (Subtler faults, such as two MTUs on one link, are left
-for the learner to find: lab 11 teaches how.)
+what is wrong with them (or that a node's namespace is gone), so ``pycnm lab check``
+can report what broke next to the matrix that shows the effect. (Subtler faults, such as
+two MTUs on one link, are left for the learner to find: lab 11 teaches how.)
 """
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 from cnm.errors import NotFound
+from cnm.osl.netns import named_netns_path
 from netns_fixtures.lab import kernel
 
 if TYPE_CHECKING:
@@ -31,9 +33,24 @@ def set_state(ns_path: str, iface: str, up: bool) -> None:
         ipr.link("set", index=found[0], state="up" if up else "down")
 
 
+def missing_namespace(topo: Topology, node: str) -> str | None:
+    """One sentence if ``node``'s namespace is gone (deleted outside the lab), else None."""
+    ns = topo.netns(node)
+    if os.path.exists(named_netns_path(ns)):
+        return None
+    return (f"{node}'s namespace {ns} is gone (deleted outside pycnm): 'pycnm lab down "
+            f"{topo.name}' and 'lab up' rebuild the lab")
+
+
 def problems(topo: Topology) -> list[str]:
     """One sentence per broken interface of the lab, as the kernel has it now."""
     found: list[str] = []
+    gone: set[str] = set()  # said once per namespace (a sharer's is its owner's)
+    for node in topo.node_names():
+        why = None if topo.netns(node) in gone else missing_namespace(topo, node)
+        if why:
+            found.append(why)
+            gone.add(topo.netns(node))
     views: dict[str, dict[str, dict[str, object]]] = {}
 
     def view(node: str) -> dict[str, dict[str, object]]:
@@ -43,6 +60,8 @@ def problems(topo: Topology) -> list[str]:
         return views[node]
 
     for link in topo.links:
+        if {topo.netns(link.a.node), topo.netns(link.b.node)} & gone:
+            continue  # said above, once
         ends = [(end, view(end.node).get(end.iface)) for end in (link.a, link.b)]
         for (end, info), (peer, _) in (ends, ends[::-1]):
             where = f"{end.node}:{end.iface}"
@@ -55,6 +74,8 @@ def problems(topo: Topology) -> list[str]:
                 found.append(f"{where} has no carrier: its peer {peer.node}:{peer.iface} is "
                              "down")
     for sandbox in topo.sandboxes:
+        if topo.netns(sandbox.name) in gone:
+            continue
         for i, _ in enumerate(sandbox.networks):
             info = view(sandbox.name).get(f"eth{i}")
             if info is not None and "UP" not in info.get("flags", []):  # type: ignore[operator]

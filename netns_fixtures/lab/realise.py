@@ -38,7 +38,7 @@ from functools import partial
 from typing import Any
 
 from cnm import names
-from cnm.errors import CNMError, Conflict
+from cnm.errors import CNMError, Conflict, KernelError, KernelFeatureMissing
 from cnm.osl.netns import (
     create_named_netns,
     delete_named_netns,
@@ -219,10 +219,20 @@ class _Builder:
         ns = self.topo.netns(switch)
 
         def run(*argv: str) -> None:
-            subprocess.run(list(argv), check=True, capture_output=True, timeout=30)
+            done = subprocess.run(list(argv), capture_output=True, text=True, timeout=30)
+            if done.returncode != 0:
+                raise KernelError(f"{' '.join(argv)}: {done.stderr.strip()}")
 
-        run("ip", "-n", ns, "link", "set", SWITCH_BRIDGE, "type", "bridge", "vlan_filtering",
-            "1")
+        filtering = subprocess.run(
+            ["ip", "-n", ns, "link", "set", SWITCH_BRIDGE, "type", "bridge", "vlan_filtering",
+             "1"], capture_output=True, text=True, timeout=30)
+        if "not supported" in filtering.stderr:
+            raise KernelFeatureMissing(
+                f"this kernel has no bridge VLAN filtering (CONFIG_BRIDGE_VLAN_FILTERING is "
+                f"not set), so switch {switch} cannot have VLAN ports ({switch}:{port}); "
+                "Debian's stock kernel has it")
+        if filtering.returncode != 0:
+            raise KernelError(f"VLAN filtering on switch {switch}: {filtering.stderr.strip()}")
         run("bridge", "-n", ns, "vlan", "del", "dev", port, "vid", "1")
         if vlan is not None:
             run("bridge", "-n", ns, "vlan", "add", "dev", port, "vid", str(vlan), "pvid",

@@ -339,3 +339,18 @@ def test_every_command_prints_its_own_help(words: list[str], flag: str) -> None:
     assert shown.startswith(f"usage: pycnm {' '.join(words)} "), shown
     code, shown = _help_of("--json", *words, flag)  # after a global option too
     assert code == 0 and shown.startswith(f"usage: pycnm {' '.join(words)} "), shown
+
+
+@pytest.mark.parametrize(("flag", "value", "form"), [
+    ("--add-host", "db:10.0.0.3", "NAME=IP"),  # Docker's older colon form
+    ("--aux-address", "router", "NAME=IP"),
+    ("-o/--opt", "mtu", "KEY=VALUE"),
+    ("--label", "=x", "KEY=VALUE"),
+])
+def test_a_pair_flag_names_the_form_its_help_shows(flag: str, value: str, form: str) -> None:
+    from cnm.cli.network import key_values
+    from cnm.errors import InvalidOption
+
+    with pytest.raises(InvalidOption) as caught:
+        key_values([value], flag)
+    assert str(caught.value) == f"{flag} needs {form}, got {value!r}"
