@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import html
+import json
 import os
 import re
 import secrets
@@ -441,12 +442,19 @@ def test_overlay_internals_an_endpoint_joining_elsewhere_and_a_traced_packet(
     source = LABS / "10-overlay-internals" / "lab.yaml"
     handle = lab(source, name=name)
     vtep_ns = f"pcov-4096-pclab-{name}-h1"
-    # An etcd watch, as the GUIDE runs it, while c4 joins on h3 through 'lab apply'.
+    # An etcd watch, as the GUIDE runs it, while c4 joins on h3 through 'lab apply'. It
+    # starts at the store's next revision: etcdctl may set its watch up only after the
+    # join has written (a fast apply beat it once), and must still see that write.
+    etcdctl = ["etcdctl", "--endpoints", handle.store_url.removeprefix("etcd://")]
+    etcd_env = {**os.environ, "ETCDCTL_API": "3"}
+    status = subprocess.run([*etcdctl, "get", "--prefix", "/pycnm/", "--limit", "1", "-w",
+                             "json"], env=etcd_env, capture_output=True, text=True,
+                            check=True, timeout=30)
+    revision = int(json.loads(status.stdout)["header"]["revision"])
     watch = subprocess.Popen(
-        ["etcdctl", "--endpoints", handle.store_url.removeprefix("etcd://"), "watch",
-         "--prefix", "/pycnm/global/drivers/overlay/overlays/ov/endpoints/"],
-        env={**os.environ, "ETCDCTL_API": "3"}, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True)
+        [*etcdctl, "watch", "--rev", str(revision + 1), "--prefix",
+         "/pycnm/global/drivers/overlay/overlays/ov/endpoints/"],
+        env=etcd_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         edited = tmp_path / "lab.yaml"
         edited.write_text(source.read_text().replace(
