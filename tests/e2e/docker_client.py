@@ -49,6 +49,10 @@ class Docker:
     def inspect(self, *names: str) -> list[dict[str, Any]]:
         return json.loads(self.run("inspect", *names))
 
+    def has_network(self, name: str) -> bool:
+        return subprocess.run([self.client, "network", "inspect", name], capture_output=True,
+                              timeout=90, env=self.engine.env).returncode == 0
+
     def network(self, name: str) -> dict[str, Any]:
         return json.loads(self.run("network", "inspect", name))[0]
 
@@ -88,8 +92,21 @@ class Names:
         for chunk in range(0, len(self.containers), 25):
             docker.run("rm", "-f", *self.containers[chunk:chunk + 25], check=False,
                        timeout=120)
+        failures = []
         for name in self.networks:
-            docker.run("network", "rm", name, check=False)
+            # Docker may still be releasing the endpoints of containers it just removed:
+            # retry for a while, then say why the network stayed.
+            deadline = time.monotonic() + 30
+            while True:
+                answer = docker.run("network", "rm", name, check=False)
+                if not docker.has_network(name):
+                    break
+                if time.monotonic() > deadline:
+                    failures.append(f"docker network rm {name}: {answer.strip()}")
+                    break
+                time.sleep(0.5)
+        if failures:
+            raise AssertionError("; ".join(failures))
 
 
 def run_container(docker: Docker, name: str, network: str, *extra: str) -> str:
