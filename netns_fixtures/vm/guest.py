@@ -28,6 +28,7 @@ SPEC = "spec.json"
 REPORTS = "reports.jsonl"
 BLOCK_FILE = Path("/etc/modprobe.d/pycnm-vm-block.conf")  # /etc is writable in the VM
 TIME_FACTOR = "8"  # start-up deadlines stretch by this much under emulation
+PER_TEST_TIMEOUT = 720  # seconds, setup + call + teardown of one test
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _MODULE_RE = re.compile(r"[a-z0-9_]{1,32}")  # a module name, before it goes into a file line
 
@@ -51,8 +52,11 @@ def _pytest(spec: dict, results: Path, nodeids: list[str]) -> int:
            "PYCNM_TIME_FACTOR": TIME_FACTOR}
     argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-o", "addopts=",
             "--rootdir", spec["rootdir"], "--basetemp", "/run/pycnm-vm-pytest",
-            # pytest-timeout's per-test bound, stretched as the fixtures' deadlines are
-            "-o", f"timeout={300 * int(TIME_FACTOR)}",
+            # pytest-timeout's per-test bound: a hung test fails with every thread's stack
+            # and the others still run (the slowest, the first Docker test with its
+            # engine's start, takes 300 s at most; 8 x 300 s let one hang eat the VM's
+            # whole time bound once, and left no trace of where it hung)
+            "-o", f"timeout={PER_TEST_TIMEOUT}",
             "-rfE", *spec.get("pytest_args", []), "--", *nodeids]
     _say(f"pytest on {len(nodeids)} tests")
     return subprocess.run(argv, cwd=spec["rootdir"], env=env, timeout=spec["timeout"]).returncode
