@@ -24,10 +24,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import json
 import os
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from cnm.cli.output import emit
 
@@ -42,10 +43,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     up = cmds.add_parser("up", help="build a lab from a topology file")
     up.add_argument("file", help="the topology file (YAML)")
     up.add_argument("--name", help="build it under another lab name")
+    _json_flag(up)
     up.set_defaults(handler=_up)
 
     down = cmds.add_parser("down", help="remove a lab, also one left half-built by a crash")
     down.add_argument("lab", metavar="FILE|NAME")
+    _json_flag(down)
     down.set_defaults(handler=_down)
 
     ls = cmds.add_parser("ls", help="list labs on this machine")
@@ -70,6 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "draws the running lab and redraws when it changes")
     graph.add_argument("--port", type=int, default=None,
                        help="port for --serve (default 50080; 0: any free port)")
+    _json_flag(graph)
     graph.set_defaults(handler=_graph)
 
     netem = cmds.add_parser("netem", help="impair a node's interface (tc netem), or show "
@@ -92,6 +96,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     link.add_argument("--lab", help="lab name or file (default: the only lab up)")
     link.add_argument("end", metavar="NODE:IFACE")
     link.add_argument("state", choices=("down", "up"))
+    _json_flag(link)
     link.set_defaults(handler=_link)
 
     apply = cmds.add_parser("apply", help="change a running lab in place to match its "
@@ -99,6 +104,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     apply.add_argument("file", help="the topology file (YAML)")
     apply.add_argument("--lab", help="the running lab to change (default: the file's name)")
     apply.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    _json_flag(apply)
     apply.set_defaults(handler=_apply)
 
     inspect = cmds.add_parser("inspect", help="nodes, interfaces, addresses, links and "
@@ -144,6 +150,17 @@ def _say(line: str) -> None:
     print(line, flush=True)
 
 
+def _progress(args: argparse.Namespace) -> Callable[[str], None]:
+    """Progress lines go to stdout, or with --json to stderr: stdout holds the JSON alone."""
+    if getattr(args, "json", False):
+        return lambda line: print(line, file=sys.stderr, flush=True)
+    return _say
+
+
+def _print_json(data: object) -> None:
+    print(json.dumps(data, indent=2))
+
+
 @contextlib.contextmanager
 def _no_cyclic_gc() -> Iterator[None]:
     """Python's cyclic garbage collector off for a lab's build or removal in this CLI
@@ -175,7 +192,7 @@ def _up_now(args: argparse.Namespace) -> int:
 
     previous = signal.signal(signal.SIGTERM, interrupted)
     try:
-        up(args.file, name=args.name, progress=_say, detach=True)
+        lab = up(args.file, name=args.name, progress=_progress(args), detach=True)
     except LabFileError as exc:
         for message in exc.messages:
             print(message, file=sys.stderr)
@@ -185,6 +202,10 @@ def _up_now(args: argparse.Namespace) -> int:
         return 2
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if args.json:
+        state = lab.state
+        _print_json({"Name": state.name, "Status": state.status, "File": state.source or "",
+                     "Store": state.store, "Namespaces": state.namespaces})
     return 0
 
 
@@ -204,7 +225,9 @@ def _down_now(args: argparse.Namespace) -> int:
         except LabFileError as exc:
             print(f"{exc.messages[0]}\n(give the lab's name instead)", file=sys.stderr)
             return 2
-    down(name, progress=_say)
+    removed = down(name, progress=_progress(args))
+    if args.json:
+        _print_json({"Name": name, "Removed": removed})
     return 0
 
 
@@ -303,6 +326,11 @@ def _graph(args: argparse.Namespace) -> int:
         print("Error: --port goes with --serve", file=sys.stderr)
         return 2
     files = lab.graph(args.outdir)
+    if args.json:
+        _print_json({"Name": lab.name, "Namespaces": files.namespaces,
+                     "Interfaces": files.interfaces, "Svg": str(files.svg),
+                     "Png": str(files.png), "Dot": str(files.dot)})
+        return 0
     print(f"lab {lab.name}: {files.namespaces} namespaces, {files.interfaces} interfaces "
           "read from the kernel")
     for path in (files.svg, files.png, files.dot):
@@ -406,6 +434,9 @@ def _link(args: argparse.Namespace) -> int:
         raise InvalidOption(f"{args.end!r} must be NODE:IFACE, e.g. h1:eth0")
     lab = find(args.lab)
     lab.set_link(node, iface, args.state == "up")
+    if args.json:
+        _print_json({"Lab": lab.name, "Node": node, "Interface": iface, "State": args.state})
+        return 0
     print(f"{node}:{iface} is {args.state}" + (
         "; 'pycnm lab check' shows what that broke" if args.state == "down" else ""))
     return 0
@@ -423,12 +454,15 @@ def _apply(args: argparse.Namespace) -> int:
         return 2
     lab = find(name)
     try:
-        plan = lab.apply(args.file, dry_run=args.dry_run, progress=_say)
+        plan = lab.apply(args.file, dry_run=args.dry_run, progress=_progress(args))
     except LabFileError as exc:
         for message in exc.messages:
             print(message, file=sys.stderr)
         return 2
-    if args.dry_run:
+    if args.json:
+        _print_json({"Name": lab.name, "DryRun": bool(args.dry_run),
+                     "Changes": [str(change) for change in plan.changes]})
+    elif args.dry_run:
         print(plan)
     return 0
 

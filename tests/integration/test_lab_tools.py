@@ -84,6 +84,37 @@ def test_check_json_prints_only_json(lab) -> None:
         assert "1. c1 -> c2: PASS" in result.stderr
 
 
+def test_every_lab_command_that_changes_a_lab_prints_only_json_with_json(
+        tmp_path: Path) -> None:
+    """up, link, graph, apply and down with --json: stdout is one JSON document (what a
+    script parses), the progress lines go to stderr."""
+    name = unique_lab()
+    try:
+        result = pycnm("lab", "up", str(BRIDGE_LAB), "--name", name, "--json")
+        built = json.loads(result.stdout)
+        assert f"lab {name} is up" in result.stderr
+        assert (built["Name"], built["Status"]) == (name, "up")
+        assert f"pcsb-{name}-c1" in built["Namespaces"] and built["File"] == str(BRIDGE_LAB)
+        for state in ("down", "up"):
+            link = json.loads(pycnm("--json", "lab", "link", "--lab", name, "c1:eth0",
+                                    state).stdout)
+            assert link == {"Lab": name, "Node": "c1", "Interface": "eth0", "State": state}
+        drawn = json.loads(pycnm("lab", "graph", name, "-o", str(tmp_path), "--json").stdout)
+        assert drawn["Namespaces"] == 4 and Path(drawn["Svg"]).parent == tmp_path
+        assert Path(drawn["Svg"]).read_text().startswith(("<?xml", "<svg"))
+        edited = tmp_path / "lab.yaml"
+        edited.write_text(BRIDGE_LAB.read_text())  # the same lab: nothing to change
+        plan = json.loads(pycnm("lab", "apply", str(edited), "--lab", name, "--dry-run",
+                                "--json").stdout)
+        assert plan == {"Name": name, "DryRun": True, "Changes": []}
+        result = pycnm("lab", "down", name, "--json")
+        gone = json.loads(result.stdout)
+        assert gone["Name"] == name and f"namespace pclab-{name}-host1" in gone["Removed"]
+        assert lab_objects(name) == []
+    finally:
+        pycnm("lab", "down", name, check=False)
+
+
 def test_link_refuses_bad_input_in_one_sentence(lab) -> None:
     name = unique_lab()
     lab(BRIDGE_LAB, name=name)
