@@ -541,9 +541,8 @@ def _iperf(args: argparse.Namespace) -> int:
     from netns_fixtures.lab.traffic import human_bps, iperf
 
     lab = find(args.lab)
-    if not args.json:
-        _say(f"iperf3 from {args.src} to {args.dst} for {args.time} s")
-    result = iperf(lab, args.src, args.dst, seconds=args.time)
+    result = iperf(lab, args.src, args.dst, seconds=args.time,
+                   starting=None if args.json else _say)
     if args.json:
         emit(True, result.__dict__)
         return 0

@@ -192,7 +192,7 @@ class Lab:
         if dry_run:
             the_plan.builder.close()
             return the_plan
-        self.state.source = str(path)
+        self.state.source = str(Path(path).absolute())  # readable from any folder
         changes.run(self, the_plan, progress)
         return the_plan
 
@@ -212,7 +212,8 @@ def up(path: str | Path, *, name: str | None = None, progress: Any = print,
     topology = load(path)
     if name is not None and name != topology.name:
         topology = topology.with_name(name)
-    state = realise.up(topology, source=str(path), progress=progress, detach=detach)
+    state = realise.up(topology, source=str(Path(path).absolute()), progress=progress,
+                       detach=detach)
     return Lab(topology, state)
 
 

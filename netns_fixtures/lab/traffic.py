@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -98,8 +99,10 @@ class IperfResult:
 
 
 def iperf(lab: Lab, src: str, dst: str, seconds: int = 3,
-          port: int = IPERF_PORT) -> IperfResult:
-    """TCP from ``src`` to ``dst`` for ``seconds`` (bounded), iperf3's figures."""
+          port: int = IPERF_PORT, starting: Callable[[str], None] | None = None
+          ) -> IperfResult:
+    """TCP from ``src`` to ``dst`` for ``seconds`` (bounded), iperf3's figures.
+    ``starting`` hears one line once the request is found valid, before traffic flows."""
     if isinstance(seconds, bool) or not isinstance(seconds, int) \
             or not 1 <= seconds <= IPERF_MAX_SECONDS:
         raise InvalidOption(f"iperf time must be a whole number of seconds between 1 and "
@@ -110,6 +113,8 @@ def iperf(lab: Lab, src: str, dst: str, seconds: int = 3,
     address = lab.address(dst)
     if address is None:
         raise CNMError(f"{dst} has no IPv4 address to send to")
+    if starting is not None:
+        starting(f"iperf3 from {src} to {dst} ({address}) for {seconds} s")
     server = lab.namespace(dst).popen(["iperf3", "--server", "--one-off", "--port",
                                        str(port), "--bind", address],
                                       stdout=subprocess.DEVNULL)

@@ -90,7 +90,9 @@ def test_every_lab_command_that_changes_a_lab_prints_only_json_with_json(
     script parses), the progress lines go to stderr."""
     name = unique_lab()
     try:
-        result = pycnm("lab", "up", str(BRIDGE_LAB), "--name", name, "--json")
+        # A relative path (pycnm runs in the repository): recorded whole, so that
+        # `lab ls` in another folder names the file.
+        result = pycnm("lab", "up", "labs/01-bridge/lab.yaml", "--name", name, "--json")
         built = json.loads(result.stdout)
         assert f"lab {name} is up" in result.stderr
         assert (built["Name"], built["Status"]) == (name, "up")
@@ -204,10 +206,12 @@ def test_iperf_measures_throughput_in_bounded_time(lab) -> None:
     assert re.search(r"c2 -> c1 \(10\.1\.0\.2\): sent [\d.]+ [GMk]bit/s", out), out
     bad = pycnm("lab", "iperf", "--lab", name, "c1", "c2", "-t", "600", check=False)
     assert bad.returncode == 2 and "seconds between 1 and 60, not 600" in bad.stderr
+    assert bad.stdout == ""  # no "iperf3 from ..." line for a run that never starts
     for src, dst in (("c1", "nosuch"), ("nosuch", "c2")):  # a typo is named as one
         bad = pycnm("lab", "iperf", "--lab", name, src, dst, check=False)
         assert bad.returncode == 1 and f"lab {name} has no node 'nosuch'" in bad.stderr, \
             bad.stderr
+        assert bad.stdout == ""
 
 
 # --- apply: a running lab changed in place ---------------------------------------------------
