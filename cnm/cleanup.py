@@ -37,7 +37,8 @@ def remove_kernel_objects(host_ns: str | None = None, host_id: str | None = None
     with contextlib.suppress(Exception):  # best effort, as for the links above
         tables = nft.list_tables(host_ns)
         ours: list[tuple[Family, str]] = [("inet", names.NFT_TABLE),
-                                          ("ip", names.NFT_INGRESS_TABLE)]
+                                          ("ip", names.NFT_INGRESS_TABLE),
+                                          ("ip", names.NFT_SERVICES_TABLE)]
         for family, table in ours:
             if (family, table) in tables:
                 nft.delete_table(host_ns, family, table)

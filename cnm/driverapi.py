@@ -214,6 +214,14 @@ class Driver(abc.ABC):
         namespace of this host holds it (a LAN's router, say)."""
         return None
 
+    def services_bridge(self, nid: str) -> str | None:
+        """The bridge in the host's namespace that network ``nid``'s endpoints are ports
+        of, when it holds an IPv4 gateway address: bridged frames then pass the host's IP
+        hooks (br_netfilter) and a DNAT there is re-bridged to the backend, so the load
+        balancer's rules run there too (docs/services.md). None (the default): every
+        connection to a VIP goes through the load-balancer namespace."""
+        return None
+
     def endpoints_isolated(self, nid: str) -> bool:
         """Whether the endpoints of network ``nid`` cannot reach each other (a bridge with
         ICC off): then no load balancer on it can be reached either. Default: False."""

@@ -30,6 +30,7 @@ INGRESS_PREFIX = "pcig-"  # host end of a load balancer's ingress: pcig-<nid:10>
 
 NFT_TABLE = "pycnm"  # table inet pycnm, ours alone
 NFT_INGRESS_TABLE = "pycnm-ingress"  # table ip pycnm-ingress: published service ports
+NFT_SERVICES_TABLE = "pycnm-services"  # table ip pycnm-services: VIPs DNATed on bridges
 NFT_FAMILY = "inet"
 
 KERNEL_NAME_RE = re.compile(r"^pc(br|v|p|mv|iv|sh|vl|vx|sb|ov|lab|lb|ig)-")

@@ -6,7 +6,7 @@ is guessed, and nothing of other software's is ever reported (or deleted by the
 ``pycnm cleanup`` command, which can reuse ``pycnm_kernel_objects``).
 
 Objects are described as one-line strings: ``namespace NAME``, ``link NAME``,
-``nft table FAMILY pycnm``.
+``nft table FAMILY pycnm`` (or ``pycnm-services``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from pyroute2 import IPRoute
 
-from cnm.names import KERNEL_NAME_RE, NFT_TABLE
+from cnm.names import KERNEL_NAME_RE, NFT_SERVICES_TABLE, NFT_TABLE
 from netns_fixtures.netns import FIXTURE_NAME_RE, NETNS_DIR, issued_stems
 
 SETTLE_TIMEOUT = 3.0  # a deleted namespace takes its veth peers along a moment later
@@ -63,7 +63,7 @@ def _objects(ns: str | None, match: Callable[[str], bool]) -> list[str]:
         found += [f"namespace {name}" for name in _namespaces() if match(name)]
     found += [f"link {name}" for name in _links(ns) if name and match(name)]
     found += [f"nft table {family} {name}" for family, name in _nft_tables(ns)
-              if name == NFT_TABLE]
+              if name in (NFT_TABLE, NFT_SERVICES_TABLE)]
     return found
 
 

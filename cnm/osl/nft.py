@@ -47,6 +47,31 @@ def load(ns: str | None, commands: Sequence[Command], *, what: str) -> None:
         raise KernelError(f"{what}: nft refused the rules: {detail[0] if detail else 'no reason'}")
 
 
+def load_many(jobs: Sequence[tuple[str | None, Sequence[Command], str]]) -> None:
+    """``load`` for several namespaces at once, ``(ns, commands, what)`` each: one nft
+    process per namespace, run side by side (a change that touches two namespaces then
+    takes about the time of one). Each transaction is atomic; together they are not. The
+    first error is raised once every process has ended."""
+    errors: list[BaseException] = []
+
+    def run(job: tuple[str | None, Sequence[Command], str]) -> None:
+        try:
+            load(job[0], job[1], what=job[2])
+        except BaseException as exc:  # raised by the caller, after the others ended
+            errors.append(exc)
+
+    others = [threading.Thread(target=run, args=(job,), name="pycnm-nft", daemon=True)
+              for job in jobs[1:]]
+    for thread in others:
+        thread.start()
+    if jobs:
+        run(jobs[0])
+    for thread in others:
+        thread.join()
+    if errors:
+        raise errors[0]
+
+
 def _nft(ns: str | None, args: list[str], stdin: str | None = None
          ) -> subprocess.CompletedProcess[str]:
     nft = _nft_binary()

@@ -379,6 +379,12 @@ def masquerade() -> Expr:
     return {"masquerade": None}
 
 
+def ret() -> Expr:
+    """``return``: leave this chain (from a chain reached by ``goto``: the base chain's
+    policy decides)."""
+    return {"return": None}
+
+
 def jump(chain: str) -> Expr:
     return {"jump": {"target": _name(chain, "chain")}}
 

@@ -35,6 +35,7 @@ from cnm import inputs, names
 from cnm.driverapi import OPT_JOIN_IFNAME
 from cnm.errors import CNMError, Conflict, InvalidOption, NotFound, StoreUnavailable
 from cnm.osl import lbns, nft, plumbing
+from cnm.osl import nftjson as j
 from cnm.osl.netns import netns_exists
 from cnm.records import EndpointRecord, NetworkRecord
 from cnm.services import model, rules
@@ -49,6 +50,7 @@ log = logging.getLogger(__name__)
 
 LB_KEY = "lb/networks/"  # this host's load balancer per network (watched by the resolver)
 INGRESS_KEY = "lb/ingress"
+FAST_KEY = "lb/fast"  # what the host's fast-path table holds (its plan's fingerprint)
 AGENT_KEY = "lb/agent"
 DEFAULT_DRAIN = 10.0  # seconds a leaving backend's open TCP connections may take
 DRAIN_POLL = 0.05
@@ -372,7 +374,9 @@ class Services:
         entry = ctl.local.get(f"networks/{nid}")
         if entry is None:
             self._teardown(nid, state)
-            return self._write_state(nid, None)
+            revision = self._write_state(nid, None)
+            self._apply_fast(False)
+            return revision
         net = NetworkRecord.from_dict(entry.value)
         space = self.space(nid, net)
         services = space.services()
@@ -398,10 +402,19 @@ class Services:
             # Kernel work only for what changed (a backend change is one nft transaction),
             # everything when forced (a restart, a full resync).
             made = force or bool(new_state.get("made"))
+            bridge = self._services_bridge(net)
+            if bridge is not None:
+                new_state["fast"] = {"bridge": bridge, "services": [
+                    _plan_record(s) for s in plan.services]}
+            jobs: list[tuple[str | None, list[j.Command], str]] = []
             if made or fingerprint != state.get("rules"):
                 chains, sets = rules.lb_ruleset(plan)
-                nft.replace_table(path, rules.FAMILY, rules.LB_TABLE, chains, sets,
-                                  what=f"load balancer of network {net.name}")
+                jobs.append((path, j.replace_table(rules.FAMILY, rules.LB_TABLE, chains, sets),
+                             f"load balancer of network {net.name}"))
+            # The host's fast path changes with the balancer's: both transactions at once.
+            fast_jobs, fast_done = self._fast_change(self._fast_plan(nid, new_state), False)
+            nft.load_many(jobs + fast_jobs)
+            fast_done()
             new_state["vips"] = [str(v) for v in plan.vips()]
             if made or new_state["vips"] != state.get("vips"):
                 lbns.set_vips(path, plan.vips())
@@ -427,8 +440,56 @@ class Services:
         if space.scope is not None:
             self._publish(space, nid)
         revision = self._write_state(nid, new_state)
+        if not vip_services and state.get("fast"):
+            self._apply_fast(False)
         self._apply_ingress(False)
         return revision
+
+    def _services_bridge(self, net: NetworkRecord) -> str | None:
+        try:
+            return self.ctl.driver(net.driver).services_bridge(net.id)
+        except CNMError:
+            return None  # a driver that is away: its network keeps the balancer's path
+
+    def _fast_plan(self, nid: str | None = None,
+                   state: dict[str, Any] | None = None) -> rules.FastPlan:
+        """The host's fast path, from every network's state (``state``: network ``nid``'s
+        new one, not yet written)."""
+        states = {e.key[len(LB_KEY):]: e.value for e in self.ctl.local.list(LB_KEY)}
+        if nid is not None:
+            states[nid] = state or {}
+        return rules.FastPlan(tuple(
+            _fast_network(key, states[key]["fast"]) for key in sorted(states)
+            if states[key].get("fast")))
+
+    def _fast_change(self, plan: rules.FastPlan, force: bool
+                     ) -> tuple[list[tuple[str | None, list[j.Command], str]], Any]:
+        """The transaction that loads ``plan`` into the host's table (none when it holds
+        it already), and what to call once it is loaded."""
+        previous = self.ctl.local.get(FAST_KEY)
+        have = previous.value.get("rules") if previous is not None else None
+        want = _fingerprint(plan) if plan.networks else None
+        if not force and have == want:
+            return [], lambda: None
+        if want is None:
+            commands = j.delete_table(rules.FAMILY, rules.SERVICES_TABLE)
+        else:
+            chains, sets = rules.fast_ruleset(plan)
+            commands = j.replace_table(rules.FAMILY, rules.SERVICES_TABLE, chains, sets)
+
+        def done() -> None:
+            if want is None:
+                self.ctl.local.delete(FAST_KEY)
+            else:
+                self.ctl.local.put(FAST_KEY, {"rules": want})
+
+        return [(self.ctl.host_ns, commands, "the load balancers' fast path")], done
+
+    def _apply_fast(self, force: bool) -> None:
+        """The host's fast-path table, from every network's state as written."""
+        jobs, done = self._fast_change(self._fast_plan(), force)
+        nft.load_many(jobs)
+        done()
 
     def _write_state(self, nid: str, state: dict[str, Any] | None) -> int:
         key = LB_KEY + nid
@@ -599,6 +660,7 @@ class Services:
         if force:
             with lbns.lock(self.ctl.host_ns):
                 self._apply_ingress(True)
+                self._apply_fast(True)
         return problems
 
     def _needs_repair(self, nid: str) -> bool:
@@ -627,11 +689,28 @@ class Services:
                     if entry.value.get("network") == nid:
                         space.store.delete(entry.key)
             self._apply_ingress(False)
+            self._apply_fast(False)
 
 
 def _seed(service_id: str) -> int:
     """A fixed hash seed per service: a restart keeps every client on its backend."""
     return int(hashlib.sha256(service_id.encode()).hexdigest()[:8], 16)
+
+
+def _plan_record(service: rules.ServicePlan) -> dict[str, Any]:
+    """A service's plan as the store keeps it (the fast path's, in the network's state)."""
+    return {"id": service.id, "vip": str(service.vip), "balance": service.balance,
+            "ports": [[p.proto, p.port] for p in service.ports], "seed": service.seed,
+            "backends": [str(b) for b in service.backends]}
+
+
+def _fast_network(nid: str, fast: dict[str, Any]) -> rules.FastNetwork:
+    return rules.FastNetwork(nid, str(fast["bridge"]), tuple(
+        rules.ServicePlan(str(s["id"]), IPv4(s["vip"]),
+                          tuple(model.Port(proto, int(port)) for proto, port in s["ports"]),
+                          str(s["balance"]), tuple(IPv4(b) for b in s["backends"]),
+                          int(s["seed"]))
+        for s in fast["services"]))
 
 
 def _fingerprint(plan: Any) -> str:

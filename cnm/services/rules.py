@@ -25,6 +25,23 @@ address brings the backend's reply back through the same namespace (as libnetwor
 load balancer in NAT mode and Docker's ingress do), so the client sees the VIP answer.
 The namespace forwards only what it translated.
 
+On a bridge network the host's own table ``ip pycnm-services`` carries the same
+translation (the fast path: no hop through the load-balancer namespace). Frames between
+two ports of a bridge pass the host's IP hooks through br_netfilter, with the bridge as
+their input interface; a DNAT there is routed back onto the same bridge and sent on to
+the backend's port with the backend's MAC, and conntrack undoes it on the replies:
+
+    chain prerouting (nat, dstnat):   iifname BRIDGE ip daddr . meta l4proto . th dport
+                                          vmap @ips-NID                 (one per network)
+    map ips-NID       VIP . PROTO . PORT : goto svc-ID
+    chain svc-ID:     ip saddr { BACKENDS } return
+                      counter dnat to numgen inc mod N map { ... }      (as above)
+
+A backend's own connection to its VIP (hairpin) returns and goes on, as everything the
+fast path does not translate, to the load-balancer namespace (a backend picked for
+itself must see another source address than its own: the balancer's SNAT). So does a
+connection to a service without backends or to a port it does not have: refused there.
+
 On the host, table ``ip pycnm-ingress`` publishes service ports (the routing mesh):
 
     chain prerouting (nat, dstnat):   fib daddr type local tcp dport HOSTPORT dnat to VIP:PORT
@@ -50,6 +67,7 @@ from cnm.services.model import Port, Proto
 
 LB_TABLE = "pycnm-lb"
 INGRESS_TABLE = names.NFT_INGRESS_TABLE
+SERVICES_TABLE = names.NFT_SERVICES_TABLE
 FAMILY: j.Family = "ip"
 SERVICE_MAP = "service-ips"
 LEG = "eth0"
@@ -74,6 +92,20 @@ class LbPlan:
 
     def vips(self) -> list[IPv4]:
         return sorted({s.vip for s in self.services})
+
+
+@dataclass(frozen=True)
+class FastNetwork:
+    """A bridge network's services as the host's fast path serves them."""
+
+    id: str  # the network's id (its first 10 characters name its map)
+    bridge: str
+    services: tuple[ServicePlan, ...]
+
+
+@dataclass(frozen=True)
+class FastPlan:
+    networks: tuple[FastNetwork, ...]
 
 
 @dataclass(frozen=True)
@@ -127,6 +159,32 @@ def lb_ruleset(plan: LbPlan) -> tuple[list[j.Chain], list[j.NamedSet]]:
             j.rule(j.match_ct_status("dnat"), j.accept())]),
     ]
     return base + chains, sets
+
+
+def fast_ruleset(plan: FastPlan) -> tuple[list[j.Chain], list[j.NamedSet]]:
+    """The host's ``ip pycnm-services`` table (see the module's notes)."""
+    prerouting: list[j.Rule] = []
+    chains: list[j.Chain] = []
+    sets: list[j.NamedSet] = []
+    for net in plan.networks:
+        elements: list[list[object]] = []
+        for service in net.services:
+            if not service.backends:
+                continue  # refused by the load-balancer namespace
+            svc = f"svc-{service.id}"
+            chains.append(j.Chain(svc, None, [
+                j.rule(j.match_addr_in("saddr", service.backends), j.ret()),
+                j.rule(j.counter(), _balance(service))]))
+            elements += [j.goto_element(j.service_key(service.vip, p.proto, p.port), svc)
+                         for p in service.ports]
+        if not elements:
+            continue
+        name = f"ips-{names.short(net.id, names.KERNEL_ID_CHARS)}"
+        sets.append(j.NamedSet(name, ("ipv4_addr", "inet_proto", "inet_service"),
+                               tuple(elements), map_type="verdict"))
+        prerouting.append(j.rule(j.match_ifname("iifname", net.bridge),
+                                 j.vmap_lookup(j.service_key_expr(), name)))
+    return [j.Chain("prerouting", j.nat_hook("prerouting"), prerouting), *chains], sets
 
 
 def ingress_ruleset(plan: IngressPlan) -> list[j.Chain]:

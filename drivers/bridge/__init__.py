@@ -192,6 +192,10 @@ class BridgeDriver(Driver):
     def _exists(self, nid: str) -> bool:
         return self.ctx.store.get(f"networks/{nid}") is not None
 
+    def services_bridge(self, nid: str) -> str | None:
+        network = self._network(nid)
+        return network["bridge"] if any(d.get("gateway") for d in network["ipv4"]) else None
+
     def endpoints_isolated(self, nid: str) -> bool:
         return not self._network(nid)["options"]["icc"]
 

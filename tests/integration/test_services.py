@@ -85,6 +85,23 @@ def icmp_redirects_sent(netns: str) -> int:
     return int(values[names.index("OutRedirects")])
 
 
+def ip_packets_received(netns: str) -> int:
+    """The IPv4 packets namespace ``netns`` has received (/proc/net/snmp Ip InReceives:
+    ARP is not counted)."""
+    snmp = subprocess.run(["ip", "netns", "exec", netns, "cat", "/proc/net/snmp"],
+                          capture_output=True, text=True, check=True).stdout
+    names, values = [line.split()[1:] for line in snmp.splitlines() if line.startswith("Ip:")]
+    return int(values[names.index("InReceives")])
+
+
+def fast_path_translations(host_ns: str) -> int:
+    """The connections the host's fast path has translated (its rules' counters)."""
+    listed = subprocess.run(["ip", "netns", "exec", host_ns, "nft", "-j", "list", "table",
+                             "ip", "pycnm-services"], capture_output=True, text=True, check=True)
+    return sum(expr["counter"]["packets"] for item in json.loads(listed.stdout)["nftables"]
+               for expr in item.get("rule", {}).get("expr", ()) if "counter" in expr)
+
+
 # --- balancing -------------------------------------------------------------------------
 
 
@@ -234,6 +251,43 @@ def test_dnsrr_names_the_backends_shuffled_and_makes_no_balancer(lab, servers) -
                 and n.endswith(lab.name)]
 
 
+# --- the fast path on a bridge ----------------------------------------------------------
+
+
+def test_a_client_on_the_bridge_skips_the_balancer_and_a_backend_does_not(
+        lab, servers) -> None:
+    setup = three_backends(lab, servers, "10.82.0.0/24")
+    vip = vip_of(setup)
+    balancer = setup.inspect("web")["LoadBalancer"]["Namespace"]
+    client = lab.sandbox(unique("cli"), setup.network)
+    assert spread(client, vip, 80, 1)  # the client has the VIP's neighbour entry now
+    received, translated = ip_packets_received(balancer), fast_path_translations(lab.name)
+    counts = spread(client, vip, 80, 60)
+    udp = spread(client, vip, 53, 30, proto="udp")
+    assert set(counts) == set(setup.backends) and sorted(counts.values()) == [20, 20, 20]
+    assert set(udp) == set(setup.backends) and sorted(udp.values()) == [10, 10, 10]
+    # Not one IPv4 packet of those 90 connections entered the balancer's namespace: the
+    # host translated each one (its counters) and the bridge took it to the backend.
+    assert ip_packets_received(balancer) == received
+    assert fast_path_translations(lab.name) - translated == 90
+    # A backend reaching its own VIP is left to the balancer (hairpin: SNAT there).
+    first = setup.backends[next(iter(setup.backends))]
+    counts = spread(first, vip, 80, 30)
+    assert set(counts) == set(setup.backends) and sorted(counts.values()) == [10, 10, 10]
+    assert ip_packets_received(balancer) > received
+    assert fast_path_translations(lab.name) - translated == 90
+    # Leaving: at once out of the fast path too; the service's last backend gone, the
+    # connections are refused (by the balancer), and nothing is left in the host's table.
+    for name in list(setup.backends)[:2]:
+        lab.pycnm("detach", setup.network, name, "--drain", "0")
+    last = list(setup.backends)[2]
+    assert spread(client, vip, 80, 12) == {last: 12}
+    lab.pycnm("detach", setup.network, last, "--drain", "0")
+    assert spread(client, vip, 80, 3) == {"<refused>": 3}
+    lab.pycnm("service", "rm", "web")
+    assert ("ip", "pycnm-services") not in nft.list_tables(named_netns_path(lab.name))
+
+
 # --- ingress ----------------------------------------------------------------------------
 
 
@@ -265,7 +319,9 @@ def test_agent_sigkill_keeps_the_service_and_its_successor_repairs_and_updates(
     lab.stop_agent(signal.SIGKILL)
     assert sorted(spread(client, vip, 80, 30).values()) == [10, 10, 10]  # still served
     balancer = setup.inspect("web")["LoadBalancer"]["Namespace"]
-    nft.delete_table(named_netns_path(balancer), "ip", "pycnm-lb")  # lost while it was away
+    # Lost while it was away: the balancer's table and the host's fast path.
+    nft.delete_table(named_netns_path(balancer), "ip", "pycnm-lb")
+    nft.delete_table(named_netns_path(lab.name), "ip", "pycnm-services")
     assert spread(client, vip, 80, 2) == {"<refused>": 2}
     lab.start_agent()  # returns once its first sync (every table loaded again) is done
     counts = spread(client, vip, 80, 30)
