@@ -118,6 +118,33 @@ def test_no_backend_means_no_translation_and_a_refusal() -> None:
                       {"reject": {"type": "icmp", "expr": "port-unreachable"}}]
 
 
+def test_fast_path_rules_match_the_bridge_and_leave_hairpin_and_empty_services_out() -> None:
+    empty = rules.ServicePlan("bbbbbbbbbbbb", IP("10.1.0.101"), (Port("tcp", 80),), "rr", (), 1)
+    fast = rules.FastPlan((
+        rules.FastNetwork("0123456789abcdef", "pcbr-0123456789", (*plan().services, empty)),
+        rules.FastNetwork("fedcba9876543210", "pcbr-fedcba9876", (empty,)),
+    ))
+    chains, sets = rules.fast_ruleset(fast)
+    by_name = {c.name: c for c in chains}
+    assert [s.name for s in sets] == ["ips-0123456789"]  # the other network: nothing to do
+    assert [e[0]["concat"][0] for e in sets[0].elements] == ["10.1.0.100", "10.1.0.100"]
+    assert set(by_name) == {"prerouting", "svc-aaaaaaaaaaaa"}  # no chain for no backend
+    (match_bridge, lookup), = [r.exprs for r in by_name["prerouting"].rules]
+    assert match_bridge == {"match": {"op": "==", "left": {"meta": {"key": "iifname"}},
+                                      "right": "pcbr-0123456789"}}
+    assert lookup["vmap"]["data"] == "@ips-0123456789"
+    hairpin, spread = by_name["svc-aaaaaaaaaaaa"].rules
+    assert hairpin.exprs == (
+        {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}},
+                   "right": {"set": ["10.1.0.10", "10.1.0.11", "10.1.0.12"]}}},
+        {"return": None})
+    assert spread.exprs[0] == {"counter": None}
+    assert spread.exprs[1]["dnat"]["addr"]["map"]["key"]["numgen"]["mode"] == "inc"
+    json.dumps(j.replace_table("ip", "pycnm-services", chains, sets))
+    chains, sets = rules.fast_ruleset(rules.FastPlan(()))
+    assert [(c.name, c.rules) for c in chains] == [("prerouting", [])] and sets == []
+
+
 def test_ingress_rules() -> None:
     chains = rules.ingress_ruleset(rules.IngressPlan(
         (rules.IngressPort("tcp", 8080, IP("10.1.0.100"), 80),),
