@@ -18,6 +18,9 @@ store in a temporary folder), removed at the end.
    - ``vip``: the VIP of a service whose only backend is backend 1 (pycnm's path on a
      bridge: the host's fast path DNATs the bridged frame to backend 1, no hop through
      the load-balancer namespace; see docs/services.md);
+   - ``vip, balancer``: the same through the load-balancer namespace, for comparison: a
+     second service with the same single backend, left out of the host's fast path
+     (the path every connection took before it, and hairpin and other drivers take);
    - ``vip x3``: the VIP of a service over all three backends (round robin);
    - ``per-client DNAT``: the design pycnm did not choose, for comparison: a DNAT to
      backend 1 in the client's own namespace (nat output hook), no load balancer.
@@ -169,7 +172,7 @@ def data_path(ctl: Controller, net: str, args: argparse.Namespace,
     backends = []
     for i in range(3):
         sb = ctl.new_sandbox(f"be{i}-{uuid.uuid4().hex[:4]}")
-        services = ["one", "three"] if i == 0 else ["three"]
+        services = ["one", "one-lb", "three"] if i == 0 else ["three"]
         ep = ctl.network(net).create_endpoint(sb.name, services=services)
         ep.join(sb)
         netns = f"pcsb-{sb.name}"
@@ -193,9 +196,11 @@ def data_path(ctl: Controller, net: str, args: argparse.Namespace,
             j.rule(j.match_addr("daddr", SPARE_VIP), j.match_l4proto("tcp"),
                    j.dnat(ipaddress.IPv4Address(backends[0][1])))])],
         what="per-client DNAT")
+    _skip_fast_path(ctl, net, ctl.service("one-lb").record.id)
     targets = {
         "direct": backends[0][1],
         "vip": str(ctl.service("one").vip),
+        "vip, balancer": str(ctl.service("one-lb").vip),
         "vip x3": str(ctl.service("three").vip),
         "per-client DNAT": str(SPARE_VIP),
     }
@@ -245,12 +250,27 @@ def data_path(ctl: Controller, net: str, args: argparse.Namespace,
               f"{percentile(latencies[key], 0.99) * 1000:>10.3f}"
               f"{statistics.median(faster):>13.3f} {lat_spread:<12}   "
               + ", ".join(f"{k} {v}" for k, v in sorted(seen[key].items())))
-    extra = {server: (statistics.median(latencies[(server, "vip")])
-                      - statistics.median(latencies[(server, "direct")])) * 1e6
-             for server in SERVERS}
-    print("the VIP adds, per connection (p50 over p50): "
-          + ", ".join(f"{k} {v:.0f} us" for k, v in extra.items()))
+    for what in ("vip", "vip, balancer"):
+        extra = {server: (statistics.median(latencies[(server, what)])
+                          - statistics.median(latencies[(server, "direct")])) * 1e6
+                 for server in SERVERS}
+        print(f"{what} adds, per connection (p50 over p50): "
+              + ", ".join(f"{k} {v:.0f} us" for k, v in extra.items()))
     return ratio
+
+
+def _skip_fast_path(ctl: Controller, net: str, service_id: str) -> None:
+    """Load the host's fast-path table without one service: its connections then take
+    the load-balancer namespace (no apply runs during the data path to put it back)."""
+    plan = Services(ctl)._fast_plan()
+    kept = rules.FastPlan(tuple(
+        rules.FastNetwork(n.id, n.bridge, tuple(s for s in n.services if s.id != service_id))
+        for n in plan.networks))
+    if kept == plan:
+        raise NothingMeasured(f"network {net} has no fast path to leave a service out of")
+    chains, sets = rules.fast_ruleset(kept)
+    nft.replace_table(ctl.host_ns, rules.FAMILY, rules.SERVICES_TABLE, chains, sets,
+                      what="the fast path without one service")
 
 
 def apply_time(ctl: Controller, net: str, args: argparse.Namespace) -> float:
@@ -350,6 +370,7 @@ def main() -> int:
         try:
             ctl.new_network("bench", subnet=str(SUBNET))
             ctl.new_service("one", "bench", ["80/tcp", "81/tcp"])
+            ctl.new_service("one-lb", "bench", ["80/tcp", "81/tcp"])
             ctl.new_service("three", "bench", ["80/tcp", "81/tcp"])
             ratio = data_path(ctl, "bench", args, servers)
             ctl.new_network("busy", subnet="10.99.0.0/22")
