@@ -73,6 +73,7 @@ from cnm.store.base import Store
 from drivers.common import ipam_record, mac_from_ip, mac_option
 from drivers.overlay import cluster, dataplane, options
 from drivers.overlay.cluster import Cluster, OverlaySpec
+from drivers.overlay.publisher import Publisher
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,8 @@ class OverlayDriver(Driver):
         # Joins are hot: netlink handles in each overlay namespace stay open between them.
         self._pools: dict[str, NetlinkPool] = {}
         self._pools_lock = threading.Lock()
+        # Joins publish their endpoint after they return; withdrawals wait for it.
+        self._publisher = Publisher(f"pycnm-overlay-publish-{ctx.host_id}")
 
     def _ovl(self, ns_name: str) -> NetlinkPool:
         with self._pools_lock:
@@ -271,6 +274,7 @@ class OverlayDriver(Driver):
             return
         rec = self.local_network(nid)
         if rec is not None:
+            self._publisher.flush()  # its put, if still queued, goes out before the delete
             self.cluster.withdraw(rec["overlay"], eid)
             dataplane.unplug_veth(rec["netns"], entry.value["host_veth"])
         self.ctx.store.delete(key)
@@ -306,10 +310,12 @@ class OverlayDriver(Driver):
                                     sandbox_key if direct else self.ctx.host_ns, ep["mac"],
                                     net["mtu"])
             undo.callback(dataplane.unplug_veth, net["netns"], ep["host_veth"])
-            self._publish(net, ep, self._lease())
-            ep["joined"] = True
+            ep["joined"] = True  # first: the agent republishes what the local store says
             self.ctx.store.put(f"endpoints/{nid}/{eid}", ep)
             undo.pop_all()
+        # Off the join's path (``publisher``): peers learn of it a round trip later.
+        self._publisher.submit(f"endpoint {eid[:12]} of overlay {net['overlay']}",
+                               lambda: self._publish(net, ep, self._lease()))
         internal = bool(net["options"].get("internal"))
         return JoinInfo(src_name=peer, disable_gateway_service=internal, placed=bool(direct))
 
@@ -318,6 +324,7 @@ class OverlayDriver(Driver):
         rec = self.local_network(nid)
         if entry is None or rec is None:
             return
+        self._publisher.flush()  # its put, if still queued, goes out before the delete
         self.cluster.withdraw(rec["overlay"], eid)
         dataplane.unplug_veth(rec["netns"], entry.value["host_veth"])
         if entry.value.get("joined"):
@@ -396,7 +403,12 @@ class OverlayDriver(Driver):
     def agent(self) -> Any:
         return self._agent
 
+    def flush(self) -> None:
+        """Return once every endpoint joined so far has been published (or failed to)."""
+        self._publisher.flush()
+
     def close(self) -> None:
+        self._publisher.close()  # a CLI that attached has published before it exits
         if self._agent is not None:
             self._agent.stop()
             self._agent = None
