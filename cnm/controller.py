@@ -35,6 +35,7 @@ from cnm.errors import (
     StoreUnavailable,
 )
 from cnm.ipam import Ipam
+from cnm.ipam.blocks import LocalBlocks
 from cnm.network import Network
 from cnm.osl import plumbing, reaper
 from cnm.osl.netns import create_named_netns, delete_named_netns, netns_exists
@@ -111,7 +112,12 @@ class Controller:
         self.local = PrefixedStore(self.local_store, f"local/{self.host_id}/")
         self.ipam = Ipam(PrefixedStore(self.local_store, f"local/{self.host_id}/"),
                          self._host_prefixes)
-        self.global_ipam = Ipam(PrefixedStore(self.store, "global/"), self._host_prefixes)
+        # With a cluster store, this host hands cluster-wide addresses out from blocks it
+        # holds, kept in its local store (``cnm.ipam.blocks``): no round trip per address.
+        blocks = LocalBlocks(self.local, self.host_id) if self.local_store is not self.store \
+            else None
+        self.global_ipam = Ipam(PrefixedStore(self.store, "global/"), self._host_prefixes,
+                                blocks)
         self._drivers: dict[str, Driver] = {}
         self._drivers_lock = threading.Lock()
         self._dns: Any = None

@@ -53,6 +53,7 @@ class PoolState:
     cursor: int | None = None
     gateway: str | None = None
     refs: int = 1
+    blocks: dict[int, str] = field(default_factory=dict)  # block index -> owning host
     dirty: bool = False
 
     @classmethod
@@ -67,6 +68,7 @@ class PoolState:
             cursor=value.get("cursor"),
             gateway=value.get("gateway"),
             refs=value.get("refs", 1),
+            blocks={int(k): h for k, h in value.get("blocks", {}).items()},
             dirty=legacy,
         )
 
@@ -77,6 +79,8 @@ class PoolState:
             "ip_range": None if self.ip_range is None else str(self.ip_range),
             "runs": R.encode(self.runs), "cursor": self.cursor, "gateway": self.gateway,
             "refs": self.refs,
+            **({"blocks": {str(k): h for k, h in sorted(self.blocks.items())}}
+               if self.blocks else {}),
         }
 
     # --- addresses ----------------------------------------------------------------------
@@ -112,14 +116,20 @@ class PoolState:
         the subnet's first host address even with an ip-range), cursor left alone."""
         rng = None if whole_subnet else self.ip_range
         low, high = P.range_bounds(self.subnet, rng)
+        busy = self._busy()
         if whole_subnet:
-            offset = R.first_free(self.runs, low, high)
+            offset = R.first_free(busy, low, high)
         else:
             start = low if self.cursor is None else self.cursor + 1
-            offset = R.next_free(self.runs, low, high, start)
+            offset = R.next_free(busy, low, high, start)
         if offset is None:
             where = f"subnet {self.subnet}" if rng is None else \
                 f"ip-range {rng} of subnet {self.subnet}"
+            if self.blocks and not whole_subnet:
+                raise PoolExhausted(
+                    f"no free address left in {where} for this host: the rest is in blocks "
+                    "other hosts hand addresses out from"
+                )
             raise PoolExhausted(
                 f"no free address left in {where}: all {high - low + 1} are in use"
             )
@@ -128,6 +138,25 @@ class PoolState:
             self.cursor = offset
         self.dirty = True
         return offset
+
+    def _busy(self) -> R.Runs:
+        """What a search here must skip: the addresses handed out through this record and
+        every block a host hands addresses out from itself (``cnm.ipam.blocks``)."""
+        if not self.blocks:
+            return self.runs
+        busy = [list(run) for run in self.runs]
+        size = block_size(self.subnet, self.ip_range) or 1
+        for index in self.blocks:
+            for offset in range(index * size, (index + 1) * size):
+                R.add(busy, offset)
+        return busy
+
+    def block_of(self, offset: int) -> int | None:
+        """The index of the block holding ``offset``, if a host has claimed it."""
+        size = block_size(self.subnet, self.ip_range)
+        if size is None or offset // size not in self.blocks:
+            return None
+        return offset // size
 
     def take_gateway(self, address: str | P.IPAddress | None) -> int:
         """The pool's one gateway: reserved by the first request (``address``, or the
@@ -160,3 +189,28 @@ class PoolState:
 
     def addresses(self) -> set[P.IPAddress]:
         return {P.address_at(self.subnet, offset) for offset in R.offsets(self.runs)}
+
+
+MAX_BLOCK = 64  # addresses per block at most (Calico's default block is a /26)
+MIN_BLOCK = 4  # below this, addresses are claimed one by one in the cluster store
+BLOCKS_PER_POOL = 16  # blocks a pool is cut into at least, so many hosts get one
+
+
+def block_size(subnet: P.IPNetwork, ip_range: P.IPNetwork | None) -> int | None:
+    """How many addresses a host claims at once from a cluster-wide pool (a power of two,
+    blocks aligned on it), or None when the range is too small for blocks: then every
+    address is claimed in the cluster store, so two hosts can share a /29."""
+    low, high = P.range_bounds(subnet, ip_range)
+    fits = min(MAX_BLOCK, (high - low + 1) // BLOCKS_PER_POOL)
+    if fits < MIN_BLOCK:
+        return None
+    return 1 << (fits.bit_length() - 1)
+
+
+def block_indexes(low: int, high: int, size: int) -> range:
+    """The blocks hosts may claim in the range ``low..high``: those of its upper half.
+    The lower half is claimed address by address in the cluster record (explicit
+    addresses, commonly chosen low, and dynamic ones once no block is left), so an
+    explicit address there never falls in a block another host hands out from."""
+    middle = low + (high - low + 1) // 2
+    return range(-(-middle // size), high // size + 1)

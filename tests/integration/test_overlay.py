@@ -330,12 +330,16 @@ def test_etcd_down_fails_fast_keeps_forwarding_and_the_hosts_catch_up(tmp_path) 
             wait_for(lambda: has_remote(lab, h1, pair.vni, C2_IP), 10, what="h1 to learn C2")
 
             etcd.stop()
-            # The host's own records are local: a sandbox can still be made...
+            # The host's own records are local, and so are the addresses of the block h1
+            # holds: a sandbox can still be made and attached; its publication waits for
+            # the cluster (h1's agent publishes it when etcd is back)...
+            _, ip8 = pair.sandbox(h1, "c8")
+            # ...but an address from the cluster record (an explicit one in the lower half
+            # of the range, never in a block) needs etcd: one sentence, nothing half-made.
             c9 = f"c9{lab.tag}"
             lab.pycnm(h1, "sandbox", "create", c9)
-            # ...but joining the overlay needs the cluster: one sentence, nothing half-made.
             started = time.monotonic()
-            result = lab.pycnm(h1, "attach", "ovnet", c9, check=False)
+            result = lab.pycnm(h1, "attach", "ovnet", c9, "--ip", "10.0.0.9", check=False)
             elapsed = time.monotonic() - started
             assert result.returncode != 0
             assert "etcd" in result.stderr and "Traceback" not in result.stderr
@@ -361,6 +365,10 @@ def test_etcd_down_fails_fast_keeps_forwarding_and_the_hosts_catch_up(tmp_path) 
             wait_for(lambda: has_remote(lab, h1, pair.vni, C2_IP), 30,
                      what="h1 to resync after etcd came back")
             assert ping_eventually(c1, C2_IP)
+            # h1's agent published C8, attached while etcd was down: h2 learns it.
+            wait_for(lambda: has_remote(lab, h2, pair.vni, ip8), 30,
+                     what="h2 to learn C8, attached while etcd was down")
+            assert ping_eventually(c2, ip8)
             # The watches work again: a new endpoint on h2 reaches h1.
             c3, ip3 = pair.sandbox(h2, "c3")
             wait_for(lambda: has_remote(lab, h1, pair.vni, ip3), 10, what="h1 to learn C3")
