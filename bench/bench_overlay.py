@@ -106,7 +106,6 @@ class AttachSplit:
             (drivers.overlay.OverlayDriver, "join", "  the driver's join"),
             (drivers.bridge.BridgeDriver, "join", "  the driver's join"),
             (dataplane, "plug_veth", "    veth into br0 (kernel)"),
-            (drivers.overlay.OverlayDriver, "_publish", "    publish the endpoint (etcd)"),
             (plumbing, "configure_inside", "  address, up, routes (kernel)"),
             (cnm.sandbox.Sandbox, "_write_files", "  the sandbox's files"),
             (cnm.controller.Controller, "settle_dns", "  wait for the resolver"),
