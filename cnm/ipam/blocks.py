@@ -3,7 +3,8 @@
 Asking etcd for every address cost an overlay attach two round trips (a read and a
 compare-and-swap of the pool's record, 3 ms of 15). As Calico does with its per-host
 IPAM blocks, a host instead claims a block of the pool (``allocator.block_size``: a
-power of two up to 64, aligned) in the pool's cluster record (``blocks``: index -> host,
+power of two up to 64, aligned, from the upper half of the range only:
+``allocator.block_indexes``) in the pool's cluster record (``blocks``: index -> host,
 a compare-and-swap like any other change of the record), and hands its addresses out
 from its own local store, the host's SQLite file, with no cluster round trip. It claims
 the next block when its blocks are full.
@@ -16,15 +17,15 @@ Who may hand out which address, so that no address is handed out twice across ho
 - any other address: the cluster record, as before (``Ipam._change``), whose searches
   skip every claimed block: the pool's gateway, an address asked for by a host whose
   blocks and the free blocks are used up, an explicit address (``--ip``) outside blocks.
-  An explicit address in this host's block is taken from the block; one in another
-  host's block is refused (Docker's advice holds: give static addresses from outside
-  ``--ip-range``, the range blocks are cut from).
+  An explicit address in the lower half of the range is never in a block; one in this
+  host's block is taken from the block; one in another host's block is refused
+  (Docker's advice holds: give static addresses outside ``--ip-range``).
 - a pool too small for blocks (under 64 addresses in its range) has none: every address
   is claimed in the cluster record, so two hosts can both take addresses in a /29.
 
 A released address goes back to its block (and is handed out again when this host's
 serial search wraps around); a block left empty goes back to the pool, unless it is the
-host's last one of that pool; a host's network leaving the pool gives all its blocks back.
+host's last one of that pool; a host's network leaving the pool gives its empty blocks back.
 Blocks are the host's, not leased: a host whose agent was away longer than its lease still
 has containers holding those addresses.
 """
