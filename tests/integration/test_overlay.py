@@ -245,6 +245,46 @@ def test_no_address_is_handed_out_twice_when_hosts_allocate_at_once(pair: Pair) 
     assert len(set(addresses)) == len(addresses), "an address was handed out twice"
 
 
+def test_a_join_detached_at_once_leaves_no_published_record_and_a_join_is_published(
+        pair: Pair) -> None:
+    """The publication runs after the join returns (drivers/overlay/publisher.py): a detach
+    right after the join must still find, and withdraw, what the join publishes."""
+    lab = pair.lab
+    ctl = lab.controller(pair.h1, reconcile=False)
+    prefix = f"global/drivers/overlay/overlays/{pair.overlay}/endpoints/"
+    try:
+        net = ctl.network(pair.net)
+        publisher = ctl.driver("overlay")._publisher
+        left = []
+        for i in range(15):
+            sb = ctl.new_sandbox(f"q{i}{lab.tag}")
+            ep = net.create_endpoint(sb.name)
+            # A slow cluster: the join's put waits behind this one, so the detach comes
+            # before it unless the detach waits for it.
+            publisher.submit("a slow write", lambda: time.sleep(0.05))
+            ep.join(sb)
+            ep.leave()
+            left.append((ep.id, ep.record.address.split("/")[0]))
+        published = {e.key.rsplit("/", 1)[1] for e in ctl.store.list(prefix)}
+        assert not published & {eid for eid, _ in left}, \
+            "a detached endpoint's record stayed in etcd"
+        sb = ctl.new_sandbox(f"qj{lab.tag}")
+        ep = net.create_endpoint(sb.name)
+        ep.join(sb)
+        ctl.driver("overlay").flush()
+        record = ctl.store.get(prefix + ep.id)
+        assert record is not None and record.value["ip"] == ep.record.address.split("/")[0]
+        wait_for(lambda: has_remote(lab, pair.h2, pair.vni, record.value["ip"]), 10,
+                 what="h2 to learn the joined endpoint")
+        # h2's agent applies the watch's events in order: it has seen every detach too.
+        learnt = {ip for ip, _ in lab.vtep_entries(pair.h2, pair.vni).neigh}
+        assert not learnt & {ip for _, ip in left}
+    finally:
+        for sandbox in ctl.sandboxes():
+            sandbox.delete()
+        ctl.close()
+
+
 # --- entries go away --------------------------------------------------------------------
 
 
