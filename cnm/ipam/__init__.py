@@ -145,8 +145,10 @@ class Ipam:
                 )
             pool_id = f"{address_space}/{choice}" + (f"/{rng}" if rng else "")
             if shared and pool_id in taken:
-                if self._add_reference(pool_id):
-                    return self.get_pool(pool_id)
+                added = self._add_reference(pool_id)
+                if added is not None:
+                    self._forget_lost_blocks(added)
+                    return _pool(added)
                 continue
             clash = next((pid for pid, net in nets.items() if P.overlapping(choice, [net])), None)
             if clash is not None:
@@ -163,16 +165,36 @@ class Ipam:
                       _pool_key(pool_id): state.to_value()},
             )
             if self.store.commit(txn):
+                self._forget_lost_blocks(state)
                 return _pool(state)
         raise AssertionError("unreachable")  # _attempts raises when the rounds run out
 
-    def _add_reference(self, pool_id: str) -> bool:
+    def _add_reference(self, pool_id: str) -> PoolState | None:
         entry = self.store.get(_pool_key(pool_id))
         if entry is None:
-            return False
+            return None
         state = PoolState.from_value(entry.value)
         state.refs += 1
-        return self.store.cas(_pool_key(pool_id), state.to_value(), entry.revision)
+        return state if self.store.cas(_pool_key(pool_id), state.to_value(), entry.revision) \
+            else None
+
+    def _forget_lost_blocks(self, state: PoolState) -> None:
+        """Drop from this host's local record every block the pool's record does not say is
+        this host's: blocks of an earlier pool of the same id (released by the other hosts
+        while this host still held addresses it had leaked), which would otherwise be
+        handed out again beside another host's. Every network of the host requests its
+        pool before it takes an address, so this runs before any stale block is used."""
+        if self.blocks is None:
+            return
+        owned = {index for index, host in state.blocks.items() if host == self.blocks.host_id}
+
+        def forget(blocks: HostBlocks | None) -> None:
+            for index in [] if blocks is None else list(blocks.held):
+                if index not in owned:
+                    del blocks.held[index]  # type: ignore[union-attr]
+                    blocks.reserved.pop(index, None)  # type: ignore[union-attr]
+
+        self.blocks.update(state.id, forget, _attempts)
 
     def release_pool(self, pool_id: str) -> None:
         """Drop one reference to the pool; the last one frees it, with whatever addresses

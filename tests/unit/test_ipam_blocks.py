@@ -175,3 +175,18 @@ def test_a_hosts_network_leaving_the_pool_gives_its_blocks_back() -> None:
     c.ipams[0].release_pool(pool)
     assert c.store.get("ipam/pools/" + pool.replace("/", "_")) is None
     assert c.locals[0].list("") == []
+
+
+def test_blocks_of_an_earlier_pool_of_the_same_id_are_never_handed_out_again() -> None:
+    c = Cluster(2)
+    pool = c.pool("10.0.0.0/24")
+    c.ipams[0].request_address(pool)  # h0 holds block 16, and never releases .128
+    c.ipams[0].release_pool(pool)  # h0's network goes; the block is not empty: kept
+    c.ipams[1].release_pool(pool)  # the last reference: the pool's record is gone
+    assert c.store.get("ipam/pools/" + pool.replace("/", "_")) is None
+    again = c.pool("10.0.0.0/24")  # the same pool id again, h0 and h1 use it
+    assert again == pool
+    first = {str(c.ipams[1].request_address(pool)) for _ in range(8)}  # h1 takes block 16
+    second = {str(c.ipams[0].request_address(pool)) for _ in range(8)}
+    assert first == {f"10.0.0.{i}" for i in range(128, 136)}
+    assert not first & second, "h0 handed out addresses of its block of the earlier pool"
