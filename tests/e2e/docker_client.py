@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from netns_fixtures.docker import DockerEngine
+from netns_fixtures.docker import DockerEngine, restart_engine
 from netns_fixtures.netns import FIXTURE_PREFIX
 
 IMAGE = "pycnm-busybox:test"
@@ -89,24 +89,36 @@ class Names:
         return self.networks[-1]
 
     def remove(self, docker: Docker) -> None:
-        for chunk in range(0, len(self.containers), 25):
-            docker.run("rm", "-f", *self.containers[chunk:chunk + 25], check=False,
-                       timeout=120)
+        # One container at a time: `docker rm -f A B ...` removes them side by side, and
+        # dockerd 20.10 can then miscount a network's endpoints (moby/moby#43286: "has
+        # active endpoints" with no container left, until dockerd restarts).
+        for name in self.containers:
+            docker.run("rm", "-f", name, check=False, timeout=120)
         failures = []
         for name in self.networks:
-            # Docker may still be releasing the endpoints of containers it just removed:
-            # retry for a while, then say why the network stayed.
-            deadline = time.monotonic() + 30
-            while True:
-                answer = docker.run("network", "rm", name, check=False)
-                if not docker.has_network(name):
-                    break
-                if time.monotonic() > deadline:
-                    failures.append(f"docker network rm {name}: {answer.strip()}")
-                    break
-                time.sleep(0.5)
+            answer = remove_network(docker, name)
+            if answer and "active endpoints" in answer and not docker.network(name).get(
+                    "Containers"):
+                # moby/moby#43286 struck all the same: a restart makes dockerd count again.
+                restart_engine(docker.engine)
+                answer = remove_network(docker, name)
+            if answer:
+                failures.append(f"docker network rm {name}: {answer.strip()}")
         if failures:
             raise AssertionError("; ".join(failures))
+
+
+def remove_network(docker: Docker, name: str, wait: float = 15) -> str | None:
+    """Remove a network, retrying while Docker still releases the endpoints of containers
+    it just removed; None once it is gone, else Docker's last answer."""
+    deadline = time.monotonic() + wait
+    while True:
+        answer = docker.run("network", "rm", name, check=False)
+        if not docker.has_network(name):
+            return None
+        if time.monotonic() > deadline:
+            return answer
+        time.sleep(0.5)
 
 
 def run_container(docker: Docker, name: str, network: str, *extra: str) -> str:
