@@ -34,7 +34,6 @@ else on the machine, and so left alone: the legacy plugin directory ``/run/docke
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import secrets
@@ -49,6 +48,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from netns_fixtures.netns import CommandFailed
+from netns_fixtures.orphans import die_with_parent
 from netns_fixtures.vm import time_factor
 
 CACHE = os.environ.get("PYCNM_CACHE", "/var/cache/pycnm")
@@ -67,7 +67,6 @@ STOP_TIMEOUT = 40.0
 APPLETS = ("sh", "ip", "ping", "nc", "wget", "sleep", "cat", "hostname", "ifconfig",
            "route", "nslookup", "echo", "true", "udhcpc")
 NO_REGISTRY = "http://127.0.0.1:9"  # the discard port: nothing listens there
-_PR_SET_PDEATHSIG = 1
 
 log = logging.getLogger(__name__)
 
@@ -218,13 +217,6 @@ class DockerEngine:
             time.sleep(0.2)
 
 
-def _die_with_parent() -> None:
-    # dockerd gets SIGKILL if the test process dies, so a crashed session leaves no daemon.
-    # (It runs in its own session so that ^C reaches pytest, which then stops it cleanly.)
-    # The signal follows the *thread* that started it: start engines from the main thread.
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
 def _busybox_binary() -> str:
     for path in ("/usr/bin/busybox", "/bin/busybox"):
         if os.path.exists(path):
@@ -310,10 +302,11 @@ def start_daemon(engine: DockerEngine, wait: bool = True,
     if engine.running():
         raise DockerError("dockerd is already running")
     with open(engine.log_path, "ab") as log:
+        # dockerd gets SIGKILL if the test process dies, so a crashed session leaves no
+        # daemon (its own session, so that ^C reaches pytest, which then stops it cleanly).
         engine.process = subprocess.Popen(
-            engine.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            env=_daemon_env(engine.install), start_new_session=True,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509
+            die_with_parent(engine.argv), stdin=subprocess.DEVNULL, stdout=log,
+            stderr=subprocess.STDOUT, env=_daemon_env(engine.install), start_new_session=True,
         )
     if wait:
         engine.wait_ready(timeout)

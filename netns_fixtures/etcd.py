@@ -23,7 +23,6 @@ isolate themselves by key prefix. Tests that stop or kill etcd start their own w
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import ipaddress
 import json
 import shutil
@@ -42,6 +41,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from netns_fixtures.orphans import die_with_parent
 from netns_fixtures.pki import CertificateAuthority, KeyPair
 
 if TYPE_CHECKING:
@@ -49,7 +49,6 @@ if TYPE_CHECKING:
 
 NOT_INSTALLED = "etcd not installed: run scripts/setup.sh"
 START_TIMEOUT = 20.0
-_PR_SET_PDEATHSIG = 1
 
 _FREE_PORTS = """
 import socket, sys
@@ -191,11 +190,11 @@ class EtcdServer:
         with open(self.log_path, "ab") as logfile:
             logfile.write(f"--- pycnm: starting {' '.join(self.command())}\n".encode())
             logfile.flush()
-            self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL,
-                                         stdout=logfile, stderr=subprocess.STDOUT,
-                                         preexec_fn=_die_with_parent if self.die_with_parent
-                                         else None,
-                                         start_new_session=not self.die_with_parent)
+            command = self.command()
+            self.proc = subprocess.Popen(
+                die_with_parent(command) if self.die_with_parent else command,
+                stdin=subprocess.DEVNULL, stdout=logfile, stderr=subprocess.STDOUT,
+                start_new_session=not self.die_with_parent)
 
     def wait_healthy(self, timeout: float = START_TIMEOUT) -> None:
         assert self.proc is not None, "launch() first"
@@ -429,9 +428,3 @@ def _free_ports(address: str, netns: str | None) -> tuple[int, int]:
         one.bind((address, 0))
         two.bind((address, 0))
         return one.getsockname()[1], two.getsockname()[1]
-
-
-def _die_with_parent() -> None:
-    """In the child: get SIGKILL when the test process goes away (no orphaned etcd)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)

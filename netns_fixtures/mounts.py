@@ -22,15 +22,14 @@ holder (by its pid: a process this object started).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
-import signal
 import subprocess
 import sys
 
+from netns_fixtures.orphans import die_with_parent
+
 PLUGINS_DIR = "/run/docker/plugins"
 NETNS_DIR = "/run/netns"
-_PR_SET_PDEATHSIG = 1
 
 # Runs inside the new mount namespace (made by ``unshare --mount --propagation unchanged``,
 # so /run/netns is still a peer of the machine's): make every other mount a slave, put a
@@ -61,19 +60,14 @@ class MountError(RuntimeError):
     """The private mount namespace could not be made; the message says why."""
 
 
-def _die_with_parent() -> None:
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
 class PrivateMounts:
     """One held mount namespace; see the module docstring."""
 
     def __init__(self) -> None:
         self.holder = subprocess.Popen(
-            ["unshare", "--mount", "--propagation", "unchanged", "--", sys.executable, "-c",
-             _HOLDER, NETNS_DIR, PLUGINS_DIR],
+            die_with_parent(["unshare", "--mount", "--propagation", "unchanged", "--",
+                             sys.executable, "-c", _HOLDER, NETNS_DIR, PLUGINS_DIR]),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - no orphaned namespace
         )
         assert self.holder.stdout is not None
         line = self.holder.stdout.readline().strip()

@@ -23,12 +23,10 @@ finally the lab's folder. Removing a lab that is not there is success.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import re
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -65,6 +63,7 @@ from netns_fixtures.lab.state import (
     stop,
 )
 from netns_fixtures.netns import Namespace, add_route, bridge, veth
+from netns_fixtures.orphans import die_with_parent
 
 Progress = Callable[[str], None]
 OVERLAY_HOSTS_KEY = "global/drivers/overlay/hosts/"
@@ -99,12 +98,6 @@ class Step:
     text: str
     action: Callable[[], str | None]
     sandbox: Any = None
-
-
-def _die_with_parent() -> None:
-    """In a child of an in-process lab (pytest): SIGKILL when the parent goes."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 class _Builder:
@@ -283,9 +276,9 @@ class _Builder:
                 "--host-ns", ns, "--host-id", ns, "-v", "agent"]
         log_path = self.state.dir / f"agent-{host}.log"
         with open(log_path, "ab") as log:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
-                                    stderr=subprocess.STDOUT, start_new_session=self.detach,
-                                    preexec_fn=None if self.detach else _die_with_parent)
+            proc = subprocess.Popen(argv if self.detach else die_with_parent(argv),
+                                    stdin=subprocess.DEVNULL, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=self.detach)
         self.state.note_process(f"agent {host}", proc.pid, f"--host-ns {ns} ")
         ctl = self.controller(host)
         deadline = time.monotonic() + AGENT_TIMEOUT
@@ -322,9 +315,9 @@ class _Builder:
                 "--no-hosts", "--bind-interfaces", "--listen-address=127.0.0.1",
                 f"--address=/{LAB_DOMAIN}/{LAB_DOMAIN_ADDRESS}", "--address=/#/",
                 f"--pid-file={marker}", "--user=root"]
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=self.detach,
-                                preexec_fn=None if self.detach else _die_with_parent)
+        proc = subprocess.Popen(argv if self.detach else die_with_parent(argv),
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=self.detach)
         self.state.note_process(f"dns {host}", proc.pid, marker)
         return (f"dnsmasq (pid {proc.pid}) on {host}'s 127.0.0.1:53: *.{LAB_DOMAIN} is "
                 f"{LAB_DOMAIN_ADDRESS}, every other name NXDOMAIN")
