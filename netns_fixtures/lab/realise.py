@@ -316,7 +316,8 @@ class _Builder:
                 f"--address=/{LAB_DOMAIN}/{LAB_DOMAIN_ADDRESS}", "--address=/#/",
                 f"--pid-file={marker}", "--user=root"]
         proc = subprocess.Popen(argv if self.detach else die_with_parent(argv),
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL,
                                 start_new_session=self.detach)
         self.state.note_process(f"dns {host}", proc.pid, marker)
         return (f"dnsmasq (pid {proc.pid}) on {host}'s 127.0.0.1:53: *.{LAB_DOMAIN} is "
