@@ -189,10 +189,8 @@ class Ipam:
         owned = {index for index, host in state.blocks.items() if host == self.blocks.host_id}
 
         def forget(blocks: HostBlocks | None) -> None:
-            for index in [] if blocks is None else list(blocks.held):
-                if index not in owned:
-                    del blocks.held[index]  # type: ignore[union-attr]
-                    blocks.reserved.pop(index, None)  # type: ignore[union-attr]
+            if blocks is not None:
+                blocks.drop(set(blocks.held) - owned)
 
         self.blocks.update(state.id, forget, _attempts)
 
@@ -241,9 +239,7 @@ class Ipam:
             if blocks is None:
                 return set()
             empty = {index for index, held in blocks.held.items() if not held}
-            for index in empty:
-                del blocks.held[index]
-                blocks.reserved.pop(index, None)
+            blocks.drop(empty)
             return empty
 
         return self.blocks.update(pool_id, forget, _attempts)[1]

@@ -96,6 +96,12 @@ class HostBlocks:
                                 if b >= first and a <= first + self.size - 1]
         self.held.setdefault(index, [])
 
+    def drop(self, indexes: set[int]) -> None:
+        """Forget these blocks here (no process of this host hands addresses out from them)."""
+        for index in indexes:
+            self.held.pop(index, None)
+            self.reserved.pop(index, None)
+
     def take_next(self, low: int, high: int) -> int | None:
         """Hand out the next offset free in this host's blocks after the cursor, wrapping
         around (serial, as the pool's own search: a released address is not reused at
