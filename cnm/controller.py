@@ -42,6 +42,7 @@ from cnm.osl.netns import create_named_netns, delete_named_netns, netns_exists
 from cnm.records import EndpointRecord, NetworkRecord, PoolRecord, SandboxRecord
 from cnm.sandbox import Sandbox
 from cnm.store import Store, open_store
+from cnm.store.base import Txn
 from cnm.store.prefixed import PrefixedStore
 from cnm.store.url import DEFAULT_URL, ENV_LOCAL_STORE
 
@@ -176,6 +177,22 @@ class Controller:
                 self._drivers[name] = driver_registry.load(name, ctx)
             return self._drivers[name]
 
+    def _claim_names(self, name_key: str, kind: str, object_id: str,
+                     undo: contextlib.ExitStack, taken: str) -> None:
+        """Hold an object's name (``name_key``; Conflict ``taken`` if another has it) and
+        its kernel names (``_claim_kernel_names``) in one write when both are free, as
+        they nearly always are; undone by ``undo`` on failure."""
+        claim = names.kernel_claim(kind, object_id)
+        value = {"id": object_id}
+        if self.local.commit(Txn(compares={name_key: 0, claim: 0},
+                                 puts={name_key: value, claim: value})):
+            undo.callback(self.local.commit, Txn(deletes=[name_key, claim]))
+            return
+        if not self.local.create(name_key, value):
+            raise Conflict(taken)
+        undo.callback(self.local.delete, name_key)
+        self._claim_kernel_names(kind, object_id, undo)
+
     def _claim_kernel_names(self, kind: str, object_id: str,
                             undo: contextlib.ExitStack) -> None:
         """Hold the kernel names derived from ``object_id`` for it alone (undone by
@@ -249,10 +266,8 @@ class Controller:
             labels=dict(labels or {}), ipam_scope=caps.connectivity_scope,
         )
         with contextlib.ExitStack() as undo:
-            if not self.local.create(f"names/networks/{name}", {"id": nid}):
-                raise Conflict(f"a network named {name!r} already exists")
-            undo.callback(self.local.delete, f"names/networks/{name}")
-            self._claim_kernel_names("networks", nid, undo)
+            self._claim_names(f"names/networks/{name}", "networks", nid, undo,
+                              f"a network named {name!r} already exists")
             if preallocated is not None:
                 record.ipam = "external"
                 for pool in preallocated:
@@ -638,6 +653,7 @@ class Controller:
         resolver, if one runs, has applied it, so the name answers at once."""
         from cnm.dns import client
 
+        self.local.wake_watchers()  # the resolver is told before anyone waits for it
         client.wait_applied(self.local, revision)
 
     def cleanup_all(self) -> None:

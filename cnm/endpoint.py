@@ -71,7 +71,7 @@ class Endpoint:
         sb = sandbox.record
         if ep.sandbox_id == sb.id:
             return ep.ifname or ""
-        sandbox.refuse_attach()
+        sandbox.refuse_attach(sb)
         if ep.sandbox_id:
             raise Conflict(f"endpoint {ep.name} is already attached to another sandbox")
         for joined in sb.interfaces.values():
@@ -84,7 +84,9 @@ class Endpoint:
         net = ctl._network_record(self.network_id)
         drv = ctl.driver(net.driver)
         slot = f"{self.network_id}/{self.id}"
-        with contextlib.ExitStack() as undo:
+        # Its writes wake the host's watchers (the resolver, agents) twice: once the names
+        # are complete, and at the end; not once per write.
+        with ctl.local.wakeups_batched(), contextlib.ExitStack() as undo:
             ifname = sandbox._reserve_ifname("eth", slot)
             undo.callback(sandbox._release_ifname, ifname, slot)
             names_at, first = 0, None
@@ -95,6 +97,7 @@ class Endpoint:
                 # plugged: the load balancer sends it connections as soon as it is.
                 ep.sandbox_id, ep.sandbox_key, ep.ifname = sb.id, sb.netns_path, ifname
                 names_at = self._save(ep)
+                ctl.local.wake_watchers()
                 first = ep.to_dict()
                 undo.callback(self._clear_join)
             info = drv.join(self.network_id, self.id, sb.netns_path,
@@ -132,6 +135,7 @@ class Endpoint:
             if ep.services:  # a backend: the load balancer sends it connections from now on
                 from cnm.services.manager import Services
 
+                ctl.local.wake_watchers()  # its record, before the balancer is told
                 revision = max(revision, Services(ctl).apply(self.network_id))
             undo.pop_all()
         log.info("endpoint %s: joined sandbox %s as %s", self.id[:12], sb.name, ifname)
@@ -180,8 +184,6 @@ class Endpoint:
         A backend of load-balanced services first leaves their rules (no new connection
         reaches it), then its open TCP connections on the services' ports may finish, for
         at most ``drain`` seconds (default 10)."""
-        from cnm.sandbox import Sandbox
-
         ctl = self.controller
         ep = self.record
         if not ep.sandbox_id:
@@ -190,7 +192,18 @@ class Endpoint:
             from cnm.services.manager import Services
 
             Services(ctl).begin_drain(self, drain)
-        sandbox = Sandbox(ctl, ep.sandbox_id)
+        with ctl.local.wakeups_batched():
+            revision, sb = self._unplug(ep)
+        log.info("endpoint %s: left sandbox %s", self.id[:12], sb.name if sb else ep.sandbox_id)
+        ctl.settle_dns(revision)  # its names no longer answer once leave returns
+
+    def _unplug(self, ep: EndpointRecord) -> tuple[int, SandboxRecord | None]:
+        """Leave's work once the services let go: the store's revision of the endpoint's
+        cleared record, and the sandbox's record (None if it is gone)."""
+        from cnm.sandbox import Sandbox
+
+        ctl = self.controller
+        sandbox = Sandbox(ctl, ep.sandbox_id or "")
         try:
             sb: SandboxRecord | None = sandbox.record
         except NotFound:
@@ -212,8 +225,7 @@ class Endpoint:
                 if was_gateway:
                     sandbox._elect_gateway()
                 sandbox._write_files()
-        log.info("endpoint %s: left sandbox %s", self.id[:12], sb.name if sb else ep.sandbox_id)
-        ctl.settle_dns(revision)  # its names no longer answer once leave returns
+        return revision, sb
 
     # --- joins where someone else owns the sandbox (dockerd) ------------------------
 

@@ -17,7 +17,7 @@ from cnm.driverapi import (
     refuse_internal_options,
 )
 from cnm.endpoint import Endpoint
-from cnm.errors import Busy, Conflict, InvalidOption, NotFound, PoolExhausted
+from cnm.errors import Busy, InvalidOption, NotFound, PoolExhausted
 from cnm.inputs import address_text, shown
 from cnm.portmap import parse_portmap
 from cnm.records import EndpointRecord, NetworkRecord, PoolRecord
@@ -91,7 +91,7 @@ class Network:
             raise InvalidOption(f"endpoint id {shown(endpoint_id)} must be 12 to 64 letters "
                                 "and digits")
         eid = endpoint_id or names.new_id()
-        if ctl.local.get(f"endpoints/{self.id}/{eid}") is not None:
+        if endpoint_id is not None and ctl.local.get(f"endpoints/{self.id}/{eid}") is not None:
             return Endpoint(ctl, self.id, eid)  # a retried create
         name = name or eid[:12]
         if not names.is_valid_object_name(name):
@@ -109,11 +109,10 @@ class Network:
         parse_portmap(opts.get(OPT_PORTMAP))  # refused now rather than at join
         inputs.mac_option(opts.get(OPT_MACADDRESS), f"option {OPT_MACADDRESS}")
         drv = ctl.driver(net.driver)
-        with contextlib.ExitStack() as undo:
-            if not ctl.local.create(f"names/endpoints/{self.id}/{name}", {"id": eid}):
-                raise Conflict(f"network {net.name} already has an endpoint named {name!r}")
-            undo.callback(ctl.local.delete, f"names/endpoints/{self.id}/{name}")
-            ctl._claim_kernel_names("endpoints", eid, undo)
+        # Its writes wake the host's watchers once, at the end (none of them is a name).
+        with ctl.local.wakeups_batched(), contextlib.ExitStack() as undo:
+            ctl._claim_names(f"names/endpoints/{self.id}/{name}", "endpoints", eid, undo,
+                             f"network {net.name} already has an endpoint named {name!r}")
             address = self._address(net, 4, ip, undo)
             address_v6 = self._address(net, 6, ipv6_address, undo) if net.ipv6 else None
             if ipv6_address and not net.ipv6:

@@ -90,9 +90,10 @@ class Sandbox:
         """Joined endpoints in interface order (eth0 first); a sharer's are its owner's."""
         return [ep for _, ep in self.owner._joined()]
 
-    def refuse_attach(self) -> None:
-        """Raise, with one sentence, if this sandbox's mode forbids joining networks."""
-        sb = self.record
+    def refuse_attach(self, record: SandboxRecord | None = None) -> None:
+        """Raise, with one sentence, if this sandbox's mode forbids joining networks
+        (``record``: its record, if the caller has just read it)."""
+        sb = record if record is not None else self.record
         if sb.mode == "host":
             raise Conflict(f"sandbox {sb.name} uses the host's network namespace (mode host): "
                            "it has the host's interfaces and cannot be attached to networks")

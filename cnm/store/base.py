@@ -138,6 +138,19 @@ class Store(abc.ABC):
                 return new
         raise StoreUnavailable(f"the store kept changing under {key!r}; try again")
 
+    def wakeups_batched(self) -> contextlib.AbstractContextManager[None]:
+        """Inside, this thread's writes tell other processes' watchers of themselves once,
+        when the outermost such block ends (or at ``wake_watchers``), not each on its own:
+        an operation of several writes wakes every watcher of the host once. The writes
+        themselves are committed as before, one by one. A no-op where watchers are not
+        woken by writers (etcd pushes every change)."""
+        return contextlib.nullcontext()
+
+    def wake_watchers(self) -> None:  # noqa: B027 - optional, see wakeups_batched
+        """Tell the watchers now of this thread's writes so far in a ``wakeups_batched``
+        block (one that another process must see at once: names the resolver builds
+        while the operation goes on)."""
+
     def write_waiter(self) -> contextlib.AbstractContextManager[Callable[[float], None]]:
         """For a loop that waits until some process has written something: ``wait(limit)``
         returns once the store may have been written since the with-statement began, or

@@ -56,6 +56,12 @@ class PrefixedStore(Store):
     def write_waiter(self) -> contextlib.AbstractContextManager[Callable[[float], None]]:
         return self.inner.write_waiter()
 
+    def wakeups_batched(self) -> contextlib.AbstractContextManager[None]:
+        return self.inner.wakeups_batched()
+
+    def wake_watchers(self) -> None:
+        self.inner.wake_watchers()
+
     def __getattr__(self, name: str) -> Any:
         # Backend extras (leases) pass through with the prefix applied where it matters.
         attr = getattr(self.inner, name)

@@ -104,6 +104,7 @@ class SQLiteStore(Store, LeaseStore):
         self._poll_stop = threading.Event()
         self._bell: doorbell.Bell | None = None  # while a poller runs
         self._bells = doorbell.folder_of(self.path)
+        self._batch = threading.local()  # this thread's wakeups_batched: depth, pending
         with self._lock:
             self._connection()  # fail at open, with the path, rather than on first use
 
@@ -295,8 +296,29 @@ class SQLiteStore(Store, LeaseStore):
                     conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
-        doorbell.ring(self._bells)  # watchers in other processes look at once
+        if getattr(self._batch, "depth", 0):
+            self._batch.pending = True  # rung once, when the batch ends
+        else:
+            doorbell.ring(self._bells)  # watchers in other processes look at once
         return result
+
+    @contextlib.contextmanager
+    def wakeups_batched(self) -> Iterator[None]:
+        # A ring costs the writer ~0.15 ms and wakes every watcher of the host (each then
+        # reads the change log): an attach rang 8 times.
+        depth = getattr(self._batch, "depth", 0)
+        self._batch.depth = depth + 1
+        try:
+            yield
+        finally:
+            self._batch.depth = depth
+            if depth == 0:
+                self.wake_watchers()
+
+    def wake_watchers(self) -> None:
+        if getattr(self._batch, "pending", False):
+            self._batch.pending = False
+            doorbell.ring(self._bells)
 
     def _begin_immediate(self, conn: sqlite3.Connection) -> None:
         """Take the file's write lock, queueing behind another process's writer with short

@@ -87,3 +87,51 @@ def test_a_write_waiter_wakes_at_another_stores_write_and_leaves_no_socket(
     finally:
         waiting.close()
         writing.close()
+
+
+def _rings(bell: doorbell.Bell) -> int:
+    """How many datagrams wait on ``bell``'s socket (read and counted)."""
+    count = 0
+    while True:
+        try:
+            bell._sock.recv(16)
+        except BlockingIOError:
+            return count
+        count += 1
+
+
+def test_batched_writes_ring_once_at_the_end_or_when_told(tmp_path: Path) -> None:
+    from cnm.store.prefixed import PrefixedStore
+    from cnm.store.sqlite import SQLiteStore
+
+    path = tmp_path / "state.db"
+    store = SQLiteStore(path)
+    view = PrefixedStore(store, "local/h/")  # what the controller and drivers write through
+    bell = doorbell.Bell(doorbell.folder_of(str(path)))
+    try:
+        store.put("a", {"n": 1})
+        assert _rings(bell) == 1  # outside a batch: each write rings
+        with view.wakeups_batched():
+            view.put("b", {"n": 1})
+            with store.wakeups_batched():  # nested: only the outermost end rings
+                view.put("c", {"n": 1})
+                store.delete("a")
+            assert _rings(bell) == 0
+            view.wake_watchers()  # what another process must see at once
+            assert _rings(bell) == 1
+            view.wake_watchers()  # nothing written since: no ring
+            assert _rings(bell) == 0
+            assert view.create("d", {"n": 1})
+        assert _rings(bell) == 1
+        with pytest.raises(RuntimeError), view.wakeups_batched():
+            view.put("e", {"n": 1})
+            raise RuntimeError("a failed operation still tells of what it wrote")
+        assert _rings(bell) == 1
+        with view.wakeups_batched():
+            pass  # nothing written: no ring
+        assert _rings(bell) == 0
+        assert {e.key for e in store.list("")} == {"local/h/b", "local/h/c", "local/h/d",
+                                                   "local/h/e"}
+    finally:
+        bell.close()
+        store.close()
