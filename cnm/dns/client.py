@@ -39,15 +39,14 @@ def is_served(local: Store, sandbox_id: str) -> bool:
 def wait_applied(local: Store, revision: int, timeout: float = SETTLE_TIMEOUT) -> bool:
     """Wait until the resolver has applied the store as of ``revision`` (True), there is
     no resolver (True at once), or ``timeout`` passed (False: it will catch up)."""
-    if revision <= 0 or not resolver_running(local):
-        return True
+    if revision <= 0 or _applied(local) >= revision or not resolver_running(local):
+        return True  # (usually the first: the resolver worked while the caller did)
     deadline = time.monotonic() + timeout
     # Woken by the resolver's write of dns/applied where the store can tell (SQLite's
     # doorbell), else polling.
     with local.write_waiter() as wait:
         while True:
-            entry = local.get(APPLIED_KEY)
-            if entry is not None and int(entry.value.get("revision", 0)) >= revision:
+            if _applied(local) >= revision:
                 return True
             left = deadline - time.monotonic()
             if left <= 0:
@@ -55,3 +54,9 @@ def wait_applied(local: Store, revision: int, timeout: float = SETTLE_TIMEOUT) -
                             "may take a moment", revision, timeout)
                 return False
             wait(left)
+
+
+def _applied(local: Store) -> int:
+    """The newest store revision the resolver has applied (0: none recorded)."""
+    entry = local.get(APPLIED_KEY)
+    return int(entry.value.get("revision", 0)) if entry is not None else 0
