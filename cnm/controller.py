@@ -444,7 +444,7 @@ class Controller:
                          for host, ip in dict(extra_hosts or {}).items()},
             ip_forward=bool(ip_forward), mode=parsed.kind,
         )
-        with contextlib.ExitStack() as undo:
+        with self.local.wakeups_batched(), contextlib.ExitStack() as undo:
             if not self.local.create(f"names/sandboxes/{name}", {"id": sid}):
                 raise Conflict(f"a sandbox named {name!r} already exists")
             undo.callback(self.local.delete, f"names/sandboxes/{name}")
