@@ -4,12 +4,16 @@ from scratch, for the cost of what changed.
 ``registry.build`` looks at every name of the host on every change: at a few hundred
 endpoints that cost each host's resolver 2-4 ms of CPU per event, on every host, for
 every endpoint event of the cluster (measured: bench/README.md, bench_overlay). An
-``Index`` keeps, per network, which entry gives each name its addresses; an update
-compares the entries with the last update's and takes out and puts back only those that
-differ, and only the networks they touched get a new table (a copy: the snapshot the
-server answers from is never changed under it). The sandboxes' views are made again
-(each only points at its networks' tables). A change it does not follow entry by entry
-(a network added, removed or changed, a cluster scope) makes it start over.
+``Index`` holds the records names come from, by id, and is told which of them changed
+(``change``): it makes again the entries of those records only (an endpoint's, and those
+of the endpoints in a sandbox whose record changed or whose sharers did), takes out and
+puts back only the entries that differ, gives only the networks they touched a new table
+(a copy: the snapshot the server answers from is never changed under it), and makes
+again the views of the sandboxes whose record changed or that are attached to a network
+with a new table. ``update`` compares a whole set of records with the ones held (by
+identity, as the resolver's mirror replaces a record's value when it changes) and hands
+the differences to ``change``. A change it does not follow entry by entry (a network
+added, removed or changed, a cluster scope) makes it start over.
 
 Order, as ``build`` has it for records in key order (as the resolver's mirror lists
 them): a name's addresses come from this host's endpoints first (by network and endpoint
@@ -19,7 +23,7 @@ an address's PTR is the first entry's that gives it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from cnm.dns.registry import (
@@ -33,12 +37,12 @@ from cnm.dns.registry import (
     published_entries,
     scopes_networks,
     served,
-    sharers_of,
     view_inputs,
     view_of,
 )
 
 Key = tuple[Any, ...]  # where an entry comes from; entries are ordered by it
+Record = Mapping[str, Any]
 
 
 class Index:
@@ -50,103 +54,195 @@ class Index:
         """Forget everything: the next update builds every table."""
         self._nets: dict[str, dict[str, Any]] = {}
         self._scopes: dict[str, str] = {}
+        self._by_scope: dict[str, list[str]] = {}
+        # the records, by id (published ones by key), as last told
+        self._endpoints: dict[str, Record] = {}
+        self._sandboxes: dict[str, Record] = {}
+        self._published: dict[str, Record] = {}
+        self._extra: tuple[NameEntry, ...] = ()
+        self._members: dict[str, set[str]] = {}  # sandbox id -> its endpoints' ids
+        self._sharers: dict[str, dict[str, str]] = {}  # sandbox id -> sharer id -> name
         self._entries: dict[Key, NameEntry] = {}
+        self._local_keys: dict[str, Key] = {}  # endpoint id -> its entry's key
+        self._published_keys: dict[str, list[Key]] = {}  # record key -> its entries' keys
         # network id -> lower-case name -> entry key -> addresses
         self._given: dict[str, dict[str, dict[Key, tuple[IPAddress, ...]]]] = {}
         # network id -> address -> entry key -> PTR name
         self._ptrs: dict[str, dict[IPAddress, dict[Key, str]]] = {}
         self._tables: dict[str, NetworkNames] = {}
-        self._parsed: dict[str, tuple[dict[str, Any], list[tuple[str, NameEntry]]]] = {}
-        self._locals: dict[str, tuple[Any, ...]] = {}  # endpoint id -> inputs, entry
-        self._made: dict[str, tuple[Any, ...]] = {}  # sandbox id -> inputs, view
+        self._views: dict[str, SandboxView] = {}
+        self._view_nets: dict[str, tuple[str, ...]] = {}  # sandbox id -> its networks
+        self._attached: dict[str, set[str]] = {}  # network id -> served sandboxes on it
+        # What the last change did to this host's endpoints' entries (endpoint id ->
+        # its entry, None: it has none now), for the caller that publishes them.
+        self.changed_locals: dict[str, NameEntry | None] = {}
+        self.changed_views: set[str] = set()  # sandbox ids whose view is new or gone
+
+    @property
+    def scopes(self) -> Mapping[str, str]:
+        """Network id -> cluster scope, as last told."""
+        return self._scopes
+
+    def local_entries(self) -> dict[str, NameEntry]:
+        """This host's endpoints' entries, by endpoint id."""
+        return {eid: self._entries[key] for eid, key in self._local_keys.items()}
+
+    # --- from a whole set of records ----------------------------------------------------
 
     def update(self, records: Records, extra: Iterable[NameEntry] = ()) -> Snapshot:
+        """The snapshot for ``records`` (and the names of other sources, ``extra``)."""
         nets = {n["id"]: n for n in records.networks}
         if nets != self._nets or records.scopes != self._scopes:
-            self.reset()
-            self._nets, self._scopes = {k: dict(v) for k, v in nets.items()}, \
-                dict(records.scopes)
-            self._given = {nid: {} for nid in nets}
-            self._ptrs = {nid: {} for nid in nets}
-            self._tables = {nid: self._table(nid, {}, {}) for nid in nets}
-        entries = self._current(records, extra)
+            self.networks(nets, records.scopes)
+        endpoints = {e["id"]: e for e in records.endpoints}
+        sandboxes = {s["id"]: s for s in records.sandboxes}
+        return self.change(
+            endpoints=_differences(self._endpoints, endpoints),
+            sandboxes=_differences(self._sandboxes, sandboxes),
+            published=_differences(self._published, records.published),
+            extra=tuple(extra))
+
+    def networks(self, nets: Mapping[str, Record], scopes: Mapping[str, str]) -> None:
+        """New networks or cluster scopes: start over (the records are told again)."""
+        self.reset()
+        self._nets = {k: dict(v) for k, v in nets.items()}
+        self._scopes = dict(scopes)
+        self._by_scope = scopes_networks(Records(scopes=self._scopes))
+        self._given = {nid: {} for nid in nets}
+        self._ptrs = {nid: {} for nid in nets}
+        self._tables = {nid: self._table(nid, {}, {}) for nid in nets}
+        self._attached = {nid: set() for nid in nets}
+
+    # --- change by change -----------------------------------------------------------------
+
+    def change(self, endpoints: Mapping[str, Record | None] | None = None,
+               sandboxes: Mapping[str, Record | None] | None = None,
+               published: Mapping[str, Record | None] | None = None,
+               extra: tuple[NameEntry, ...] | None = None) -> Snapshot:
+        """Apply changed records (by id; published ones by key; None: gone) and, unless
+        None, the whole new list of other sources' names; return the new snapshot."""
+        dirty_locals: set[str] = set()
+        dirty_views: set[str] = set()
+        for sid, sb in (sandboxes or {}).items():
+            self._sandbox(sid, sb, dirty_locals)
+            dirty_views.add(sid)
+        for eid, ep in (endpoints or {}).items():
+            self._endpoint(eid, ep)
+            dirty_locals.add(eid)
+        wanted: dict[Key, NameEntry | None] = {}
+        self.changed_locals = {}
+        for eid in dirty_locals:
+            ep = self._endpoints.get(eid)
+            entry = None
+            if ep is not None:
+                sb = self._sandboxes.get(ep.get("sandbox_id") or "")
+                shared = self._shared(sb["id"]) if sb is not None else ()
+                entry = local_entry(ep, sb, shared)
+            old_key = self._local_keys.pop(eid, None)
+            if old_key is not None:
+                wanted.setdefault(old_key, None)
+            if entry is not None and entry.network_id in self._nets:
+                key = (0, entry.network_id, eid)
+                self._local_keys[eid] = key
+                wanted[key] = entry
+            else:
+                entry = None
+            self.changed_locals[eid] = entry
+        for rkey, value in (published or {}).items():
+            for key in self._published_keys.pop(rkey, ()):
+                wanted.setdefault(key, None)
+            if value is None:
+                self._published.pop(rkey, None)
+                continue
+            self._published[rkey] = value
+            made = published_entries(rkey, value, self._by_scope, self.host_id)
+            if made:
+                self._published_keys[rkey] = [(1, rkey, nid) for nid, _ in made]
+            for nid, entry in made:
+                wanted[(1, rkey, nid)] = entry
+        if extra is not None and extra != self._extra:
+            for number in range(len(self._extra)):
+                wanted.setdefault((2, number), None)
+            for number, entry in enumerate(extra):
+                if entry.network_id in self._nets:
+                    wanted[(2, number)] = entry
+            self._extra = extra
         names: dict[str, set[str]] = {}  # network id -> names to make again
         addresses: dict[str, set[IPAddress]] = {}
-        for key, old in self._entries.items():
-            now = entries.get(key)
-            if now is not old and now != old:
+        for key, new in wanted.items():
+            old = self._entries.get(key)
+            if new is old or new == old:
+                continue
+            if old is not None:
                 self._take_out(key, old, names, addresses)
-        for key, new in entries.items():
-            before = self._entries.get(key)
-            if new is not before and new != before:
+                del self._entries[key]
+            if new is not None:
                 self._put_in(key, new, names, addresses)
-        self._entries = entries
+                self._entries[key] = new
         for nid in names.keys() | addresses.keys():
             self._tables[nid] = self._remake(nid, names.get(nid, set()),
                                              addresses.get(nid, set()))
-        tables = dict(self._tables)
-        return Snapshot(self._views(records, tables), tables)
+            dirty_views |= self._attached[nid]
+        self.changed_views = set()
+        for sid in dirty_views:
+            self._view(sid)
+        return Snapshot(dict(self._views), dict(self._tables))
 
-    def _views(self, records: Records, tables: dict[str, NetworkNames]) -> dict[str, SandboxView]:
-        """Each served sandbox's view: the one made last time while its record and its
-        networks' tables are the same objects."""
-        views: dict[str, SandboxView] = {}
-        made: dict[str, tuple[Any, ...]] = {}
-        for sb in records.sandboxes:
-            if not served(sb):
-                continue
-            sid = sb["id"]
-            have = self._made.get(sid)
-            if have is not None and have[0] is sb:
-                nids, servers = have[1], have[2]
-            else:
-                nids, servers = view_inputs(sb)
-            attached = tuple(tables.get(nid) for nid in nids)
-            if have is not None and have[0] is sb and len(have[3]) == len(attached) \
-                    and all(a is b for a, b in zip(have[3], attached, strict=True)):
-                view = have[4]
-            else:
-                view = view_of(sb, tables, nids, servers)
-            views[sid] = view
-            made[sid] = (sb, nids, servers, attached, view)
-        self._made = made
-        return views
+    def _sandbox(self, sid: str, sb: Record | None, dirty_locals: set[str]) -> None:
+        old = self._sandboxes.get(sid)
+        if sb is None:
+            self._sandboxes.pop(sid, None)
+        else:
+            self._sandboxes[sid] = sb
+        dirty_locals |= self._members.get(sid, set())
+        before, after = _shares(old), _shares(sb)
+        if before != after:
+            for target, name in (before, after):
+                if target is None or name is None:
+                    continue
+                sharers = self._sharers.setdefault(target, {})
+                if (target, name) == before:
+                    sharers.pop(sid, None)
+                else:
+                    sharers[sid] = name
+                if not sharers:
+                    del self._sharers[target]
+                dirty_locals |= self._members.get(target, set())
+
+    def _endpoint(self, eid: str, ep: Record | None) -> None:
+        old = self._endpoints.get(eid)
+        if old is not None:
+            members = self._members.get(old.get("sandbox_id") or "")
+            if members is not None:
+                members.discard(eid)
+        if ep is None:
+            self._endpoints.pop(eid, None)
+            return
+        self._endpoints[eid] = ep
+        if ep.get("sandbox_id"):
+            self._members.setdefault(ep["sandbox_id"], set()).add(eid)
+
+    def _shared(self, sid: str) -> tuple[str, ...]:
+        sharers = self._sharers.get(sid)
+        return tuple(sorted(sharers.values())) if sharers else ()
+
+    def _view(self, sid: str) -> None:
+        """Make a sandbox's view again (its record or a network's table changed)."""
+        for nid in self._view_nets.pop(sid, ()):
+            self._attached[nid].discard(sid)  # only networks it could be attached to
+        sb = self._sandboxes.get(sid)
+        if sb is None or not served(sb):
+            if self._views.pop(sid, None) is not None:
+                self.changed_views.add(sid)
+            return
+        nids, servers = view_inputs(sb)
+        self._views[sid] = view_of(sb, self._tables, nids, servers)
+        self.changed_views.add(sid)
+        self._view_nets[sid] = tuple(nid for nid in nids if nid in self._attached)
+        for nid in self._view_nets[sid]:
+            self._attached[nid].add(sid)
 
     # --- entries ---------------------------------------------------------------------------
-
-    def _current(self, records: Records, extra: Iterable[NameEntry]) -> dict[Key, NameEntry]:
-        entries: dict[Key, NameEntry] = {}
-        sandboxes = {s["id"]: s for s in records.sandboxes}
-        sharers = sharers_of(records)
-        locals_: dict[str, tuple[Any, ...]] = {}
-        for ep in records.endpoints:
-            sb = sandboxes.get(ep.get("sandbox_id") or "")
-            shared = sharers.get(sb["id"], ()) if sb is not None else ()
-            have = self._locals.get(ep["id"])
-            if have is not None and have[0] is ep and have[1] is sb and have[2] == shared:
-                entry = have[3]
-            else:
-                entry = local_entry(ep, sb, shared)
-            locals_[ep["id"]] = (ep, sb, shared, entry)
-            if entry is not None and entry.network_id in self._nets:
-                entries[(0, entry.network_id, ep["id"])] = entry
-        self._locals = locals_
-        by_scope = scopes_networks(records)
-        parsed: dict[str, tuple[dict[str, Any], list[tuple[str, NameEntry]]]] = {}
-        for key, value in records.published.items():
-            # A record's value is replaced, never changed, when it changes: one parsed
-            # before is still good while it is the same object.
-            have = self._parsed.get(key)
-            if have is None or have[0] is not value:
-                have = (value, published_entries(key, value, by_scope, self.host_id))
-            parsed[key] = have
-            for nid, entry in have[1]:
-                entries[(1, key, nid)] = entry
-        self._parsed = parsed
-        for number, entry in enumerate(extra):
-            if entry.network_id in self._nets:
-                entries[(2, number)] = entry
-        return entries
 
     def _take_out(self, key: Key, entry: NameEntry, names: dict[str, set[str]],
                   addresses: dict[str, set[IPAddress]]) -> None:
@@ -206,3 +302,19 @@ class Index:
                reverse: dict[IPAddress, str]) -> NetworkNames:
         net = self._nets[nid]
         return NetworkNames(nid, net["name"].lower(), bool(net.get("internal")), names, reverse)
+
+
+def _shares(sb: Record | None) -> tuple[str | None, str | None]:
+    """(the sandbox it shares, its name) for a container-mode sandbox, else (None, None)."""
+    if sb is not None and sb.get("mode") == "container" and sb.get("container"):
+        return sb["container"], sb["name"]
+    return None, None
+
+
+def _differences(held: Mapping[str, Record], now: Mapping[str, Record]
+                 ) -> dict[str, Record | None]:
+    """The records of ``now`` that are not the ones ``held`` (by identity), and None for
+    those gone."""
+    changed: dict[str, Record | None] = {k: v for k, v in now.items() if held.get(k) is not v}
+    changed.update((k, None) for k in held.keys() - now.keys())
+    return changed

@@ -98,9 +98,10 @@ SOURCES: list[tuple[str, Source]] = []
 
 def register_source(prefix: str, source: Source) -> None:
     """Add names from another feature to every resolver of this process:
-    ``source(local_store, records)`` returns ``NameEntry`` values on every sync, and a
-    change under ``prefix`` of the host's key space triggers one (e.g. a service's
-    virtual IP under ``services/``). Register at import time, before the resolver starts."""
+    ``source(local_store, records)`` returns ``NameEntry`` values, called when a key
+    under ``prefix`` of the host's key space changes (e.g. a service's virtual IP under
+    ``services/``), when a network changes, and on every full sync. Register at import
+    time, before the resolver starts."""
     if (prefix, source) not in SOURCES:
         SOURCES.append((prefix, source))
 
@@ -197,11 +198,18 @@ def publish_records(records: Records, host_id: str) -> dict[str, dict[str, Any]]
         scope = records.scopes.get(entry.network_id)
         if scope is None:
             continue
-        result[f"dns/scopes/{scope}/{host_id}/{eid}"] = {
-            "names": list(entry.names), "ptr": entry.ptr, "host": host_id,
-            "addresses": [str(a) for a in entry.addresses],
-        }
+        result[published_key(scope, host_id, eid)] = published_record(entry, host_id)
     return result
+
+
+def published_key(scope: str, host_id: str, endpoint_id: str) -> str:
+    return f"dns/scopes/{scope}/{host_id}/{endpoint_id}"
+
+
+def published_record(entry: NameEntry, host_id: str) -> dict[str, Any]:
+    """What the cluster reads of one of this host's endpoints (``published_entries``)."""
+    return {"names": list(entry.names), "ptr": entry.ptr, "host": host_id,
+            "addresses": [str(a) for a in entry.addresses]}
 
 
 def cluster_entries(records: Records, host_id: str) -> list[NameEntry]:

@@ -40,7 +40,7 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -174,8 +174,11 @@ class Server:
     def remove(self, sandbox_id: str) -> None:
         self.call(lambda: self._remove(sandbox_id))
 
-    def update(self, snapshot: Snapshot, upstreams: tuple[IPAddress, ...]) -> None:
-        self.call(lambda: self._update(snapshot, upstreams))
+    def update(self, snapshot: Snapshot, upstreams: tuple[IPAddress, ...],
+               changed: Iterable[str] | None = None) -> None:
+        """Answer from ``snapshot`` from now on; ``changed``: the only sandboxes whose
+        view may differ from the last snapshot's (None: any)."""
+        self.call(lambda: self._update(snapshot, upstreams, changed))
 
     def _wake(self) -> None:
         with contextlib.suppress(OSError):
@@ -255,13 +258,16 @@ class Server:
                 self._epoll.unregister(fd)
         sock.close()
 
-    def _update(self, snapshot: Snapshot, upstreams: tuple[IPAddress, ...]) -> None:
+    def _update(self, snapshot: Snapshot, upstreams: tuple[IPAddress, ...],
+                changed: Iterable[str] | None) -> None:
         self.upstreams = upstreams
-        for sid, listener in self._listeners.items():
+        for sid in self._listeners if changed is None else changed:
+            listener = self._listeners.get(sid)
             view = snapshot.sandboxes.get(sid)
-            if view is not None:
+            # A sandbox's replies depend on its view only: the same view keeps them.
+            if listener is not None and view is not None and view is not listener.view:
                 listener.view = view
-            listener.cache.clear()
+                listener.cache.clear()
 
     # --- UDP --------------------------------------------------------------------------------
 

@@ -11,13 +11,16 @@ everything in order; the store's watch callbacks only queue the event and wake i
               the records into memory (``mirror``), then sync. Watching before listing
               means no change falls between the two.
     sync:     apply the queued events to the records in memory (no listing: an event
-              costs in proportion to itself, not to the cluster's size), update the
-              snapshot (``index``: only the names the events changed), take over the
-              sandboxes it now serves (sockets inside, NAT table, ``nameserver
+              costs in proportion to itself, not to the cluster's size), tell the
+              snapshot (``index``) the records they changed (it makes again only the
+              names, tables and views they touch), take over the sandboxes it now
+              serves among those (sockets inside, NAT table, ``nameserver
               127.0.0.11``), drop those gone, hand the snapshot to the event loop, record
               at dns/applied the newest revision the listing covers (what a process that
-              just changed names waits for), then publish this host's names on
-              cluster-wide networks under the lease (and withdraw the ones gone).
+              just changed names waits for), then publish the names of this host's
+              endpoints that changed on cluster-wide networks under the lease (and
+              withdraw the ones gone). A network or cluster scope that changed, and a
+              full sync, make every name again and publish them all.
     serve:    sync after watch events (coalesced), refresh the lease every ttl/3, re-read
               the host's resolv.conf when it changes, list everything again and sync
               every ``resync_interval`` as a safety net.
@@ -144,6 +147,7 @@ class DnsService:
         self._cluster = Mirror((SCOPES,))
         self._index = Index(self.host_id)  # the names, kept up to date change by change
         self._applied = 0  # the revision last recorded at dns/applied
+        self._unserved: set[str] = set()  # sandboxes whose take-over failed: tried again
         self._dirty = threading.Event()
         self._stopping = threading.Event()
         self._cancels: list[Callable[[], None]] = []
@@ -154,9 +158,9 @@ class DnsService:
 
     def add_source(self, prefix: str, source: Source) -> None:
         """More names (a service's virtual IP, say): ``source(local_store, records)`` is
-        called on every rebuild of the names (a change of this host's records that names
-        depend on, or of another host's names); changes under ``prefix`` (this host's key
-        space) trigger one. Call before ``start``."""
+        called when a key under ``prefix`` (this host's key space) changes, when a
+        network or its cluster scope changes, and on every full sync (connect and every
+        ``resync_interval``); its names are kept in between. Call before ``start``."""
         self.sources.append((prefix, source))
 
     def start(self) -> bool:
@@ -349,41 +353,65 @@ class DnsService:
         revision = max(revision, newest)
         # This host's own published names come back through the cluster's watch: they
         # change nothing here (a host answers its own names from its records).
-        others = any(_published_by(k) != self.host_id for k in cluster_keys)
+        others = [k for k in cluster_keys if _published_by(k) != self.host_id]
         # One of this host's names gone from the cluster (deleted by someone else, say):
         # published again now, not at the next resync.
         lost = any(_published_by(k) == self.host_id and k not in self._cluster.tables[SCOPES]
                    for k in cluster_keys)
-        publish: Records | None = None
+        publish: Mapping[str, NameEntry | None] | None = {}
         if full or changed or local_keys or others:
-            publish = self._rebuild(local, local_keys, full or lost)
-        elif lost:
-            publish = self._records(local)
+            publish = self._rebuild(local, local_keys, others, full)
+        if lost:
+            publish = None
         # This host's sandboxes answer the new names now: the process waiting for them
         # (wait_applied) goes on before the cluster hears of them (an etcd round trip
         # it need not wait for: other hosts learn a name from their watch anyway).
         if revision > self._applied:
             self.local.put(client.APPLIED_KEY, {"revision": revision, "pid": os.getpid()})
             self._applied = revision
-        if publish is not None:
+        if publish is None or publish:
             self._publish(publish)
 
-    def _rebuild(self, local: Mirror, changed: set[str], full: bool) -> Records | None:
-        """The snapshot from the records in memory; ``full``: also look at every sandbox's
-        namespace. Returns the records whose names to publish for the cluster (on a full
-        rebuild, or when this host's records changed), else None."""
-        records = self._records(local)
-        extra: list[NameEntry] = []
-        for _, source in self.sources:  # they may read anything: called on every rebuild
-            try:
-                extra += source(self.local, records)
-            except CNMError as exc:
-                log.warning("resolver: a name source failed: %s", exc)
+    def _rebuild(self, local: Mirror, changed: set[str], published: list[str],
+                 full: bool) -> Mapping[str, NameEntry | None] | None:
+        """The snapshot after the changes of ``changed`` (this host's keys) and
+        ``published`` (other hosts' names): only the names, views and sandboxes they
+        touch are looked at, unless ``full`` (every sandbox's namespace is looked at too)
+        or a network or cluster scope changed (every name is made again). Returns this
+        host's endpoints whose names to publish again (by id, None: all of them)."""
+        start_over = full or any(k.startswith(("networks/", DRIVERS)) for k in changed)
+        prefixes = tuple({p for p, _ in self.sources})
+        records: Records | None = None
+        extra: tuple[NameEntry, ...] | None = None
+        if start_over or (prefixes and any(k.startswith(prefixes) for k in changed)):
+            records = self._records(local)
+            extra = self._extra_names(records)
         if full:
             self._index.reset()  # built from scratch now and then, as a safety net
-        snapshot = self._index.update(records, extra)
-        sandboxes = {s["id"]: s for s in records.sandboxes}
-        for sid, view in snapshot.sandboxes.items():
+        if start_over:
+            assert records is not None and extra is not None
+            snapshot = self._index.update(records, extra)
+            candidates = set(snapshot.sandboxes) | set(self.adopted)
+        else:
+            endpoints: dict[str, Any] = {}
+            sandboxes: dict[str, Any] = {}
+            for key in changed:
+                if key.startswith("endpoints/"):
+                    endpoints[key.rsplit("/", 1)[1]] = local.tables["endpoints/"].get(key)
+                elif key.startswith("sandboxes/"):
+                    sandboxes[key.split("/", 1)[1]] = local.tables["sandboxes/"].get(key)
+            table = self._cluster.tables[SCOPES]
+            snapshot = self._index.change(endpoints, sandboxes,
+                                          {k: table.get(k) for k in published}, extra)
+            candidates = self._index.changed_views | set(sandboxes) | self._unserved
+        for sid in candidates:
+            view = snapshot.sandboxes.get(sid)
+            record = local.tables["sandboxes/"].get(f"sandboxes/{sid}")
+            if view is None or record is None:
+                self._unserved.discard(sid)
+                if sid in self.adopted:
+                    self._forget(sid, record)
+                continue
             have = self.adopted.get(sid)
             # A namespace rebuilt at the same path is checked for on a full sync and when
             # the sandbox's record changed, not every sandbox on every event.
@@ -391,19 +419,33 @@ class DnsService:
             if have is None or have.netns_path != view.netns_path or \
                     (recheck and have.inode != _inode(view.netns_path)):
                 try:
-                    self._take_over(SandboxRecord.from_dict(sandboxes[sid]), view)
+                    self._take_over(SandboxRecord.from_dict(record), view)
                 except CNMError as exc:
+                    self._unserved.add(sid)  # tried again at the next sync
                     log.warning("resolver: sandbox %s not served: %s", view.name, exc)
-        for sid in [s for s in self.adopted if s not in snapshot.sandboxes]:
-            self._forget(sid, sandboxes.get(sid))
-        gateways = self._sync_gateways(records, snapshot) if self.gateway else {}
-        if gateways:
-            snapshot = registry.Snapshot({**snapshot.sandboxes, **gateways}, snapshot.networks)
-        self.server.update(snapshot, self.upstreams.servers)
+                    continue
+            self._unserved.discard(sid)
+        views: set[str] | None = None if start_over else set(self._index.changed_views)
+        if self.gateway:
+            gateways = self._sync_gateways(list(local.tables["networks/"].values()), snapshot)
+            if gateways:
+                snapshot = registry.Snapshot({**snapshot.sandboxes, **gateways},
+                                             snapshot.networks)
+            if views is not None:
+                views |= gateways.keys()
+        self.server.update(snapshot, self.upstreams.servers, views)
         self.server.wait()  # the loop has the new names before anyone is told
-        if full or any(k.startswith(RECORDS) for k in changed):
-            return records
-        return None
+        return None if start_over else self._index.changed_locals
+
+    def _extra_names(self, records: Records) -> tuple[NameEntry, ...]:
+        """The names of the other sources (``add_source``)."""
+        extra: list[NameEntry] = []
+        for _, source in self.sources:  # they may read anything
+            try:
+                extra += source(self.local, records)
+            except CNMError as exc:
+                log.warning("resolver: a name source failed: %s", exc)
+        return tuple(extra)
 
     # --- taking sandboxes over and giving them back -------------------------------------
 
@@ -463,12 +505,12 @@ class DnsService:
 
     # --- answering on the networks' gateways ------------------------------------------------
 
-    def _sync_gateways(self, records: Records,
+    def _sync_gateways(self, networks: list[dict[str, Any]],
                        snapshot: registry.Snapshot) -> dict[str, registry.SandboxView]:
         """A listener on port 53 of each network's IPv4 gateway, where the driver says the
         gateway lives; queries there see that network's names only."""
         views: dict[str, registry.SandboxView] = {}
-        for net in records.networks:
+        for net in networks:
             nid = net["id"]
             gateway = next((p["gateway"] for p in net.get("ipv4_pools", ())
                             if p.get("gateway")), None)
@@ -504,18 +546,35 @@ class DnsService:
 
     # --- the cluster's names -------------------------------------------------------------
 
-    def _publish(self, records: Records) -> None:
-        wanted = registry.publish_records(records, self.host_id)
+    def _publish(self, changed: Mapping[str, NameEntry | None] | None) -> None:
+        """Publish the names of this host's endpoints on cluster-wide networks (and
+        withdraw those gone): of the endpoints ``changed`` (by id; None: of all)."""
+        table = self._cluster.tables[SCOPES]
+        scopes = self._index.scopes
+        if changed is None:
+            entries: Mapping[str, NameEntry | None] = self._index.local_entries()
+            mine = {k for k, v in table.items() if v.get("host") == self.host_id}
+        else:
+            entries = changed
+            known = set(scopes.values())
+            mine = {key for eid in changed for scope in known
+                    if (key := registry.published_key(scope, self.host_id, eid)) in table
+                    and table[key].get("host") == self.host_id}
+        wanted: dict[str, dict[str, Any]] = {}
+        for eid, entry in entries.items():
+            scope = scopes.get(entry.network_id) if entry is not None else None
+            if entry is not None and scope is not None:
+                wanted[registry.published_key(scope, self.host_id, eid)] = \
+                    registry.published_record(entry, self.host_id)
         lease = getattr(self._cluster_lease, "id", None)
-        mine = {k: v for k, v in records.published.items() if v.get("host") == self.host_id}
         for key, value in wanted.items():
             value = {**value, "lease": lease}
-            if mine.get(key) != value:
+            if table.get(key) != value:
                 self._put(self.cluster, key, value, self._cluster_lease)
-                self._cluster.tables[SCOPES][key] = value  # its event may come later
-        for key in mine.keys() - wanted.keys():
+                table[key] = value  # its event may come later
+        for key in mine - wanted.keys():
             self.cluster.delete(key)
-            self._cluster.tables[SCOPES].pop(key, None)
+            table.pop(key, None)
 
 
 def _names_of(endpoint: Mapping[str, Any] | None) -> tuple[Any, ...] | None:

@@ -41,12 +41,16 @@ def test_index_matches_a_full_build_after_every_change() -> None:
     }
     scopes = {"n1": "overlay:o"}
     index = Index("h1")
+    told = Index("h1")  # told each change by id, as the resolver tells it
+    told.update(records_of(state, scopes))
     aliases = ["db", "Web", "cache"]
     for step in range(600):
         roll = rng.random()
         n = rng.randrange(12)
+        what: tuple[str, str] | None = None  # (kind, id) of the record changed
         if roll < 0.3:  # a sandbox made, changed or removed
             sid = f"s{n}"
+            what = ("sandboxes", sid)
             if sid in state["sandboxes"] and rng.random() < 0.3:
                 del state["sandboxes"][sid]
             else:
@@ -61,6 +65,7 @@ def test_index_matches_a_full_build_after_every_change() -> None:
                 }
         elif roll < 0.65:  # an endpoint made, joined, left or removed
             eid = f"e{n:02d}"
+            what = ("endpoints", eid)
             if eid in state["endpoints"] and rng.random() < 0.25:
                 del state["endpoints"][eid]
             else:
@@ -74,6 +79,7 @@ def test_index_matches_a_full_build_after_every_change() -> None:
         elif roll < 0.95:  # another host's published name
             key = f"dns/scopes/{rng.choice(['overlay:o', 'overlay:other'])}/" \
                   f"{rng.choice(['h2', 'h3', 'h1'])}/p{n}"
+            what = ("published", key)
             if key in state["published"] and rng.random() < 0.3:
                 del state["published"][key]
             else:
@@ -91,8 +97,15 @@ def test_index_matches_a_full_build_after_every_change() -> None:
         records = records_of(state, scopes)
         extra = [NameEntry("n1", ("svc", f"tasks.svc{step % 3}"),
                            (registry._ip(f"10.0.9.{step % 4 + 1}"),))] if step % 5 else []
-        assert tables(index.update(records, extra)) == \
-            tables(registry.build(records, "h1", extra)), f"step {step}"
+        built = tables(registry.build(records, "h1", extra))
+        assert tables(index.update(records, extra)) == built, f"step {step}"
+        if what is None:  # a network or a scope: the resolver starts over
+            snapshot = told.update(records, extra)
+        else:
+            kind, key = what
+            snapshot = told.change(**{kind: {key: state[kind].get(key)}}, extra=tuple(extra))
+        assert tables(snapshot) == built, f"step {step} (told {what})"
+        assert snapshot.sandboxes.keys() == built[1].keys()
 
 
 def test_a_snapshot_handed_out_is_never_changed_afterwards() -> None:
