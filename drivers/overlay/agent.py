@@ -60,8 +60,9 @@ class LocalNet:
     vni: int
     ns_name: str
     remotes: dict[str, tuple[str, dataplane.Remote]] = field(default_factory=dict)
-    entries: dataplane.Entries = field(default_factory=lambda: dataplane.Entries.of([]))
+    tally: dataplane.Tally = field(default_factory=dataplane.Tally)  # what the VTEP holds
     forwarder: dataplane.Forwarder | None = None
+    stale: bool = False  # a kernel write failed: the VTEP is resynced at the next event
 
     def close(self) -> None:
         if self.forwarder is not None:
@@ -232,14 +233,12 @@ class Agent:
             net = self.nets.get(overlay)
             if net is None:
                 return
-            remotes = dict(net.remotes)
             remote = cluster.remote_of(event.value) if event.value else None
             if event.kind == "put" and event.value and event.value.get("host") != \
                     self.host_id and remote is not None:
-                remotes[eid] = (event.value["host"], remote)
+                self._change(net, eid, (event.value["host"], remote))
             else:
-                remotes.pop(eid, None)
-            self._apply(net, remotes)
+                self._change(net, eid, None)
             return
         if event.key.startswith("hosts/") and event.kind == "delete":
             host = event.key.split("/", 1)[1]
@@ -278,17 +277,43 @@ class Agent:
             net.forwarder = dataplane.Forwarder(net.ns_name, net.vni)
         return net.forwarder
 
+    def _change(self, net: LocalNet, eid: str,
+                new: tuple[str, dataplane.Remote] | None) -> None:
+        """One remote endpoint put or gone: the VTEP entries it changes, no others."""
+        old = net.remotes.get(eid)
+        if old == new and not net.stale:
+            return
+        if net.stale:  # an earlier write failed: what the VTEP holds is not known
+            self._resync(net)
+            return
+        forwarder = self._forwarder(net)
+        if forwarder is None:
+            return
+        gone, made = net.tally.change(old[1] if old else None, new[1] if new else None)
+        if new is None:
+            net.remotes.pop(eid, None)
+        else:
+            net.remotes[eid] = new
+        try:
+            forwarder.change(gone, made, net.tally.ips, net.tally.macs)
+        except CNMError:
+            net.stale = True
+            net.close()  # the namespace may have been rebuilt: reopen and resync next time
+            raise
+
     def _apply(self, net: LocalNet, remotes: dict[str, tuple[str, dataplane.Remote]]) -> None:
         wanted = dataplane.Entries.of(r for _, r in remotes.values())
         forwarder = self._forwarder(net)
         if forwarder is None:
             return
         try:
-            forwarder.apply(net.entries, wanted)
+            forwarder.apply(net.tally.entries(), wanted)
         except CNMError:
+            net.stale = True
             net.close()  # the namespace may have been rebuilt: reopen and resync next time
             raise
-        net.remotes, net.entries = remotes, wanted
+        net.remotes = remotes
+        net.tally = dataplane.Tally.of(r for _, r in remotes.values())
 
     def _resync(self, net: LocalNet) -> None:
         remotes = {}
@@ -301,11 +326,13 @@ class Agent:
         if forwarder is None:
             return
         try:
-            net.entries = forwarder.sync(r for _, r in remotes.values())
+            forwarder.sync(r for _, r in remotes.values())
         except CNMError:
+            net.stale = True
             net.close()
             raise
-        net.remotes = remotes
+        net.remotes, net.stale = remotes, False
+        net.tally = dataplane.Tally.of(r for _, r in remotes.values())
 
     def _resync_all(self) -> None:
         for net in list(self.nets.values()):

@@ -19,7 +19,8 @@ import contextlib
 import errno
 import ipaddress
 import socket
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Container, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -344,6 +345,64 @@ class Entries:
         return cls(frozenset(fdb), frozenset(flood), frozenset(neigh))
 
 
+class Tally:
+    """The entries of a set of remotes with how many of them give each, changed remote
+    by remote: one endpoint event costs in proportion to itself, not to the overlay's
+    size (a VTEP stays in the flood list while any remote endpoint is behind it; a MAC or
+    an IP given by two remotes, as while one moves, stays while either does)."""
+
+    def __init__(self) -> None:
+        self.fdb: Counter[tuple[str, str]] = Counter()
+        self.flood: Counter[str] = Counter()
+        self.neigh: Counter[tuple[str, str]] = Counter()
+        self.macs: Counter[str] = Counter()
+        self.ips: Counter[str] = Counter()
+
+    @classmethod
+    def of(cls, remotes: Iterable[Remote]) -> Tally:
+        tally = cls()
+        for remote in remotes:
+            tally.change(None, remote)
+        return tally
+
+    def entries(self) -> Entries:
+        return Entries(frozenset(self.fdb), frozenset(self.flood), frozenset(self.neigh))
+
+    def change(self, old: Remote | None, new: Remote | None) -> tuple[Entries, Entries]:
+        """One remote replaced (None: none); the entries gone and the entries new."""
+        before, after = _items(old), _items(new)
+        fdb = _count(self.fdb, before[0], after[0])
+        flood = _count(self.flood, before[1], after[1])
+        neigh = _count(self.neigh, before[2], after[2])
+        _count(self.macs, {mac for mac, _ in fdb[0]}, {mac for mac, _ in fdb[1]})
+        _count(self.ips, {ip for ip, _ in neigh[0]}, {ip for ip, _ in neigh[1]})
+        return (Entries(fdb[0], flood[0], neigh[0]), Entries(fdb[1], flood[1], neigh[1]))
+
+
+def _count(counter: Counter[Any], before: set[Any], after: set[Any]
+           ) -> tuple[frozenset[Any], frozenset[Any]]:
+    """Take ``before`` out of ``counter`` and put ``after`` in; the items it no longer
+    holds and those it holds now and did not."""
+    gone, made = set(), set()
+    for item in before - after:
+        counter[item] -= 1
+        if counter[item] <= 0:
+            del counter[item]
+            gone.add(item)
+    for item in after - before:
+        counter[item] += 1
+        if counter[item] == 1:
+            made.add(item)
+    return frozenset(gone), frozenset(made)
+
+
+def _items(remote: Remote | None) -> tuple[set[Any], set[Any], set[Any]]:
+    if remote is None:
+        return set(), set(), set()
+    return ({(remote.mac, remote.vtep)}, {remote.vtep},
+            {(ip, remote.mac) for ip in (remote.ip, remote.ip6) if ip})
+
+
 class Forwarder:
     """One overlay namespace's VTEP table writer, on one netlink socket."""
 
@@ -398,26 +457,33 @@ class Forwarder:
     def apply(self, old: Entries, new: Entries) -> None:
         """Move the VTEP from ``old`` to ``new``: removals first, then additions, so that
         a MAC or IP that moved ends up pointing at its new place."""
-        gone = (errno.ENOENT, errno.ESRCH, errno.EINVAL)
-        kept_ips = {ip for ip, _ in new.neigh}
-        kept_macs = {mac for mac, _ in new.fdb}
-        for ip, _mac in old.neigh - new.neigh:
+        gone = Entries(old.fdb - new.fdb, old.flood - new.flood, old.neigh - new.neigh)
+        made = Entries(new.fdb - old.fdb, new.flood - old.flood, new.neigh - old.neigh)
+        self.change(gone, made, {ip for ip, _ in new.neigh}, {mac for mac, _ in new.fdb})
+
+    def change(self, gone: Entries, made: Entries, kept_ips: Container[str],
+               kept_macs: Container[str]) -> None:
+        """Remove the entries ``gone`` and add those ``made``; a neighbour or a MAC that
+        the VTEP still holds for another entry (``kept_ips``, ``kept_macs``: those of
+        every entry it holds afterwards) is replaced, not deleted."""
+        tolerate = (errno.ENOENT, errno.ESRCH, errno.EINVAL)
+        for ip, _mac in gone.neigh:
             if ip not in kept_ips:
-                self._call(f"delete neighbour {ip}", "neigh", "del", gone, dst=ip)
-        for mac, vtep in old.fdb - new.fdb:
+                self._call(f"delete neighbour {ip}", "neigh", "del", tolerate, dst=ip)
+        for mac, vtep in gone.fdb:
             if mac not in kept_macs:
-                self._call(f"delete FDB {mac}", "fdb", "del", gone, lladdr=mac, dst=vtep,
+                self._call(f"delete FDB {mac}", "fdb", "del", tolerate, lladdr=mac, dst=vtep,
                            flags=NTF_SELF)
-        for vtep in old.flood - new.flood:
-            self._call(f"delete flood entry {vtep}", "fdb", "del", gone, lladdr=ZERO_MAC,
+        for vtep in gone.flood:
+            self._call(f"delete flood entry {vtep}", "fdb", "del", tolerate, lladdr=ZERO_MAC,
                        dst=vtep, flags=NTF_SELF)
-        for mac, vtep in new.fdb - old.fdb:
+        for mac, vtep in made.fdb:
             self._call(f"add FDB {mac} -> {vtep}", "fdb", "replace", (), lladdr=mac, dst=vtep,
                        state=NUD_PERMANENT, flags=NTF_SELF)
-        for vtep in new.flood - old.flood:
+        for vtep in made.flood:
             self._call(f"add flood entry {vtep}", "fdb", "append", (errno.EEXIST,),
                        lladdr=ZERO_MAC, dst=vtep, state=NUD_PERMANENT, flags=NTF_SELF)
-        for ip, mac in new.neigh - old.neigh:
+        for ip, mac in made.neigh:
             self._call(f"add neighbour {ip} -> {mac}", "neigh", "replace", (), dst=ip,
                        lladdr=mac, state=NUD_PERMANENT)
 
