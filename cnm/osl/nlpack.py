@@ -25,6 +25,7 @@ IFINFO = struct.Struct("=BxHiII")  # family, (pad), type, index, flags, change
 IFADDR = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
 # family, dst_len, src_len, tos, table, protocol, scope, type; flags
 RTMSG = struct.Struct("=BBBBBBBBI")
+NDMSG = struct.Struct("=BxxxiHBB")  # family, (pad), index, state, flags, type
 _ATTR = struct.Struct("=HH")
 _U32 = struct.Struct("=I")
 
@@ -121,6 +122,7 @@ _LINK: dict[str, tuple[int, Any]] = {
 }
 _ADDR = {"IFA_ADDRESS": (1, _address), "IFA_LOCAL": (2, _address), "IFA_FLAGS": (8, _u32)}
 _ROUTE = {"RTA_DST": (1, _address), "RTA_OIF": (4, _u32), "RTA_GATEWAY": (5, _address)}
+_NEIGH = {"NDA_DST": (1, _address), "NDA_LLADDR": (2, _mac)}
 
 
 def _raise(why: str) -> bytes:
@@ -141,3 +143,9 @@ def route(family: int, dst_len: int, table: int, proto: int, kind: int,
           attrs: Iterable[tuple[str, Any]]) -> bytes:
     """An rtmsg (scope universe, no flags) with ``attrs``."""
     return RTMSG.pack(family, dst_len, 0, 0, table, proto, 0, kind, 0) + _attrs(_ROUTE, attrs)
+
+
+def neigh(family: int, index: int, state: int, flags: int,
+          attrs: Iterable[tuple[str, Any]]) -> bytes:
+    """An ndmsg (a neighbour, or with AF_BRIDGE a forwarding entry) with ``attrs``."""
+    return NDMSG.pack(family, index, state, flags, 0) + _attrs(_NEIGH, attrs)

@@ -17,15 +17,24 @@ import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST
+from pyroute2.netlink import (
+    NLM_F_ACK,
+    NLM_F_APPEND,
+    NLM_F_CREATE,
+    NLM_F_EXCL,
+    NLM_F_REPLACE,
+    NLM_F_REQUEST,
+)
 from pyroute2.netlink import nlmsg as NetlinkMessage
 from pyroute2.netlink.exceptions import NetlinkError
 
 # Message types and flags as ``ip`` sends them.
 RTM_NEWLINK, RTM_DELLINK, RTM_NEWADDR, RTM_NEWROUTE = 16, 17, 20, 24
+RTM_NEWNEIGH, RTM_DELNEIGH = 28, 29
 SET = NLM_F_REQUEST | NLM_F_ACK
 CREATE = SET | NLM_F_CREATE | NLM_F_EXCL
 REPLACE = SET | NLM_F_CREATE | NLM_F_REPLACE
+APPEND = SET | NLM_F_CREATE | NLM_F_APPEND
 
 _NLMSG_ERROR, _NLMSG_DONE = 2, 3
 _NLM_F_DUMP = 0x300

@@ -122,3 +122,19 @@ def test_what_it_does_not_pack_goes_to_pyroute2(attrs: list[tuple[str, Any]]) ->
         nlpack.link(0, 0, 0, attrs)
     request = links._link_request("test", 0, attrs)
     assert isinstance(request, Request) and not isinstance(request.msg, bytes)
+
+
+@pytest.mark.parametrize(("family", "state", "flags", "attrs"), [
+    (2, 0x80, 0, [("NDA_DST", "10.0.0.2"), ("NDA_LLADDR", "02:42:0a:00:00:02")]),
+    (10, 0x80, 0, [("NDA_DST", "fd00::2"), ("NDA_LLADDR", "02:42:0a:00:00:02")]),
+    (2, 0x80, 0, [("NDA_DST", "10.0.0.2")]),  # a neighbour to delete
+    (7, 0x80, 2, [("NDA_LLADDR", "00:00:00:00:00:00"), ("NDA_DST", "192.168.1.2")]),  # FDB
+])
+def test_neighbours_and_forwarding_entries_pack_as_pyroute2_encodes_them(
+        family: int, state: int, flags: int, attrs: list[tuple[str, Any]]) -> None:
+    from pyroute2.netlink.rtnl.ndmsg import ndmsg
+
+    msg = ndmsg()
+    msg["family"], msg["ifindex"], msg["state"], msg["flags"] = family, 9, state, flags
+    msg["attrs"] = list(attrs)
+    assert nlpack.neigh(family, 9, state, flags, attrs) == _pyroute2(msg)
