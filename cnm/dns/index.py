@@ -72,6 +72,8 @@ class Index:
         self._tables: dict[str, NetworkNames] = {}
         self._views: dict[str, SandboxView] = {}
         self._view_nets: dict[str, tuple[str, ...]] = {}  # sandbox id -> its networks
+        # sandbox id -> (its record, its networks, its own servers): what its view is made of
+        self._view_inputs: dict[str, tuple[Any, tuple[str, ...], tuple[IPAddress, ...]]] = {}
         self._attached: dict[str, set[str]] = {}  # network id -> served sandboxes on it
         # What the last change did to this host's endpoints' entries (endpoint id ->
         # its entry, None: it has none now), for the caller that publishes them.
@@ -228,19 +230,23 @@ class Index:
 
     def _view(self, sid: str) -> None:
         """Make a sandbox's view again (its record or a network's table changed)."""
-        for nid in self._view_nets.pop(sid, ()):
-            self._attached[nid].discard(sid)  # only networks it could be attached to
         sb = self._sandboxes.get(sid)
-        if sb is None or not served(sb):
-            if self._views.pop(sid, None) is not None:
-                self.changed_views.add(sid)
-            return
-        nids, servers = view_inputs(sb)
-        self._views[sid] = view_of(sb, self._tables, nids, servers)
+        inputs = self._view_inputs.get(sid)
+        if inputs is None or inputs[0] is not sb:  # its record changed: its networks too
+            for nid in self._view_nets.pop(sid, ()):
+                self._attached[nid].discard(sid)
+            if sb is None or not served(sb):
+                self._view_inputs.pop(sid, None)
+                if self._views.pop(sid, None) is not None:
+                    self.changed_views.add(sid)
+                return
+            inputs = (sb, *view_inputs(sb))
+            self._view_inputs[sid] = inputs
+            self._view_nets[sid] = tuple(nid for nid in inputs[1] if nid in self._attached)
+            for nid in self._view_nets[sid]:
+                self._attached[nid].add(sid)
+        self._views[sid] = view_of(sb, self._tables, inputs[1], inputs[2])
         self.changed_views.add(sid)
-        self._view_nets[sid] = tuple(nid for nid in nids if nid in self._attached)
-        for nid in self._view_nets[sid]:
-            self._attached[nid].add(sid)
 
     # --- entries ---------------------------------------------------------------------------
 
