@@ -17,9 +17,10 @@ everything in order; the store's watch callbacks only queue the event and wake i
               serves among those (sockets inside, NAT table, ``nameserver
               127.0.0.11``), drop those gone, hand the snapshot to the event loop, record
               at dns/applied the newest revision the listing covers (what a process that
-              just changed names waits for), then publish the names of this host's
-              endpoints that changed on cluster-wide networks under the lease (and
-              withdraw the ones gone). A network or cluster scope that changed, and a
+              just changed names waits for; a revision that changed no name is recorded
+              with the next one that does, or ``APPLIED_LATER`` after), then publish the
+              names of this host's endpoints that changed on cluster-wide networks under
+              the lease (and withdraw the ones gone). A network or cluster scope that changed, and a
               full sync, make every name again and publish them all.
     serve:    sync after watch events (coalesced), refresh the lease every ttl/3, re-read
               the host's resolv.conf when it changes, list everything again and sync
@@ -40,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import math
 import os
 import re
 import threading
@@ -71,6 +73,11 @@ log = logging.getLogger(__name__)
 DEFAULT_LEASE_TTL = 15.0
 DEFAULT_RESYNC_INTERVAL = 30.0
 UPSTREAM_CHECK = 2.0  # seconds between two looks at the host's resolv.conf
+# Seconds the record of a revision whose changes no name depends on (an endpoint made,
+# not joined; a driver's own record) may wait at most, to go with the next change that
+# matters: no process waits for such a revision (it waits for the names it changed), and
+# each write of dns/applied wakes every watcher of the host's store.
+APPLIED_LATER = 0.02
 ENV_LEASE_TTL = "PYCNM_OVERLAY_LEASE_TTL"
 
 _SCOPE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
@@ -147,6 +154,8 @@ class DnsService:
         self._cluster = Mirror((SCOPES,))
         self._index = Index(self.host_id)  # the names, kept up to date change by change
         self._applied = 0  # the revision last recorded at dns/applied
+        self._unrecorded = 0  # a revision applied, not recorded yet (by _record_by)
+        self._record_by: float | None = None
         self._unserved: set[str] = set()  # sandboxes whose take-over failed: tried again
         self._dirty = threading.Event()
         self._stopping = threading.Event()
@@ -221,7 +230,8 @@ class DnsService:
         self._drop_watches()
         self._local = Mirror((*RECORDS, DRIVERS, *dict.fromkeys(p for p, _ in self.sources)))
         self._cluster.forget_pending()
-        self._applied = 0
+        self._applied = self._unrecorded = 0
+        self._record_by = None
         if hasattr(self.local, "grant_lease"):
             self._lease = self.local.grant_lease(self.ttl)
         self._cluster_lease = self._lease
@@ -274,11 +284,14 @@ class DnsService:
                                                      now + self.resync_interval,
                                                      now + UPSTREAM_CHECK)
         while not self._stopping.is_set():
-            wait = max(0.0, min(next_refresh, next_resync, next_upstreams) - time.monotonic())
-            if self._dirty.wait(wait) and not self._stopping.is_set():
+            due = min(next_refresh, next_resync, next_upstreams, self._record_by or math.inf)
+            if self._dirty.wait(max(0.0, due - time.monotonic())) and \
+                    not self._stopping.is_set():
                 self._dirty.clear()
                 self._sync()
             now = time.monotonic()
+            if self._record_by is not None and now >= self._record_by:
+                self._record_applied(0)
             if now >= next_refresh:
                 for lease in {id(x): x for x in (self._lease, self._cluster_lease)
                               if x is not None}.values():
@@ -367,10 +380,23 @@ class DnsService:
         # (wait_applied) goes on before the cluster hears of them (an etcd round trip
         # it need not wait for: other hosts learn a name from their watch anyway).
         if revision > self._applied:
-            self.local.put(client.APPLIED_KEY, {"revision": revision, "pid": os.getpid()})
-            self._applied = revision
+            if full or changed or local_keys:
+                self._record_applied(revision)
+            else:  # no name changed: recorded with the next change, or a moment later
+                self._unrecorded = max(self._unrecorded, revision)
+                if self._record_by is None:
+                    self._record_by = time.monotonic() + APPLIED_LATER
         if publish is None or publish:
             self._publish(publish)
+
+    def _record_applied(self, revision: int) -> None:
+        """Record at dns/applied that the store as of ``revision`` (or of a revision
+        applied earlier and not recorded yet) is answered."""
+        revision = max(revision, self._unrecorded)
+        if revision > self._applied:
+            self.local.put(client.APPLIED_KEY, {"revision": revision, "pid": os.getpid()})
+            self._applied = revision
+        self._unrecorded, self._record_by = 0, None
 
     def _rebuild(self, local: Mirror, changed: set[str], published: list[str],
                  full: bool) -> Mapping[str, NameEntry | None] | None:
