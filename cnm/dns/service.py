@@ -484,7 +484,8 @@ class DnsService:
                                          int(ports.get("udp", 0)), int(ports.get("tcp", 0)))
         try:
             udp_port, tcp_port = udp.getsockname()[1], tcp.getsockname()[1]
-            dnsnat.install(sandbox.netns_path, RESOLVER_ADDRESS, udp_port, tcp_port)
+            dnsnat.install(sandbox.netns_path, RESOLVER_ADDRESS, udp_port, tcp_port,
+                           fresh=before is None)
             self.server.add(view, udp, tcp)
         except BaseException:
             udp.close()

@@ -81,8 +81,10 @@ def open_socket(ns: str | None, family: int, kind: int = socket.SOCK_DGRAM) -> s
     return in_netns(ns, lambda: socket.socket(family, kind))
 
 
-def install(ns: str, address: ipaddress.IPv4Address, udp_port: int, tcp_port: int) -> None:
-    """Point ``address``:53 at the listeners inside ``ns`` (one atomic nft transaction)."""
+def install(ns: str, address: ipaddress.IPv4Address, udp_port: int, tcp_port: int,
+            fresh: bool = False) -> None:
+    """Point ``address``:53 at the listeners inside ``ns`` (one atomic nft transaction);
+    ``fresh``: the table is most likely not there yet (a sandbox never taken over)."""
     protocols: tuple[tuple[j.L4Proto, int], ...] = (("udp", udp_port), ("tcp", tcp_port))
     dnat_rules = [
         j.rule(j.match_addr("daddr", address), j.match_port(proto, "dport", 53),
@@ -94,10 +96,19 @@ def install(ns: str, address: ipaddress.IPv4Address, udp_port: int, tcp_port: in
                j.snat(port=53, family="ip"))
         for proto, port in protocols
     ]
-    nft.replace_table(ns, FAMILY, TABLE, [
-        j.Chain("dns-dnat", j.nat_hook("output"), dnat_rules),
-        j.Chain("dns-snat", j.nat_hook("postrouting"), snat_rules),
-    ], what="the resolver's NAT rules")
+    chains = [j.Chain("dns-dnat", j.nat_hook("output"), dnat_rules),
+              j.Chain("dns-snat", j.nat_hook("postrouting"), snat_rules)]
+    what = "the resolver's NAT rules"
+    # A sandbox taken over for the first time has no table yet: made without the
+    # replace's delete (~4 ms instead of ~15-18 ms of the resolver's time per new
+    # sandbox). A table there after all makes that fail whole: replaced then.
+    if fresh:
+        try:
+            nft.load(ns, j.create_table(FAMILY, TABLE, chains), what=what)
+            return
+        except KernelError:
+            pass
+    nft.replace_table(ns, FAMILY, TABLE, chains, what=what)
 
 
 def remove(ns: str) -> None:

@@ -224,9 +224,24 @@ def replace_table(
     """Commands that make table ``family name`` hold exactly ``sets`` and ``chains``, in one
     transaction: the table is added (so the delete cannot fail), deleted, and built anew."""
     table = table_obj(family, name)
-    commands: list[Command] = [{"add": table}, {"delete": table}, {"add": table}]
+    return [{"add": table}, {"delete": table}, {"add": table},
+            *_contents(family, name, chains, sets)]
+
+
+def create_table(
+    family: Family, name: str, chains: Sequence[Chain], sets: Sequence[NamedSet] = ()
+) -> list[Command]:
+    """Commands that make table ``family name`` with ``sets`` and ``chains`` if there is no
+    such table, and fail (nothing made) if there is one. Much cheaper for the kernel than
+    ``replace_table`` where the table is new: a transaction that deletes a table (even one
+    it just added) costs the commit ~13 ms of waiting here, one that only adds ~2 ms."""
+    return [{"create": table_obj(family, name)}, *_contents(family, name, chains, sets)]
+
+
+def _contents(family: Family, name: str, chains: Sequence[Chain],
+              sets: Sequence[NamedSet]) -> list[Command]:
     # Chains before sets: a verdict map's elements jump to chains that must exist.
-    commands += [{"add": chain_obj(family, name, c)} for c in chains]
+    commands: list[Command] = [{"add": chain_obj(family, name, c)} for c in chains]
     commands += [{"add": set_obj(family, name, s)} for s in sets]
     for chain in chains:
         commands += [{"add": rule_obj(family, name, chain.name, r)} for r in chain.rules]

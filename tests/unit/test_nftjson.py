@@ -69,6 +69,14 @@ def test_replace_table_is_one_exact_transaction() -> None:
     assert '"range": [8000, 8010]' in text
 
 
+def test_create_table_is_the_replace_without_its_delete_and_fails_on_a_table_there() -> None:
+    chains = [j.Chain("output", j.nat_hook("output"), [j.rule(j.dnat(V4, 5353))])]
+    created, replaced = j.create_table("ip", "pycnm-dns", chains), \
+        j.replace_table("ip", "pycnm-dns", chains)
+    assert created[0] == {"create": replaced[0]["add"]}  # nft refuses it if there
+    assert created[1:] == replaced[3:]
+
+
 def test_kernel_names_refuse_a_trailing_newline() -> None:
     from cnm import names
 
