@@ -17,13 +17,19 @@ from cnm.driverapi import (
     refuse_internal_options,
 )
 from cnm.endpoint import Endpoint
-from cnm.errors import Busy, InvalidOption, NotFound, PoolExhausted
+from cnm.errors import Busy, CNMError, InvalidOption, NotFound, PoolExhausted
 from cnm.inputs import address_text, shown
 from cnm.portmap import parse_portmap
 from cnm.records import EndpointRecord, NetworkRecord, PoolRecord
 
 if TYPE_CHECKING:
     from cnm.controller import Controller
+
+# Where cnm.services.manager keeps its state in a host's key space: every load-balancer
+# record under the first, a bridge network's services under the second + its id
+# (tests/unit/test_services.py keeps them equal to the manager's).
+SERVICES_LB_PREFIX = "lb/"
+SERVICES_PREFIX = "services/"
 
 
 class Network:
@@ -191,17 +197,21 @@ class Network:
         """Delete the network; it must have no endpoints unless ``force``."""
         ctl = self.controller
         net = self.record
-        from cnm.services.manager import Services
+        services = None
+        balancer = None
+        if _has_services_state(ctl, net):
+            from cnm.services.manager import Services
 
-        services = Services(ctl)
-        balancer = services.lb_state(self.id).get("endpoint")  # the network's own, not a user's
+            services = Services(ctl)
+            balancer = services.lb_state(self.id).get("endpoint")  # the network's own
         eps = [ep for ep in self.endpoints() if ep.id != balancer]
         if eps and not force:
             raise Busy(
                 f"network {net.name} still has {len(eps)} endpoint(s) "
                 f"({', '.join(sorted(e.record.name for e in eps)[:5])}): detach them first"
             )
-        services.network_removed(self.id, force)
+        if services is not None:
+            services.network_removed(self.id, force)
         for ep in eps:
             ep.delete(force=True)
         ctl.driver(net.driver).delete_network(self.id)
@@ -246,6 +256,19 @@ class Network:
             "Labels": net.labels,
             "Endpoints": {ep.id: ep.inspect() for ep in self.endpoints()},
         }
+
+
+def _has_services_state(ctl: Any, net: NetworkRecord) -> bool:
+    """Whether removing ``net`` may have service work to do (what
+    ``Services.network_removed`` looks at): this host's load-balancer records (``lb/``),
+    services of the network, or a cluster-wide network (its services live in the cluster
+    store). Without any, the services package is not imported (~10 ms of a CLI call)."""
+    if ctl.local.list(SERVICES_LB_PREFIX) or ctl.local.list(f"{SERVICES_PREFIX}{net.id}/"):
+        return True
+    try:
+        return ctl.driver(net.driver).dns_scope(net.id) is not None
+    except CNMError:
+        return True  # as Services.space would: let it decide
 
 
 def _interface(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-import secrets
+import os
 from typing import Any
 
 from cnm import inputs
@@ -14,7 +14,7 @@ from cnm.errors import Conflict
 def mac_from_ip(address: ipaddress.IPv4Address | None) -> str:
     """Docker's scheme (02:42 + the IPv4 bytes): unique where the address is, stable across
     restarts; random (locally administered, unicast) without IPv4."""
-    tail = address.packed if address is not None else secrets.token_bytes(4)
+    tail = address.packed if address is not None else os.urandom(4)
     return "02:42:" + ":".join(f"{b:02x}" for b in tail)
 
 

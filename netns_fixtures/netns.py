@@ -24,7 +24,6 @@ import contextlib
 import ipaddress
 import os
 import re
-import secrets
 import select
 import subprocess
 import time
@@ -60,7 +59,7 @@ def unique_name(prefix: str = FIXTURE_PREFIX, length: int = 6) -> str:
 
     Only names with the default prefix are covered by the fixtures' leak check.
     """
-    name = prefix + secrets.token_hex((length + 1) // 2)[:length]
+    name = prefix + os.urandom((length + 1) // 2).hex()[:length]
     if len(name) > IFNAMSIZ:
         raise ValueError(f"{name!r} is longer than {IFNAMSIZ} characters")
     _remember(name)
@@ -525,6 +524,8 @@ class Outside(Namespace):
 def free_test_subnet(prefixlen: int = 30) -> ipaddress.IPv4Network:
     """A random subnet of 198.18.0.0/15 (reserved for tests, RFC 2544; never routed)."""
     count = 2 ** (prefixlen - NAT_TEST_RANGE.prefixlen)
+    import secrets  # (hashlib: only here, not for a lab's namespaces)
+
     index = secrets.randbelow(count)
     start = int(NAT_TEST_RANGE.network_address) + index * 2 ** (32 - prefixlen)
     return ipaddress.IPv4Network((start, prefixlen))

@@ -11,13 +11,12 @@ import contextlib
 import errno
 import fcntl
 import ipaddress
-import secrets
+import os
 import struct
 from collections.abc import Iterable
 from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
 from cnm.errors import Conflict, KernelError, KernelFeatureMissing, NotFound
 from cnm.osl import nlpack
@@ -80,7 +79,12 @@ def link_info(ipr: NetlinkHandle, name: str) -> dict[str, Any] | None:
     """A few facts about a link (kind, master, mtu, mac, state), or None if absent."""
     try:
         if len(name.encode()) < 16:  # one lookup on the handle's own socket
-            msg = ifinfmsg(ipr.rtnl.get_link(name))
+            raw = ipr.rtnl.get_link(name)
+            # pyroute2's decoder, only for a link that is there (a CLI that makes a new
+            # bridge or deletes links never loads it: ~8 ms of imports)
+            from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
+            msg = ifinfmsg(raw)
             msg.decode()
         else:  # an alternative name: pyroute2 knows how to ask for one
             msg = ipr.link("get", ifname=name)[0]
@@ -128,6 +132,8 @@ def _link_request(
     flags, change = ((_IFF_UP if up else 0), _IFF_UP) if up is not None else (0, 0)
     with contextlib.suppress(nlpack.NotPacked):  # packed by hand: ~20x cheaper
         return Request(nlpack.link(index, flags, change, attrs), RTM_NEWLINK, SET, what)
+    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
     msg = ifinfmsg()
     msg["index"] = index
     if up is not None:
@@ -146,7 +152,7 @@ def no_link_local_request(index: int) -> Request:
 
 def random_mac() -> str:
     """A random locally administered unicast MAC."""
-    raw = bytearray(secrets.token_bytes(6))
+    raw = bytearray(os.urandom(6))  # (as secrets.token_bytes, without importing hashlib)
     raw[0] = (raw[0] & 0xFC) | 0x02
     return ":".join(f"{b:02x}" for b in raw)
 
@@ -249,9 +255,7 @@ def delete_link(ipr: NetlinkHandle, name: str) -> None:
 
 def delete_request(index: int, name: str) -> Request:
     """A request deleting the link ``index`` (called ``name``); already gone is success."""
-    msg = ifinfmsg()
-    msg["index"], msg["attrs"] = index, []
-    return Request(msg, RTM_DELLINK, SET, f"delete {name}",
+    return Request(nlpack.link(index, 0, 0, []), RTM_DELLINK, SET, f"delete {name}",
                    frozenset({errno.ENODEV, errno.ENOENT, errno.EINVAL}))
 
 

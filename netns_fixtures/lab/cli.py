@@ -215,11 +215,12 @@ def _down(args: argparse.Namespace) -> int:
 
 
 def _down_now(args: argparse.Namespace) -> int:
-    from netns_fixtures.lab.loader import LabFileError, load
     from netns_fixtures.lab.realise import down
 
     name = args.lab
     if os.path.isfile(name):
+        from netns_fixtures.lab.loader import LabFileError, load  # (YAML: only for a file)
+
         try:
             name = load(name).name
         except LabFileError as exc:

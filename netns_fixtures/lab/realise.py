@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import secrets
 import shutil
 import subprocess
 import sys
@@ -241,6 +240,8 @@ class _Builder:
     # --- the cluster store and the agents (overlay labs) --------------------------------
 
     def start_etcd(self) -> str:
+        import secrets
+
         from netns_fixtures.etcd import EtcdTLS, enable_auth, start_etcd, store_url
 
         spec = self.topo.etcd

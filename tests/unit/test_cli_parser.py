@@ -211,7 +211,8 @@ def test_pyroute2_messages_come_without_the_whole_library_which_stays_reachable(
     script = """
 import sys
 from cnm.osl import light_pyroute2
-from cnm.osl.links import address_request, ifinfmsg
+from cnm.osl.links import address_request
+from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 assert not light_pyroute2.fully_loaded(), "messages brought the whole library"
 assert "pyroute2.ndb" not in sys.modules and "pyroute2.ipdb" not in sys.modules
 from pyroute2 import netlink  # a submodule: still no whole library

@@ -138,3 +138,13 @@ def test_neighbours_and_forwarding_entries_pack_as_pyroute2_encodes_them(
     msg["family"], msg["ifindex"], msg["state"], msg["flags"] = family, 9, state, flags
     msg["attrs"] = list(attrs)
     assert nlpack.neigh(family, 9, state, flags, attrs) == _pyroute2(msg)
+
+
+def test_deletes_and_link_groups_pack_as_pyroute2_encodes_them() -> None:
+    """The link reaper's requests (its group for a batch, the group's deletion) and a
+    link's deletion: packed by hand, so a CLI never imports pyroute2's ifinfmsg for them."""
+    assert links.delete_request(7, "pcv-x").msg == _link(7, [])
+    assert nlpack.link(7, 0, 0, [("IFLA_GROUP", 0x40000005)]) == _link(
+        7, [("IFLA_GROUP", 0x40000005)])
+    assert nlpack.link(0, 0, 0, [("IFLA_GROUP", 0x7FFFFFFF)]) == _link(
+        0, [("IFLA_GROUP", 0x7FFFFFFF)])

@@ -189,3 +189,16 @@ def test_names_for_the_resolver() -> None:
                    "rr": ["10.1.0.10", "10.1.0.11"], "tasks.rr": ["10.1.0.10", "10.1.0.11"],
                    "idle": ["10.1.0.101"]}
     assert entries({"names": []}) == [] and entries({"network": 5}) == []
+
+
+def test_network_removal_looks_for_service_state_where_the_manager_keeps_it() -> None:
+    """Network.delete imports the services manager only when one of these prefixes holds
+    something: every key the manager writes in a host's space must be under them."""
+    from cnm.network import SERVICES_LB_PREFIX, SERVICES_PREFIX
+    from cnm.services import manager
+    from cnm.store.memory import MemoryStore
+
+    for key in (manager.LB_KEY, manager.INGRESS_KEY, manager.FAST_KEY, manager.AGENT_KEY):
+        assert key.startswith(SERVICES_LB_PREFIX), key
+    space = manager.Space("n1", None, MemoryStore())
+    assert space.prefix == f"{SERVICES_PREFIX}n1/" and space.key("web").startswith(space.prefix)
