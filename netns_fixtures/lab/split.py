@@ -70,20 +70,25 @@ def child_positions(count: int, share: float) -> list[int]:
 
 def run_split(jobs: Sequence[Job], report: Callable[[int, str | None], None], *,
               before_fork: Callable[[], None], child_done: Callable[[], None],
-              parent_first: Callable[[], None] | None = None, child_share: float = 0.5
+              parent_first: Callable[[], None] | None = None,
+              parent_last: Callable[[], None] | None = None, child_share: float = 0.5
               ) -> None:
     """Run ``jobs`` (each returns a detail for the progress line), a share ``child_share``
     of them in a forked child (see the module's docstring); ``report(position, detail)`` is
     called here, in order. ``parent_first`` runs here right after the fork, before this
     process's jobs (work the child's jobs wait for, as they see fit; it raises
-    ``SplitFailed`` to name a job). ``child_done`` runs in the child after its last job
-    (close what it opened)."""
+    ``SplitFailed`` to name a job). ``parent_last`` runs here once every job is done and
+    reported, while the child may still be running ``child_done`` (close what it
+    opened), which runs in the child after its last job. An error in ``parent_last`` is
+    raised as it is, once the child is stopped."""
     before_fork()
     if len(jobs) < 2 or not can_split():
         if parent_first is not None:
             parent_first()
         for position, job in enumerate(jobs):
             report(position, _run(position, job))
+        if parent_last is not None:
+            parent_last()
         return
     sys.stdout.flush()
     sys.stderr.flush()
@@ -100,7 +105,7 @@ def run_split(jobs: Sequence[Job], report: Callable[[int, str | None], None], *,
     try:
         if parent_first is not None:
             parent_first()
-        _parent(jobs, theirs, read_end, report)
+        _parent(jobs, theirs, read_end, report, parent_last)
         finished = True
     finally:
         os.close(read_end)
@@ -156,7 +161,8 @@ def _child(jobs: Sequence[Job], theirs: list[int], out: int,
 
 
 def _parent(jobs: Sequence[Job], theirs: list[int], pipe: int,
-            report: Callable[[int, str | None], None]) -> None:
+            report: Callable[[int, str | None], None],
+            last: Callable[[], None] | None) -> None:
     done: dict[int, str | None] = {}
     buffer = b""
     closed = False
@@ -201,6 +207,8 @@ def _parent(jobs: Sequence[Job], theirs: list[int], pipe: int,
             raise SplitFailed(reported, ChildFailed(
                 "the second builder process ended without finishing (killed?)"))
         read(block=True)
+    if last is not None:  # beside the child's closing (its queued link deletions)
+        last()
     while not closed:  # the child closes its end when it has closed all it opened
         read(block=True)
 
