@@ -304,6 +304,27 @@ def test_a_sandbox_failing_in_the_second_builder_removes_the_lab(
         subprocess.run(["ip", "netns", "delete", taken], capture_output=True)
 
 
+def test_a_network_failing_before_a_run_built_on_two_cores_removes_the_lab(
+        named: list[str], tmp_path: Path) -> None:
+    """The network steps right before a run of sandboxes are made after the fork (the
+    second builder makes its namespaces meanwhile): one that fails (its bridge name is
+    the host's loopback) is named in the error, and everything is removed again, the
+    second builder's namespaces too."""
+    name = unique_lab()
+    named.append(name)
+    topology = tmp_path / "many.yaml"
+    topology.write_text(one_bridge(name, 20).replace(
+        "subnet: 10.30.0.0/16}", "subnet: 10.30.0.0/16, options: "
+        "{com.docker.network.bridge.name: lo}}"))
+    result = pycnm("lab", "up", str(topology), check=False)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"lab {name}: network sw on host1 failed (interface lo exists and is not a bridge" \
+        in result.stdout, result.stdout
+    assert "Error: interface lo exists and is not a bridge (device)" in result.stderr
+    assert "sandbox" not in result.stdout
+    assert lab_objects(name) == []
+
+
 # --- bad files --------------------------------------------------------------------------------
 
 GOOD = (LABS / "01-bridge" / "lab.yaml").read_text()
