@@ -233,27 +233,47 @@ class SQLiteStore(Store, LeaseStore):
             _make_private_dirs(os.path.dirname(self.path))
             if not os.path.exists(self.path):  # state is nobody else's business: 0600
                 os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
-            conn = sqlite3.connect(self.path, timeout=self._busy_timeout,
-                                   isolation_level=None, check_same_thread=False)
-            try:
-                conn.execute("PRAGMA journal_mode = WAL")
-                conn.execute("PRAGMA synchronous = NORMAL")
-                version = conn.execute("PRAGMA user_version").fetchone()[0]
-                if version > SCHEMA_VERSION:
-                    raise StoreUnavailable(
-                        f"the state database {self.path} was written by a newer pycnm "
-                        f"(schema {version}, this one knows {SCHEMA_VERSION}): upgrade pycnm"
-                    )
-                if version < SCHEMA_VERSION:
-                    conn.executescript(_SCHEMA)
-            except BaseException:
-                conn.close()
-                raise
+            deadline = 0.0
+            pause = _FIRST_NAP
+            while True:
+                try:
+                    return self._connect()
+                except sqlite3.OperationalError as exc:
+                    # Processes opening a new file at once: switching it to WAL takes a
+                    # lock that SQLite refuses at once, without its busy handler, to all
+                    # but one of them (two lab builders did). Try again, as a writer does.
+                    if "locked" not in str(exc) and "busy" not in str(exc):
+                        raise
+                    now = time.monotonic()
+                    deadline = deadline or now + self._busy_timeout
+                    if now >= deadline:
+                        raise
+                time.sleep(pause)
+                pause = min(pause * 2, _LONGEST_NAP)
         except (OSError, sqlite3.Error) as exc:
             raise StoreUnavailable(
                 f"cannot open the state database {self.path}: {exc} (run as root, or pass "
                 "--store or set PYCNM_STORE to a writable place)"
             ) from exc
+
+    def _connect(self) -> sqlite3.Connection:
+        """A connection in WAL mode to the file, its schema made if it is new."""
+        conn = sqlite3.connect(self.path, timeout=self._busy_timeout,
+                               isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreUnavailable(
+                    f"the state database {self.path} was written by a newer pycnm "
+                    f"(schema {version}, this one knows {SCHEMA_VERSION}): upgrade pycnm"
+                )
+            if version < SCHEMA_VERSION:
+                conn.executescript(_SCHEMA)
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     @contextlib.contextmanager

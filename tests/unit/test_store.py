@@ -498,6 +498,33 @@ def test_sqlite_writer_waits_for_another_writer_then_gives_up_clearly(tmp_path: 
             other.close()
 
 
+def test_sqlite_new_file_opened_by_several_at_once_opens_for_each(tmp_path: Path) -> None:
+    """Processes (here connections) opening a store file that does not exist yet, at the
+    same moment, all get it: switching a new file to WAL is refused at once to all but
+    one (no busy handler), so the others try again (a lab's two builders did this)."""
+    for round_ in range(50):
+        path = tmp_path / f"new-{round_}.db"
+        start = threading.Barrier(4)
+        errors: list[BaseException] = []
+
+        def open_it(path: Path = path, start: threading.Barrier = start,
+                    errors: list[BaseException] = errors) -> None:
+            start.wait()
+            try:
+                store = SQLiteStore(path)
+                store.put("k", {"v": 1})
+                store.close()
+            except BaseException as exc:  # noqa: BLE001 - collected, asserted below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=open_it) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == [], errors
+
+
 def test_sqlite_creates_private_parents_and_file(tmp_path: Path) -> None:
     path = tmp_path / "new" / "deeper" / "state.db"
     SQLiteStore(path).close()
