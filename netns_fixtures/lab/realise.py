@@ -74,10 +74,9 @@ PEERS_TIMEOUT = 20.0  # for every VTEP to learn the other hosts' endpoints
 # below, the fork and the second process's own store and netlink handles cost more than
 # the second core saves.
 SPLIT_MIN = 16
-# The child's share: this process also makes the networks and every endpoint (~1.3 ms
-# each, against ~8 ms for a sandbox), so the child takes more than half and both end
-# together (0.58 when the fork came after the networks; 0.6 now, by timing both).
-SPLIT_CHILD_SHARE = 0.6
+# The child's share: this process also makes every endpoint (~1.3 ms each, against ~8 ms
+# for a sandbox), so the child takes more than half and both end together.
+SPLIT_CHILD_SHARE = 0.58
 ENDPOINT_TIMEOUT = 60.0  # for the other builder to make an endpoint a sandbox joins
 
 
@@ -433,12 +432,6 @@ class _Builder:
 
         def job(position: int) -> str:
             return self.make_sandbox(specs[position], ends[position], prepared.pop(position, None))
-
-        # The hosts' Controllers opened (and closed by before_fork) ahead of the fork: what
-        # both processes need is then imported once, the store file made once; the child's
-        # own imports delayed its first namespace by ~30 ms.
-        for host in dict.fromkeys(spec.host for spec in specs):
-            self.controller(host)
 
         split.run_split([partial(job, p) for p in range(len(specs))], report,
                         before_fork=self.close, child_done=self.close,
