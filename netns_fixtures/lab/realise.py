@@ -29,13 +29,13 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 from cnm import names
-from cnm.errors import CNMError, Conflict, KernelError, KernelFeatureMissing, NotFound
+from cnm.errors import CNMError, Conflict, KernelError, KernelFeatureMissing
 from cnm.osl.netns import (
     create_named_netns,
     delete_named_netns,
@@ -92,22 +92,11 @@ class LabBuildError(CNMError):
 class Step:
     """One named piece of work; ``action`` returns a detail for the progress line.
     ``sandbox``: the spec of a sandbox that a run of its like may build on two cores
-    (``_Builder.splittable``); ``network``: a network's creation, which such a run may
-    take along when it comes right before it (``_Builder.make_sandboxes``)."""
+    (``_Builder.splittable``)."""
 
     text: str
     action: Callable[[], str | None]
     sandbox: Any = None
-    network: bool = False
-
-
-class _StepFailed(Exception):
-    """Step ``number`` (1-based), run inside a split build, failed with ``error``."""
-
-    def __init__(self, number: int, error: BaseException) -> None:
-        super().__init__(str(error))
-        self.number = number
-        self.error = error
 
 
 class _Builder:
@@ -167,8 +156,7 @@ class _Builder:
                       for h in topo.pycnm_hosts()]
         steps += [Step(f"agent on {h}", partial(self.start_agent, h))
                   for h in topo.agent_hosts()]
-        steps += [Step(f"network {n.name} on {h}", partial(self.make_network, n, h),
-                       network=True)
+        steps += [Step(f"network {n.name} on {h}", partial(self.make_network, n, h))
                   for n in topo.networks for h in n.hosts]
         steps += [Step(f"service {svc.name} on {h}", partial(self.make_service, svc, h))
                   for svc in topo.services for h in self.service_hosts(svc)]
@@ -387,38 +375,16 @@ class _Builder:
                 return False
         return True
 
-    def make_sandboxes(self, specs: list[Any], report: Callable[[int, str | None], None],
-                       networks: Sequence[tuple[int, Step]] = (),
-                       report_step: Callable[[int, str | None], None] | None = None) -> None:
+    def make_sandboxes(self, specs: list[Any], report: Callable[[int, str | None], None]
+                       ) -> None:
         """Build the sandboxes ``specs`` (all ``splittable``) on two cores
-        (``split.run_split``). After the fork this process makes ``networks`` (the
-        network steps right before the run, (number, step) each, reported with
-        ``report_step``), then the endpoints, one after the other as ``make_sandbox`` would
-        make them (so each gets the address it would get there), under ids chosen before
-        the fork; meanwhile the forked child makes the namespaces of its share of the
-        sandboxes (what needs no network), then joins each (waiting for its network and
-        endpoint); then this process builds the rest. The child takes the larger share,
-        as this process makes the networks and endpoints too. ``report(i, detail)`` in
-        order; a network that fails raises ``_StepFailed``."""
+        (``split.run_split``): the endpoints are made here, one after the other as
+        ``make_sandbox`` would make them (so each gets the address it would get there),
+        under ids chosen before the fork, while the forked child starts on its share of
+        the sandboxes (each of its joins waits for its endpoint); then this process builds
+        the rest. The child takes the larger share, as this process makes the endpoints
+        too. ``report(i, detail)`` in order."""
         ends = [[(att.network, names.new_id()) for att in spec.networks] for spec in specs]
-        prepared: dict[int, Any] = {}  # in the child: position -> its sandbox, made first
-
-        def make_networks() -> None:
-            for number, step in networks:
-                try:
-                    detail = step.action()
-                except BaseException as exc:
-                    raise _StepFailed(number, exc) from exc
-                assert report_step is not None
-                report_step(number, detail)
-            make_endpoints()
-
-        def make_namespaces(positions: list[int]) -> None:
-            for position in positions:
-                try:
-                    prepared[position] = self.new_sandbox(specs[position])
-                except BaseException as exc:
-                    raise split.SplitFailed(position, exc) from exc
 
         def make_endpoints() -> None:
             for position, spec in enumerate(specs):
@@ -430,28 +396,15 @@ class _Builder:
                 except BaseException as exc:
                     raise split.SplitFailed(position, exc) from exc
 
-        def job(position: int) -> str:
-            return self.make_sandbox(specs[position], ends[position], prepared.pop(position, None))
+        jobs = [partial(self.make_sandbox, spec, made) for spec, made in zip(specs, ends,
+                                                                             strict=True)]
+        split.run_split(jobs, report, before_fork=self.close, child_done=self.close,
+                        parent_first=make_endpoints, child_share=SPLIT_CHILD_SHARE)
 
-        split.run_split([partial(job, p) for p in range(len(specs))], report,
-                        before_fork=self.close, child_done=self.close,
-                        parent_first=make_networks, child_first=make_namespaces,
-                        child_share=SPLIT_CHILD_SHARE)
-
-    def new_sandbox(self, spec: Any) -> Any:
-        """The sandbox of ``spec`` (one with a namespace of its own), made: its namespace,
-        its files, its records."""
-        name = sandbox_name(self.topo.name, spec.name)
-        self.state.note_namespace(names.sandbox_netns(name))
-        return self.controller(spec.host).new_sandbox(name, ip_forward=spec.ip_forward,
-                                                      mode=spec.mode)
-
-    def make_sandbox(self, spec: Any, endpoints: list[tuple[str, str]] | None = None,
-                     sandbox: Any = None) -> str:
-        """Build sandbox ``spec``: its namespace (unless ``sandbox``: made already), an
-        endpoint on each of its networks (``endpoints``: (network name, endpoint id) of
-        ones ``make_sandboxes`` makes in the other process: both waited for) joined to it,
-        its routes."""
+    def make_sandbox(self, spec: Any, endpoints: list[tuple[str, str]] | None = None) -> str:
+        """Build sandbox ``spec``: its namespace, an endpoint on each of its networks
+        (``endpoints``: (network name, endpoint id) of ones ``make_sandboxes`` makes in
+        the other process, waited for) joined to it, its routes."""
         from cnm.cli.endpoint import parse_publish
         from cnm.driverapi import OPT_PORTMAP
         from cnm.endpoint import Endpoint
@@ -464,15 +417,15 @@ class _Builder:
             ctl.new_sandbox(name, mode=mode)
             return f"mode {spec.mode}: uses the namespace of " + (
                 spec.host if spec.mode == "host" else spec.shares)
-        if sandbox is None:
-            sandbox = self.new_sandbox(spec)
+        self.state.note_namespace(names.sandbox_netns(name))
+        sandbox = ctl.new_sandbox(name, ip_forward=spec.ip_forward, mode=spec.mode)
         details = [names.sandbox_netns(name)] + (["loopback only"] if spec.mode == "none"
                                                   else [])
         for i, att in enumerate(spec.networks):
             options = {}
             if i == 0 and spec.ports:
                 options[OPT_PORTMAP] = parse_publish(list(spec.ports))
-            net = _wait_for_network(ctl, att.network) if endpoints else ctl.network(att.network)
+            net = ctl.network(att.network)
             if endpoints:
                 endpoint = Endpoint(ctl, net.id, endpoints[i][1])
                 _wait_for_endpoint(ctl, endpoint)
@@ -573,25 +526,15 @@ def up(topo: Topology, *, source: str | None = None, progress: Progress = print,
     try:
         steps = builder.steps()
         while index < len(steps):
-            # A run of sandboxes built on two cores takes along the network steps right
-            # before it: the second process makes namespaces while this one makes them.
-            ahead = index
-            while ahead < len(steps) and steps[ahead].network:
-                ahead += 1
-            run = _sandbox_run(steps, ahead)
+            run = _sandbox_run(steps, index)
             if len(run) >= SPLIT_MIN:
-                first = ahead + 1
-                networks = [(number + 1, steps[number]) for number in range(index, ahead)]
-                index = ahead  # (anything unforeseen is put on the step before the run)
+                first = index + 1
                 try:
-                    builder.make_sandboxes(run, partial(report_from, first), networks, report)
+                    builder.make_sandboxes(run, partial(report_from, first))
                 except split.SplitFailed as failed:
                     index = first + failed.position  # the progress says which one failed
                     raise failed.error from None
-                except _StepFailed as failed:
-                    index = failed.number
-                    raise failed.error from None
-                index = ahead + len(run)
+                index += len(run)
                 continue
             index += 1
             report(index, steps[index - 1].action())
@@ -610,20 +553,6 @@ def up(topo: Topology, *, source: str | None = None, progress: Progress = print,
     progress(f"lab {topo.name} is up in {time.monotonic() - started:.1f} s: "
              f"{len(state.namespaces)} namespaces; try 'pycnm lab check {topo.name}'")
     return state
-
-
-def _wait_for_network(ctl: Any, name: str) -> Any:
-    """The network ``name``, once the other builder process has made it (see
-    ``_wait_for_endpoint``)."""
-    deadline = time.monotonic() + ENDPOINT_TIMEOUT
-    while True:
-        try:
-            return ctl.network(name)
-        except NotFound:
-            if time.monotonic() > deadline:
-                raise LabBuildError(f"network {name} was not made in {ENDPOINT_TIMEOUT:g} s"
-                                    ) from None
-        time.sleep(0.001)
 
 
 def _wait_for_endpoint(ctl: Any, endpoint: Any) -> None:

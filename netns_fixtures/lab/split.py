@@ -9,10 +9,8 @@ its own locks, as it does for a CLI call beside a running plugin), so they split
 
 How: ``run_split`` forks once; the child takes a share of the jobs spread evenly over
 them (every other one at 0.5), this process the rest, both in order; work the child's
-jobs need first (a lab's networks and endpoints, the endpoints made in order for their
-addresses) is done here right after the fork, while the child starts on what of its
-jobs needs none of it (a lab's namespaces); what the jobs leave to do (a lab's networks
-to remove) can run here while the child closes. The child writes one JSON line per job
+jobs need first (a lab's endpoints, made in order for their addresses) is done here
+right after the fork, while the child starts. The child writes one JSON line per job
 into a pipe (its detail, or the error that stopped it) and leaves with ``os._exit``:
 nothing of the parent's (atexit hooks, buffers) runs twice. The parent reports every
 job in order as soon as it and all before it are done, so the progress lines read as a
@@ -73,20 +71,16 @@ def child_positions(count: int, share: float) -> list[int]:
 def run_split(jobs: Sequence[Job], report: Callable[[int, str | None], None], *,
               before_fork: Callable[[], None], child_done: Callable[[], None],
               parent_first: Callable[[], None] | None = None,
-              parent_last: Callable[[], None] | None = None,
-              child_first: Callable[[list[int]], None] | None = None, child_share: float = 0.5
+              parent_last: Callable[[], None] | None = None, child_share: float = 0.5
               ) -> None:
     """Run ``jobs`` (each returns a detail for the progress line), a share ``child_share``
     of them in a forked child (see the module's docstring); ``report(position, detail)`` is
     called here, in order. ``parent_first`` runs here right after the fork, before this
     process's jobs (work the child's jobs wait for, as they see fit; it raises
-    ``SplitFailed`` to name a job). ``child_first(positions)`` runs in the child before its
-    jobs (the positions it takes: work of theirs that need not wait for ``parent_first``;
-    it raises ``SplitFailed`` to name a job; without a fork it is not called, so the jobs
-    must do without it). ``parent_last`` runs here once every job is done and reported,
-    while the child may still be running ``child_done`` (close what it opened), which
-    runs in the child after its last job. An error in ``parent_first`` or ``parent_last``
-    that is not a ``SplitFailed`` is raised as it is, once the child is stopped."""
+    ``SplitFailed`` to name a job). ``parent_last`` runs here once every job is done and
+    reported, while the child may still be running ``child_done`` (close what it
+    opened), which runs in the child after its last job. An error in ``parent_last`` is
+    raised as it is, once the child is stopped."""
     before_fork()
     if len(jobs) < 2 or not can_split():
         if parent_first is not None:
@@ -105,7 +99,7 @@ def run_split(jobs: Sequence[Job], report: Callable[[int, str | None], None], *,
     if pid == 0:  # the child: odd positions
         os.close(read_end)
         _die_with(parent)
-        _child(jobs, theirs, write_end, child_done, child_first)
+        _child(jobs, theirs, write_end, child_done)
     os.close(write_end)
     finished = False
     try:
@@ -142,25 +136,18 @@ def _die_with(parent: int) -> None:
 
 
 def _child(jobs: Sequence[Job], theirs: list[int], out: int,
-           child_done: Callable[[], None],
-           child_first: Callable[[list[int]], None] | None) -> None:
+           child_done: Callable[[], None]) -> None:
     status = 0
     try:
         with os.fdopen(out, "w", encoding="utf-8") as pipe:
-            if child_first is not None and theirs:
-                try:
-                    child_first(theirs)
-                except BaseException as exc:  # noqa: BLE001 - reported to the parent
-                    failed = exc if isinstance(exc, SplitFailed) else SplitFailed(theirs[0], exc)
-                    pipe.write(json.dumps(_error_line(failed.position, failed.error)) + "\n")
-                    pipe.flush()
-                    status = 1
-            for position in [] if status else theirs:
+            for position in theirs:
                 try:
                     detail = jobs[position]()
-                    line: dict[str, object] = {"position": position, "detail": detail}
+                    line = {"position": position, "detail": detail}
                 except BaseException as exc:  # noqa: BLE001 - reported to the parent
-                    line = _error_line(position, exc)
+                    text = str(exc).strip().splitlines()
+                    line = {"position": position,
+                            "error": text[0] if text else type(exc).__name__}
                     status = 1
                 pipe.write(json.dumps(line) + "\n")
                 pipe.flush()
@@ -171,11 +158,6 @@ def _child(jobs: Sequence[Job], theirs: list[int], out: int,
     except BaseException:  # noqa: BLE001 - never return into the parent's code
         status = 1
     os._exit(status)
-
-
-def _error_line(position: int, exc: BaseException) -> dict[str, object]:
-    text = str(exc).strip().splitlines()
-    return {"position": position, "error": text[0] if text else type(exc).__name__}
 
 
 def _parent(jobs: Sequence[Job], theirs: list[int], pipe: int,
