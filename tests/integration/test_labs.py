@@ -306,10 +306,9 @@ def test_a_sandbox_failing_in_the_second_builder_removes_the_lab(
 
 def test_a_network_failing_before_a_run_built_on_two_cores_removes_the_lab(
         named: list[str], tmp_path: Path) -> None:
-    """The network steps right before a run of sandboxes are made after the fork (the
-    second builder makes its namespaces meanwhile): one that fails (its bridge name is
-    the host's loopback) is named in the error, and everything is removed again, the
-    second builder's namespaces too."""
+    """A network that fails right before a run of sandboxes built on two cores (its
+    bridge name is the host's loopback) is named in the error, no sandbox is made, and
+    everything is removed again."""
     name = unique_lab()
     named.append(name)
     topology = tmp_path / "many.yaml"
