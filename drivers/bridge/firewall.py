@@ -125,5 +125,6 @@ def apply(ns: str | None, rules: Ruleset, owner: str) -> None:
             nft.delete_table(ns, "inet", NFT_TABLE)
             nft.release_table(ns)
         return
-    nft.claim_table(ns, "inet", NFT_TABLE, owner)
-    nft.replace_table(ns, "inet", NFT_TABLE, chains(rules), what="bridge firewall")
+    fresh = nft.claim_table(ns, "inet", NFT_TABLE, owner)
+    nft.replace_table(ns, "inet", NFT_TABLE, chains(rules), what="bridge firewall",
+                      fresh=fresh)

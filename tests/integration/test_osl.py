@@ -299,3 +299,23 @@ def test_a_table_belongs_to_one_store_at_a_time(netns: Factory) -> None:
         nft.claim_table(ns.path, "inet", "pctest", "store-b host h")  # free once gone
         nft.release_table(ns.path)
     assert json.loads(ns.run(["nft", "-j", "list", "tables"]).stdout)["nftables"][1:] == []
+
+
+def test_a_fresh_table_is_created_and_one_there_after_all_is_replaced(netns: Factory) -> None:
+    ns = netns("a")
+    old = [j.Chain("forward", j.filter_hook("forward"), [
+        j.rule(j.match_port("tcp", "dport", 7), {"drop": None})])]
+    new = [j.Chain("forward", j.filter_hook("forward"), [
+        j.rule(j.match_port("tcp", "dport", 9), {"drop": None})])]
+    with nft.ruleset_lock(ns.path):
+        assert nft.claim_table(ns.path, "inet", "pctest", "store-a host h")  # none recorded
+        assert not nft.claim_table(ns.path, "inet", "pctest", "store-a host h")
+        nft.replace_table(ns.path, "inet", "pctest", old, what="test rules", fresh=True)
+        assert "dport 7" in ns.run(["nft", "list", "table", "inet", "pctest"]).stdout
+        # "fresh" but there (a leftover): the create fails whole, the replace follows
+        nft.replace_table(ns.path, "inet", "pctest", new, what="test rules", fresh=True)
+        listed = ns.run(["nft", "list", "table", "inet", "pctest"]).stdout
+        assert "dport 9" in listed and "dport 7" not in listed
+        assert listed.count("chain forward") == 1
+        nft.delete_table(ns.path, "inet", "pctest")
+        nft.release_table(ns.path)
