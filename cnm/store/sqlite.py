@@ -233,23 +233,10 @@ class SQLiteStore(Store, LeaseStore):
             _make_private_dirs(os.path.dirname(self.path))
             if not os.path.exists(self.path):  # state is nobody else's business: 0600
                 os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
-            deadline = 0.0
-            pause = _FIRST_NAP
-            while True:
-                try:
-                    return self._connect()
-                except sqlite3.OperationalError as exc:
-                    # Processes opening a new file at once: switching it to WAL takes a
-                    # lock that SQLite refuses at once, without its busy handler, to all
-                    # but one of them (two lab builders did). Try again, as a writer does.
-                    if "locked" not in str(exc) and "busy" not in str(exc):
-                        raise
-                    now = time.monotonic()
-                    deadline = deadline or now + self._busy_timeout
-                    if now >= deadline:
-                        raise
-                time.sleep(pause)
-                pause = min(pause * 2, _LONGEST_NAP)
+            # Processes opening a new file at once: switching it to WAL takes a lock that
+            # SQLite refuses at once, without its busy handler, to all but one of them (two
+            # lab builders did). Try again, as a writer does.
+            return self._while_locked(self._connect)
         except (OSError, sqlite3.Error) as exc:
             raise StoreUnavailable(
                 f"cannot open the state database {self.path}: {exc} (run as root, or pass "
@@ -348,23 +335,27 @@ class SQLiteStore(Store, LeaseStore):
         30-110 ms each per 50 sandboxes in it, waiting for a lock held ~0.1 ms."""
         conn.execute("PRAGMA busy_timeout = 0")
         try:
-            deadline = 0.0
-            pause = _FIRST_NAP
-            while True:
-                try:
-                    conn.execute("BEGIN IMMEDIATE")
-                    return
-                except sqlite3.OperationalError as exc:
-                    if "locked" not in str(exc) and "busy" not in str(exc):
-                        raise
-                    now = time.monotonic()
-                    deadline = deadline or now + self._busy_timeout
-                    if now >= deadline:
-                        raise
-                time.sleep(pause)
-                pause = min(pause * 2, _LONGEST_NAP)
+            self._while_locked(lambda: conn.execute("BEGIN IMMEDIATE"))
         finally:
             conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+
+    def _while_locked(self, attempt: Callable[[], T]) -> T:
+        """``attempt()``, tried again while another process holds the lock it needs, with
+        naps of 0.05 ms doubling to 0.5 ms, for at most the busy timeout (then its error)."""
+        deadline = 0.0
+        pause = _FIRST_NAP
+        while True:
+            try:
+                return attempt()
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                now = time.monotonic()
+                deadline = deadline or now + self._busy_timeout
+                if now >= deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, _LONGEST_NAP)
 
     def _apply(self, conn: sqlite3.Connection, puts: Mapping[str, str], deletes: builtins.list[str],
                lease: int | None = None) -> int:
