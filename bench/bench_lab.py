@@ -16,7 +16,11 @@ namespace, a veth to the bridge and an address.
   checks that Mininet left none, nor a host shell (``mininet:hK``); what it finds it
   reports and removes by exact name (never ``mn -c``, which deletes by pattern).
 
-Runs alternate which side goes first. ``--runs`` runs per N (``--large-runs`` for N >=
+Before each side's run the benchmark waits until the CPUs are idle again (90% idle over
+a quarter of a second, at most 20 s; it says so if they were not): the kernel goes on
+destroying the last run's namespaces after ``lab down`` or ``mn`` returned (a lab of 50
+left ~50), and whichever side came next would pay for it. Runs alternate which side goes
+first. ``--runs`` runs per N (``--large-runs`` for N >=
 1000, where Mininet takes minutes). Prints median, min and max of every side and N, the
 ratio Mininet / pycnm for up and for down, and the verdicts against issue 16's targets:
 pycnm at least 3x faster at every N (up and down), and ``lab up`` of 1000 sandboxes under
@@ -194,6 +198,10 @@ def main() -> int:
             for run in range(runs):
                 order = ["pycnm", "mininet"] if (run + n_index) % 2 == 0 else ["mininet", "pycnm"]
                 for side in order:
+                    settled = wait_idle()
+                    if settled is not None:
+                        print(f"  (the CPUs were still busy after {settled:.0f} s: "
+                              "this run started anyway)", flush=True)
                     if side == "pycnm":
                         up, down = run_pycnm(Path(tmp), count, f"{tag}{run}")
                     else:
@@ -205,6 +213,26 @@ def main() -> int:
                     print(f"  N={count} run {run + 1}/{runs} {side:8} up {up:7.2f} s  "
                           f"down {down:7.2f} s", flush=True)
     return report(sizes, results, leftovers)
+
+
+def _cpu_times() -> tuple[int, int]:
+    """(idle, total) jiffies of all CPUs since boot."""
+    with open("/proc/stat") as handle:
+        fields = [int(x) for x in handle.readline().split()[1:]]
+    return fields[3] + fields[4], sum(fields)  # idle + iowait
+
+
+def wait_idle(idle: float = 0.9, window: float = 0.25, limit: float = 20.0) -> float | None:
+    """Wait until the CPUs were ``idle`` idle over one ``window``; None once they were,
+    else the seconds waited (``limit``)."""
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        idle0, total0 = _cpu_times()
+        time.sleep(window)
+        idle1, total1 = _cpu_times()
+        if total1 > total0 and (idle1 - idle0) / (total1 - total0) >= idle:
+            return None
+    return limit
 
 
 def report(sizes: list[int], results: dict[tuple[str, int], dict[str, list[float]]],
