@@ -87,19 +87,25 @@ class Endpoint:
         # Its writes wake the host's watchers (the resolver, agents) twice: once the names
         # are complete, and at the end; not once per write.
         with ctl.local.wakeups_batched(), contextlib.ExitStack() as undo:
-            ifname = sandbox._reserve_ifname("eth", slot)
+            # What the names depend on first (the sandbox it joins), written with the
+            # interface name's reservation in the sandbox: the host's resolver builds them
+            # while the driver and the kernel work, so the wait for it below is short. A
+            # backend of services is recorded only once plugged: the load balancer sends it
+            # connections as soon as it is.
+            def with_names(name: str) -> dict[str, dict[str, Any]]:
+                ep.sandbox_id, ep.sandbox_key, ep.ifname = sb.id, sb.netns_path, name
+                return {self._key(): ep.to_dict()}
+
+            ifname = sandbox._reserve_ifname("eth", slot,
+                                             also=None if ep.services else with_names)
             undo.callback(sandbox._release_ifname, ifname, slot)
             names_at, first = 0, None
             if not ep.services:
-                # What the names depend on first (the sandbox it joins): the host's
-                # resolver builds them while the driver and the kernel work, so the wait
-                # for it below is short. A backend of services is recorded only once
-                # plugged: the load balancer sends it connections as soon as it is.
-                ep.sandbox_id, ep.sandbox_key, ep.ifname = sb.id, sb.netns_path, ifname
-                names_at = self._save(ep)
+                undo.callback(self._clear_join)
                 ctl.local.wake_watchers()
                 first = ep.to_dict()
-                undo.callback(self._clear_join)
+                written = ctl.local.get(self._key())
+                names_at = written.revision if written is not None else 0
             info = drv.join(self.network_id, self.id, sb.netns_path,
                             {**opts, OPT_JOIN_IFNAME: ifname})
             undo.callback(drv.leave, self.network_id, self.id)

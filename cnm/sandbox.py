@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from cnm import etcfiles, names
@@ -129,7 +129,7 @@ class Sandbox:
 
     # --- bookkeeping used by Endpoint.join/leave (atomic updates of the record) -------
 
-    def _update(self, mutate: Any) -> SandboxRecord:
+    def _update(self, mutate: Any, also: Any = None) -> SandboxRecord:
         def change(value: dict[str, Any] | None) -> dict[str, Any]:
             if value is None:
                 raise NotFound(f"sandbox {self.id[:12]} not found")
@@ -138,7 +138,7 @@ class Sandbox:
             return record.to_dict()
 
         return SandboxRecord.from_dict(
-            self.controller.local.update(f"sandboxes/{self.id}", change) or {}
+            self.controller.local.update(f"sandboxes/{self.id}", change, also=also) or {}
         )
 
     def _add_sharer(self, sid: str, mode: str) -> None:
@@ -177,7 +177,12 @@ class Sandbox:
 
         self._update(begin)
 
-    def _reserve_ifname(self, prefix: str, eid: str) -> str:
+    def _reserve_ifname(
+        self, prefix: str, eid: str,
+        also: Callable[[str], Mapping[str, Mapping[str, Any]]] | None = None,
+    ) -> str:
+        """The first free ``prefix<N>`` name of the sandbox, reserved for ``eid``; ``also``:
+        given the name, more records written in the same transaction."""
         chosen: list[str] = []
 
         def reserve(record: SandboxRecord) -> None:
@@ -190,7 +195,7 @@ class Sandbox:
             record.interfaces[name] = eid
             chosen[:] = [name]
 
-        self._update(reserve)
+        self._update(reserve, None if also is None else lambda: also(chosen[0]))
         return chosen[0]
 
     def _release_ifname(self, ifname: str, eid: str) -> None:

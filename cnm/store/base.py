@@ -122,10 +122,13 @@ class Store(abc.ABC):
         key: str,
         mutate: Callable[[dict[str, Any] | None], dict[str, Any] | None],
         attempts: int = 1000,
+        also: Callable[[], Mapping[str, Mapping[str, Any]]] | None = None,
     ) -> dict[str, Any] | None:
         """Read-modify-write ``key`` with optimistic concurrency: ``mutate`` gets the current
         value (None if absent) and returns the new one (None deletes). Retried on conflict;
-        ``mutate`` may raise to abort. Returns what was written."""
+        ``mutate`` may raise to abort. Returns what was written. ``also``: more keys to
+        write in the same transaction, asked for after each ``mutate`` (they may depend on
+        what it chose)."""
         from cnm.errors import StoreUnavailable
 
         for _ in range(attempts):
@@ -134,7 +137,18 @@ class Store(abc.ABC):
             new = mutate(current)
             if entry is None and new is None:
                 return None
-            if self.cas(key, new, 0 if entry is None else entry.revision):
+            revision = 0 if entry is None else entry.revision
+            if also is None:
+                written = self.cas(key, new, revision)
+            else:
+                txn = Txn(compares={key: revision},
+                          puts={k: dict(v) for k, v in also().items()})
+                if new is None:
+                    txn.deletes.append(key)
+                else:
+                    txn.puts[key] = dict(new)
+                written = self.commit(txn)
+            if written:
                 return new
         raise StoreUnavailable(f"the store kept changing under {key!r}; try again")
 

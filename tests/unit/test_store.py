@@ -266,6 +266,32 @@ def test_update_can_delete_and_abort(store: Store) -> None:
     assert store.get("u") is None
 
 
+def test_update_writes_more_keys_in_its_transaction_after_what_mutate_chose(
+        store: Store) -> None:
+    store.put("slots", {"taken": ["a"]})
+    seen: list[str] = []
+
+    def take(value: dict[str, Any] | None) -> dict[str, Any]:
+        taken = (value or {})["taken"]
+        if len(seen) == 0:  # someone else takes a slot between this read and the write
+            store.put("slots", {"taken": [*taken, "b"]})
+        free = next(n for n in "abcdef" if n not in taken)
+        seen.append(free)
+        return {"taken": [*taken, free]}
+
+    def also() -> dict[str, dict[str, Any]]:
+        return {"holder": {"slot": seen[-1]}}
+
+    assert store.update("slots", take, also=also) == {"taken": ["a", "b", "c"]}
+    assert seen == ["b", "c"]  # retried: "also" asked again, after the second choice
+    holder = store.get("holder")
+    assert holder is not None and holder.value == {"slot": "c"}
+    slots = store.get("slots")
+    assert slots is not None and slots.revision == holder.revision  # one transaction
+    assert store.update("slots", lambda v: None, also=lambda: {"gone": {"x": 1}}) is None
+    assert store.get("slots") is None and store.get("gone") is not None
+
+
 # --- watches -------------------------------------------------------------------------------
 
 
