@@ -653,8 +653,8 @@ class Controller:
         resolver, if one runs, has applied it, so the name answers at once."""
         from cnm.dns import client
 
-        self.local.wake_watchers()  # the resolver is told before anyone waits for it
-        client.wait_applied(self.local, revision)
+        # (The resolver is told of writes still untold before waiting for it.)
+        client.wait_applied(self.local, revision, before_waiting=self.local.wake_watchers)
 
     def cleanup_all(self) -> None:
         """Remove every object this host has in the store, and its kernel state."""

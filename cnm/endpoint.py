@@ -84,9 +84,10 @@ class Endpoint:
         net = ctl._network_record(self.network_id)
         drv = ctl.driver(net.driver)
         slot = f"{self.network_id}/{self.id}"
-        # Its writes wake the host's watchers (the resolver, agents) twice: once the names
-        # are complete, and at the end; not once per write.
-        with ctl.local.wakeups_batched(), contextlib.ExitStack() as undo:
+        # Its writes wake the host's watchers (the resolver, agents) once, when the names
+        # are complete, not once per write; the later ones (the driver's own records, a
+        # gateway) nobody waits for: they go with the next ring, or the watchers' poll.
+        with ctl.local.wakeups_batched(ring=False), contextlib.ExitStack() as undo:
             # What the names depend on first (the sandbox it joins), written with the
             # interface name's reservation in the sandbox: the host's resolver builds them
             # while the driver and the kernel work, so the wait for it below is short. A

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from cnm.store.base import Store
 
@@ -36,11 +37,15 @@ def is_served(local: Store, sandbox_id: str) -> bool:
     return resolver_running(local) and local.get(sandbox_key(sandbox_id)) is not None
 
 
-def wait_applied(local: Store, revision: int, timeout: float = SETTLE_TIMEOUT) -> bool:
+def wait_applied(local: Store, revision: int, timeout: float = SETTLE_TIMEOUT,
+                 before_waiting: Callable[[], None] | None = None) -> bool:
     """Wait until the resolver has applied the store as of ``revision`` (True), there is
-    no resolver (True at once), or ``timeout`` passed (False: it will catch up)."""
+    no resolver (True at once), or ``timeout`` passed (False: it will catch up).
+    ``before_waiting``: called once if it has to wait."""
     if revision <= 0 or _applied(local) >= revision or not resolver_running(local):
         return True  # (usually the first: the resolver worked while the caller did)
+    if before_waiting is not None:
+        before_waiting()
     deadline = time.monotonic() + timeout
     # Woken by the resolver's write of dns/applied where the store can tell (SQLite's
     # doorbell), else polling.

@@ -152,12 +152,15 @@ class Store(abc.ABC):
                 return new
         raise StoreUnavailable(f"the store kept changing under {key!r}; try again")
 
-    def wakeups_batched(self) -> contextlib.AbstractContextManager[None]:
+    def wakeups_batched(self, ring: bool = True) -> contextlib.AbstractContextManager[None]:
         """Inside, this thread's writes tell other processes' watchers of themselves once,
         when the outermost such block ends (or at ``wake_watchers``), not each on its own:
         an operation of several writes wakes every watcher of the host once. The writes
-        themselves are committed as before, one by one. A no-op where watchers are not
-        woken by writers (etcd pushes every change)."""
+        themselves are committed as before, one by one. ``ring=False``: the end does not
+        ring either; what is left goes with this store's next ring, or watchers see it at
+        their next poll (for writes nobody waits for, after the ones they do wait for were
+        told with ``wake_watchers``). A no-op where watchers are not woken by writers
+        (etcd pushes every change)."""
         return contextlib.nullcontext()
 
     def wake_watchers(self) -> None:  # noqa: B027 - optional, see wakeups_batched

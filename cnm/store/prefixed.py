@@ -56,8 +56,8 @@ class PrefixedStore(Store):
     def write_waiter(self) -> contextlib.AbstractContextManager[Callable[[float], None]]:
         return self.inner.write_waiter()
 
-    def wakeups_batched(self) -> contextlib.AbstractContextManager[None]:
-        return self.inner.wakeups_batched()
+    def wakeups_batched(self, ring: bool = True) -> contextlib.AbstractContextManager[None]:
+        return self.inner.wakeups_batched(ring)
 
     def wake_watchers(self) -> None:
         self.inner.wake_watchers()

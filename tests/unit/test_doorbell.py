@@ -130,8 +130,13 @@ def test_batched_writes_ring_once_at_the_end_or_when_told(tmp_path: Path) -> Non
         with view.wakeups_batched():
             pass  # nothing written: no ring
         assert _rings(bell) == 0
+        with view.wakeups_batched(ring=False):
+            view.put("f", {"n": 1})
+        assert _rings(bell) == 0  # left for the next ring (or the watchers' poll)
+        view.wake_watchers()
+        assert _rings(bell) == 1
         assert {e.key for e in store.list("")} == {"local/h/b", "local/h/c", "local/h/d",
-                                                   "local/h/e"}
+                                                   "local/h/e", "local/h/f"}
     finally:
         bell.close()
         store.close()
