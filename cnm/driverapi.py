@@ -185,6 +185,12 @@ class Driver(abc.ABC):
     def join(self, nid: str, eid: str, sandbox_key: str, options: dict[str, Any]) -> JoinInfo:
         """Prepare the endpoint for the sandbox at ``sandbox_key`` and say how to plug it."""
 
+    def joined(self, nid: str, eid: str) -> None:  # noqa: B027 - optional
+        """The join of ``join`` is complete: the endpoint is plugged and configured (for a
+        sandbox another program owns, handed over). Work that need not make the join
+        wait starts here (an overlay tells its peers): on a busy host, done side by side
+        with the rest of the join it took the join's CPU."""
+
     @abc.abstractmethod
     def leave(self, nid: str, eid: str) -> None:
         """Undo ``join`` on the driver's side."""

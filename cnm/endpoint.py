@@ -149,6 +149,7 @@ class Endpoint:
         # Its names answer once join returns: they were complete at the first write (the
         # later one changes no name), unless the load balancer's came after.
         ctl.settle_dns(names_at or revision)
+        drv.joined(self.network_id, self.id)
         return ifname
 
     def _plug(
@@ -255,6 +256,7 @@ class Endpoint:
         ep.gateway = str(info.gateway) if info.gateway else None
         ep.gateway_v6 = str(info.gateway_v6) if info.gateway_v6 else None
         self._save(ep)
+        drv.joined(self.network_id, self.id)
         return info
 
     def leave_external(self) -> None:
@@ -347,3 +349,4 @@ class Endpoint:
         self._plug(sb, info, ep.ifname or "", ep, gateway=sb.gateway_endpoint == self.id)
         if sb.gateway_endpoint == self.id:
             drv.program_external_connectivity(self.network_id, self.id, ep.options)
+        drv.joined(self.network_id, self.id)

@@ -536,6 +536,7 @@ class Services:
             rec.src_name = None if info.placed else info.src_name
             ctl.local.put(f"endpoints/{net.id}/{ep.id}", rec.to_dict())
             undo.pop_all()
+        drv.joined(net.id, ep.id)
         if rec.address is None:
             raise InvalidOption(f"network {net.name} gave the load balancer no IPv4 address")
         log.info("load balancer of network %s: namespace %s, address %s", net.name, name,
