@@ -129,7 +129,11 @@ class Sandbox:
 
     # --- bookkeeping used by Endpoint.join/leave (atomic updates of the record) -------
 
-    def _update(self, mutate: Any, also: Any = None) -> SandboxRecord:
+    def _update(self, mutate: Callable[[SandboxRecord], None],
+                also: Callable[[], Mapping[str, Mapping[str, Any]]] | None = None
+                ) -> SandboxRecord:
+        """Change the record with ``mutate`` (compare-and-swap, retried); ``also``:
+        more records written in the same transaction (``Store.update``)."""
         def change(value: dict[str, Any] | None) -> dict[str, Any]:
             if value is None:
                 raise NotFound(f"sandbox {self.id[:12]} not found")
